@@ -1,0 +1,84 @@
+"""The notebook API: load a finished run and classify new images in three lines.
+
+    from metalearn import load_run
+    learner = load_run("outputs/train/<date>/<run>")
+    logits = learner.predict(learner.preprocess(support_images), support_labels, learner.preprocess(query_images))
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from omegaconf import OmegaConf
+
+from metalearn.engine.checkpoint import load_checkpoint
+from metalearn.errors import MetalearnError
+from metalearn.methods import Method, build_method
+
+
+def restore_method(run: str | Path, checkpoint: str = "best", device: str | torch.device = "cpu") -> tuple[Method, dict]:
+    """The trained method of a run folder, in eval mode, and its checkpoint dict."""
+    run = Path(run)
+    if not (run / "config.yaml").is_file():
+        raise MetalearnError(f"{run} is not a metalearn run folder (no config.yaml); give a folder under outputs/train/")
+    if checkpoint not in ("best", "last"):
+        raise MetalearnError(f"checkpoint={checkpoint!r} is not one of: best, last")
+    path = run / "checkpoints" / f"{checkpoint}.pt"
+    if checkpoint == "best" and not path.is_file():  # runs without a validation split keep only `last`
+        path = run / "checkpoints" / "last.pt"
+    ckpt = load_checkpoint(path)
+    cfg = OmegaConf.create(ckpt["config"])
+    method = build_method(cfg.method, ckpt["preprocess"]["channels"], False)
+    method.load_state_dict(ckpt["method"])
+    return method.to(device).eval(), ckpt
+
+
+class Learner:
+    """A trained method plus the image preprocessing of the run it came from."""
+
+    def __init__(self, method: Method, preprocess_spec: dict, device: str | torch.device = "cpu"):
+        self.method, self.spec, self.device = method, preprocess_spec, torch.device(device)
+
+    def preprocess(self, images: Sequence[Any] | torch.Tensor) -> torch.Tensor:
+        """PIL images (any size) or a tensor [N, C, H, W] / [N, H, W] (uint8 0..255 or float 0..1), read as
+        they would be from image files -> the normalised float batch this run's model expects."""
+        size, c = self.spec["image_size"], self.spec["channels"]
+        if isinstance(images, torch.Tensor):
+            x = images if images.dim() == 4 else images[:, None]
+            x = x.float() / 255.0 if x.dtype == torch.uint8 else x.float()
+            if x.shape[1] != c:
+                x = x.mean(1, keepdim=True).expand(-1, c, -1, -1) if c in (1, 3) else x
+            if x.shape[-2:] != (size, size):
+                x = torch.nn.functional.interpolate(x, size=(size, size), mode="bilinear", antialias=True)
+        else:
+            from PIL import Image
+
+            arrays = []
+            for img in images:
+                img = img.convert("L" if c == 1 else "RGB").resize((size, size), Image.Resampling.LANCZOS)
+                a = np.asarray(img, dtype=np.float32) / 255.0
+                arrays.append(a[None] if c == 1 else a.transpose(2, 0, 1))
+            x = torch.from_numpy(np.stack(arrays))
+        if self.spec["invert"]:
+            x = 1.0 - x
+        return ((x - self.spec["mean"]) / self.spec["std"]).to(self.device)
+
+    def predict(self, support: torch.Tensor, support_labels: torch.Tensor | Sequence[int],
+                query: torch.Tensor) -> torch.Tensor:
+        """Logits [Q, ways] for one task; support labels are 0..ways-1."""
+        labels = torch.as_tensor(support_labels, dtype=torch.long, device=self.device)
+        ways = int(labels.max()) + 1
+        if sorted(set(labels.tolist())) != list(range(ways)):
+            raise MetalearnError(f"support labels must cover 0..ways-1 with no gaps, got {sorted(set(labels.tolist()))}")
+        grad = torch.enable_grad() if getattr(self.method, "adapts_at_test", False) else torch.no_grad()
+        with grad:
+            return self.method.predict(support.to(self.device), labels, query.to(self.device), ways)
+
+
+def load_run(run: str | Path, checkpoint: str = "best", device: str = "cpu") -> Learner:
+    method, ckpt = restore_method(run, checkpoint, device)
+    return Learner(method, ckpt["preprocess"], device)

@@ -1,0 +1,210 @@
+"""Typed config schemas, registered in Hydra's ConfigStore.
+
+Every YAML file in ``configs/`` extends one of these dataclasses (through its
+defaults list), so a misspelled key or a value of the wrong type fails at
+start-up with the key's full name. This module must not import torch: it is
+loaded by ``metalearn-train --help``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING, OmegaConf
+
+
+def config_dir() -> str:
+    """The configs/ folder: inside the package in a wheel, at the repo root in a checkout."""
+    here = Path(__file__).resolve().parent
+    for candidate in (here / "configs", here.parent / "configs"):
+        if (candidate / "train.yaml").is_file():
+            return str(candidate)
+    raise FileNotFoundError(f"metalearn configs not found next to {here}; reinstall the package")
+
+
+# ---------------------------------------------------------------- datasets
+@dataclass
+class DatasetConfig:
+    name: str = MISSING
+    image_size: int = 28
+    cache_dir: str = "~/.cache/metalearn"
+
+
+@dataclass
+class SyntheticConfig(DatasetConfig):
+    name: str = "synthetic"
+    num_classes: int = 1200
+    images_per_class: int = 20
+    generator_seed: int = 0
+    split_fractions: list[float] = field(default_factory=lambda: [0.7, 0.1, 0.2])
+
+
+@dataclass
+class AlphabetLists:
+    train: list[str] = field(default_factory=list)
+    val: list[str] = field(default_factory=list)
+    test: list[str] = field(default_factory=list)
+
+
+@dataclass
+class OmniglotConfig(DatasetConfig):
+    name: str = "omniglot"
+    root: str | None = None
+    # archives (name.zip) or extracted folders under root, read in this order;
+    # a character already read from an earlier archive is not read twice.
+    archives: list[str] = field(default_factory=lambda: ["images_background", "images_evaluation"])
+    download: bool = False
+    # splits whose characters also appear rotated by 90/180/270 degrees as new classes
+    rotations: list[str] = field(default_factory=lambda: ["train", "val", "test"])
+    split: str = "character"  # character | alphabet
+    split_fractions: list[float] = field(default_factory=lambda: [0.7, 0.1, 0.2])
+    split_seed: int = 0
+    # explicit alphabet-level split; when any list is non-empty it replaces the random split
+    alphabets: AlphabetLists = field(default_factory=AlphabetLists)
+
+
+# ---------------------------------------------------------------- the rest
+@dataclass
+class SamplerConfig:
+    """Training episodes may differ from evaluation episodes (ProtoNets trains 60-way)."""
+
+    train_ways: int = MISSING
+    train_shots: int = MISSING
+    train_queries: int = MISSING
+    meta_batch: int = 1
+
+
+@dataclass
+class BackboneConfig:
+    name: str = "conv4"
+    width: int = 64
+    pool: str = "max"  # max (Snell et al.) | stride (Finn et al.)
+
+
+@dataclass
+class MethodConfig:
+    name: str = MISSING
+    backbone: BackboneConfig = field(default_factory=BackboneConfig)
+
+
+@dataclass
+class ProtoNetConfig(MethodConfig):
+    name: str = "protonet"
+    distance: str = "sqeuclidean"  # sqeuclidean | cosine
+
+
+@dataclass
+class PixelNNConfig(MethodConfig):
+    name: str = "pixel_nn"
+
+
+@dataclass
+class HardwareConfig:
+    device: str = "cpu"  # cpu | cuda | cuda:N
+    threads: int | None = None  # CPU threads; null = torch's default
+    amp: str = "none"  # none | bf16 (autocast)
+    channels_last: bool = True
+
+
+@dataclass
+class OptimizerConfig:
+    name: str = "adam"  # adam | sgd
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    momentum: float = 0.9
+
+
+@dataclass
+class ScheduleConfig:
+    name: str = "step"  # none | step | cosine
+    step_size: int = 2000
+    gamma: float = 0.5
+
+
+@dataclass
+class ValConfig:
+    every: int = 250
+    episodes: int = 200
+    seed: int = 1
+
+
+@dataclass
+class TestConfig:
+    episodes: int = 600
+    seed: int = 2
+    ways: list[int] = field(default_factory=list)  # empty = [ways]
+    shots: list[int] = field(default_factory=list)  # empty = [shots]
+    batch: int = 50  # episodes per forward pass
+
+
+@dataclass
+class TrainConfig:
+    dataset: Any = MISSING
+    sampler: SamplerConfig = MISSING
+    method: Any = MISSING
+    hardware: HardwareConfig = MISSING
+    task: str = "train"
+    seed: int = 0
+    ways: int = 5
+    shots: int = 1
+    queries: int = 15
+    steps: int = 2000
+    log_every: int = 25
+    checkpoint_every: int = 250
+    resume: bool = False
+    run_dir: str | None = None
+    optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    val: ValConfig = field(default_factory=ValConfig)
+    test: TestConfig = field(default_factory=TestConfig)
+
+
+@dataclass
+class EvalConfig:
+    run: str | None = None  # a finished run's folder
+    checkpoint: str = "best"  # best | last
+    split: str = "test"
+    episodes: int = 600
+    seed: int = 2
+    ways: int | None = None  # null = the run's own
+    shots: int | None = None
+    queries: int | None = None
+    batch: int = 50
+    dataset_root: str | None = None  # when the data moved since training
+    hardware: HardwareConfig = field(default_factory=HardwareConfig)
+
+
+def _pick(value: Any, default: Any) -> Any:
+    return default if value is None else value
+
+
+def _run_dir(run_dir: str | None, resume: bool, task: str, default: str) -> str:
+    """hydra.run.dir: the given run_dir, else (resume=true) the newest unfinished run, else a new folder."""
+    if run_dir:
+        return run_dir
+    if resume:
+        from metalearn.engine.rundir import find_resumable
+
+        found = find_resumable(Path("outputs"), task)
+        if found is not None:
+            return str(found)
+    return default
+
+
+def register() -> None:
+    """Register schemas once; safe to call repeatedly."""
+    if not OmegaConf.has_resolver("metalearn.or"):
+        OmegaConf.register_new_resolver("metalearn.or", _pick)
+        OmegaConf.register_new_resolver("metalearn.run_dir", _run_dir)
+    cs = ConfigStore.instance()
+    cs.store(name="train_schema", node=TrainConfig)
+    cs.store(name="eval_schema", node=EvalConfig)
+    cs.store(group="dataset", name="synthetic_schema", node=SyntheticConfig)
+    cs.store(group="dataset", name="omniglot_schema", node=OmniglotConfig)
+    cs.store(group="sampler", name="sampler_schema", node=SamplerConfig)
+    cs.store(group="method", name="protonet_schema", node=ProtoNetConfig)
+    cs.store(group="method", name="pixel_nn_schema", node=PixelNNConfig)
+    cs.store(group="hardware", name="hardware_schema", node=HardwareConfig)

@@ -1,0 +1,194 @@
+"""Omniglot from its original archives (or their extracted folders).
+
+Layout inside every archive: <archive>/<alphabet>/characterNN/<id>_<drawer>.png,
+105x105 black ink on white. Images are decoded once, resized to image_size,
+inverted (ink = bright) and cached. Splits are made at the character (or whole
+alphabet) level *before* rotations are added, so a rotated copy of a character
+always lands in that character's split.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import zipfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+
+from metalearn.config import OmniglotConfig
+from metalearn.data.cache import cached
+from metalearn.data.store import SPLITS, ImageStore, split_by_fractions
+from metalearn.errors import MetalearnError
+
+FORMAT_VERSION = 1
+HOW_TO_GET = ("Get the archives from the Omniglot repository (brendenlake/omniglot, folder python/: "
+              "images_background.zip, images_evaluation.zip) and put them in dataset.root, "
+              "or set dataset.download=true where the network allows.")
+
+
+@dataclass
+class _Source:
+    """One archive or extracted folder, and how to read its files."""
+
+    name: str
+    path: Path
+
+    def files(self) -> list[tuple[str, str, str]]:
+        """(alphabet, character, member) for every png, sorted."""
+        out = []
+        if self.path.is_dir():
+            for p in sorted(self.path.glob("*/*/*.png")):
+                out.append((p.parent.parent.name, p.parent.name, str(p)))
+        else:
+            try:
+                with zipfile.ZipFile(self.path) as z:
+                    names = z.namelist()
+            except zipfile.BadZipFile as e:
+                raise MetalearnError(f"{self.path} is not a readable zip archive ({e}); it may be truncated or an "
+                                     f"HTML page saved in its place. Delete it and fetch it again. {HOW_TO_GET}") from None
+            for m in sorted(names):
+                parts = m.rstrip("/").split("/")
+                if m.endswith(".png") and len(parts) >= 3:
+                    out.append((parts[-3], parts[-2], m))
+        return out
+
+    def reader(self) -> tuple[Callable[[str], bytes], Callable[[], None]]:
+        """A function reading one member, and one closing it: the archive is opened once."""
+        if self.path.is_dir():
+            return (lambda m: Path(m).read_bytes()), (lambda: None)
+        z = zipfile.ZipFile(self.path)
+        return z.read, z.close
+
+
+def _find_sources(cfg: OmniglotConfig) -> list[_Source]:
+    if cfg.root is None:
+        raise MetalearnError(f"dataset=omniglot needs dataset.root=PATH, the folder holding the archives "
+                             f"{', '.join(a + '.zip' for a in cfg.archives)}. {HOW_TO_GET}")
+    root = Path(cfg.root).expanduser()
+    if cfg.download:
+        _download(root, cfg.archives)
+    sources, missing = [], []
+    for name in cfg.archives:
+        for cand in (root / name, root / "omniglot-py" / name, root / f"{name}.zip"):
+            if cand.is_dir() and any(cand.glob("*/*/*.png")) or cand.is_file():
+                sources.append(_Source(name, cand))
+                break
+        else:
+            missing.append(name)
+    if missing:
+        raise MetalearnError(f"Omniglot archive(s) {', '.join(missing)} not found in {root} (looked for NAME.zip and "
+                             f"an extracted NAME/ folder). {HOW_TO_GET}")
+    return sources
+
+
+def _download(root: Path, archives: list[str]) -> None:
+    try:
+        from torchvision.datasets import Omniglot
+    except ImportError as e:  # pragma: no cover - torchvision is a dependency
+        raise MetalearnError("dataset.download=true needs torchvision") from e
+    for name in archives:
+        if name not in ("images_background", "images_evaluation"):
+            continue
+        try:
+            Omniglot(str(root), background=name == "images_background", download=True)
+        except Exception as e:
+            raise MetalearnError(f"downloading Omniglot {name} into {root} failed ({e}). {HOW_TO_GET}") from None
+
+
+def _decode(read: Callable[[str], bytes], source: _Source, member: str, size: int) -> np.ndarray:
+    try:
+        img = Image.open(io.BytesIO(read(member)))
+        img.load()
+    except (UnidentifiedImageError, OSError, zipfile.BadZipFile) as e:
+        raise MetalearnError(f"cannot read image {member} in {source.path}: {e}. "
+                             f"Replace the file or the archive it came from.") from None
+    img = img.convert("L")
+    if img.size != (size, size):
+        img = img.resize((size, size), Image.Resampling.LANCZOS)
+    return 255 - np.asarray(img, dtype=np.uint8)  # ink becomes bright
+
+
+def _load_characters(sources: list[_Source], size: int) -> dict:
+    """Decode every character once: images sorted by character, with alphabet names."""
+    seen: set[tuple[str, str]] = set()
+    images, counts, names, alphabets = [], [], [], []
+    for src in sources:
+        by_char: dict[tuple[str, str], list[str]] = {}
+        for alphabet, char, member in src.files():
+            by_char.setdefault((alphabet, char), []).append(member)
+        read, close = src.reader()
+        try:
+            for key in sorted(by_char):
+                if key in seen:  # the small archives share Greek and Latin
+                    continue
+                seen.add(key)
+                images.extend(_decode(read, src, m, size) for m in by_char[key])
+                counts.append(len(by_char[key]))
+                names.append(f"{key[0]}/{key[1]}")
+                alphabets.append(key[0])
+        finally:
+            close()
+    if not images:
+        raise MetalearnError(f"no .png images found in {', '.join(str(s.path) for s in sources)}. {HOW_TO_GET}")
+    return {"images": torch.from_numpy(np.stack(images))[:, None], "counts": torch.tensor(counts),
+            "names": names, "alphabets": alphabets}
+
+
+def _split(cfg: OmniglotConfig, alphabets: list[str]) -> dict[str, np.ndarray]:
+    lists = {s: list(getattr(cfg.alphabets, s)) for s in SPLITS}
+    alpha = np.array(alphabets)
+    if any(lists.values()):
+        known = set(alphabets)
+        for s, names in lists.items():
+            unknown = [a for a in names if a not in known]
+            if unknown:
+                raise MetalearnError(f"dataset.alphabets.{s} names alphabets not in the archives read: {unknown}. "
+                                     f"Available: {sorted(known)}")
+        return {s: np.flatnonzero(np.isin(alpha, names)) for s, names in lists.items()}
+    if cfg.split == "character":
+        return split_by_fractions(len(alphabets), list(cfg.split_fractions), cfg.split_seed)
+    if cfg.split == "alphabet":
+        unique = sorted(set(alphabets))
+        parts = split_by_fractions(len(unique), list(cfg.split_fractions), cfg.split_seed)
+        return {s: np.flatnonzero(np.isin(alpha, [unique[i] for i in idx])) for s, idx in parts.items()}
+    raise MetalearnError(f"dataset.split={cfg.split!r} is not one of: character, alphabet")
+
+
+def _add_rotations(images: torch.Tensor, counts: np.ndarray, names: list[str], splits: dict[str, np.ndarray],
+                   rotate: list[str]) -> tuple[torch.Tensor, np.ndarray, list[str], dict[str, np.ndarray]]:
+    """Append 90/180/270-degree copies of the characters of the `rotate` splits as new classes."""
+    bad = [s for s in rotate if s not in SPLITS]
+    if bad:
+        raise MetalearnError(f"dataset.rotations names unknown split(s) {bad}; use a subset of {list(SPLITS)}")
+    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+    new_images, new_counts, new_names = [images], list(counts), list(names)
+    splits = {k: list(v) for k, v in splits.items()}
+    for split in rotate:
+        for c in list(splits[split]):
+            block = images[starts[c]: starts[c] + counts[c]]
+            for k in (1, 2, 3):
+                new_images.append(torch.rot90(block, k, dims=(2, 3)))
+                splits[split].append(len(new_names))
+                new_counts.append(int(counts[c]))
+                new_names.append(f"{names[c]}/rot{90 * k}")
+    return (torch.cat(new_images), np.array(new_counts), new_names,
+            {k: np.array(sorted(v), dtype=np.int64) for k, v in splits.items()})
+
+
+def build_omniglot(cfg: OmniglotConfig) -> ImageStore:
+    sources = _find_sources(cfg)
+    key = {"v": FORMAT_VERSION, "size": cfg.image_size,
+           "sources": [[str(s.path.resolve()), os.path.getsize(s.path) if s.path.is_file() else 0,
+                        os.path.getmtime(s.path)] for s in sources]}
+    data = cached(cfg.cache_dir, "omniglot", key, lambda: _load_characters(sources, cfg.image_size))
+    counts = data["counts"].numpy()
+    splits = _split(cfg, data["alphabets"])
+    images, counts, names, splits = _add_rotations(data["images"], counts, data["names"], splits,
+                                                   list(cfg.rotations))
+    return ImageStore.from_classes(images, counts, names, splits, invert=True,
+                                   meta={"name": "omniglot", "archives": [s.name for s in sources]})

@@ -1,0 +1,86 @@
+"""ImageStore: a whole dataset as one uint8 tensor, sorted by class, plus its class splits.
+
+Episodes are built by indexing this tensor, so no image is decoded twice.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+SPLITS = ("train", "val", "test")
+
+
+@dataclass
+class ImageStore:
+    images: torch.Tensor  # uint8 [N, C, H, W], images of class c at class_start[c] : +class_count[c]
+    class_start: np.ndarray  # int64 [num_classes]
+    class_count: np.ndarray  # int64 [num_classes]
+    class_names: list[str]
+    splits: dict[str, np.ndarray]  # split name -> class ids
+    invert: bool = False  # True when the source draws dark ink on white (stored as bright ink)
+    mean: float = 0.0
+    std: float = 1.0
+    meta: dict = field(default_factory=dict)
+
+    @classmethod
+    def from_classes(cls, images: torch.Tensor, counts: list[int] | np.ndarray, names: list[str],
+                     splits: dict[str, np.ndarray], **kw) -> ImageStore:
+        counts = np.asarray(counts, dtype=np.int64)
+        starts = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int64)
+        store = cls(images, starts, counts, list(names), {k: np.asarray(v, dtype=np.int64) for k, v in splits.items()}, **kw)
+        store.check()
+        store.mean, store.std = store.pixel_stats("train")
+        return store
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        return tuple(self.images.shape[1:])  # type: ignore[return-value]
+
+    def check(self) -> None:
+        """Splits must be disjoint and in range: no class may leak between them."""
+        seen: set[int] = set()
+        for name, ids in self.splits.items():
+            s = set(ids.tolist())
+            if seen & s:
+                raise ValueError(f"class split '{name}' shares classes with another split")
+            seen |= s
+            if ids.size and (ids.min() < 0 or ids.max() >= self.num_classes):
+                raise ValueError(f"class split '{name}' has class ids outside 0..{self.num_classes - 1}")
+        if int(self.class_count.sum()) != self.images.shape[0]:
+            raise ValueError("class counts do not add up to the number of images")
+
+    def pixel_stats(self, split: str) -> tuple[float, float]:
+        ids = self.splits.get(split)
+        if ids is None or ids.size == 0:
+            ids = np.arange(self.num_classes)
+        take = [self.images[self.class_start[c]: self.class_start[c] + self.class_count[c]] for c in ids[:500]]
+        x = torch.cat(take).float() / 255.0
+        return float(x.mean()), float(x.std().clamp_min(1e-6))
+
+    def normalize(self, x: torch.Tensor) -> torch.Tensor:
+        """uint8 images -> float, scaled to [0, 1] then standardised with the train split's stats."""
+        return (x.float() / 255.0 - self.mean) / self.std
+
+    def describe(self) -> str:
+        parts = ", ".join(f"{k} {len(v)}" for k, v in self.splits.items())
+        shape = tuple(self.images.shape[1:])
+        return f"{self.meta.get('name', 'dataset')}: {self.images.shape[0]} images {shape}, classes {parts}"
+
+
+def split_by_fractions(n: int, fractions: list[float], seed: int) -> dict[str, np.ndarray]:
+    """Shuffle 0..n-1 with `seed` and cut it into train/val/test by `fractions`."""
+    if len(fractions) != 3 or any(f < 0 for f in fractions) or sum(fractions) <= 0:
+        raise ValueError(f"split_fractions must be three non-negative numbers (train, val, test), got {fractions}")
+    total = float(sum(fractions))
+    order = np.random.default_rng(seed).permutation(n)
+    n_train = int(round(n * fractions[0] / total))
+    n_val = int(round(n * fractions[1] / total))
+    return {"train": np.sort(order[:n_train]), "val": np.sort(order[n_train:n_train + n_val]),
+            "test": np.sort(order[n_train + n_val:])}

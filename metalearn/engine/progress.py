@@ -1,0 +1,43 @@
+"""Progress: a rich bar on a terminal, plain log lines otherwise (CI, files, pipes)."""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+log = logging.getLogger("metalearn")
+
+
+class Progress:
+    def __init__(self, total: int, start: int, title: str):
+        self.total, self.start, self.title = total, start, title
+        self.bar = None
+        self.interactive = sys.stderr.isatty()
+
+    def __enter__(self) -> Progress:
+        if self.interactive:
+            from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeRemainingColumn
+            from rich.progress import Progress as RichProgress
+
+            self.bar = RichProgress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                                    TimeRemainingColumn(), TextColumn("{task.fields[info]}"), transient=False)
+            self.bar.__enter__()
+            self.task = self.bar.add_task(self.title, total=self.total, completed=self.start, info="")
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.bar is not None:
+            self.bar.__exit__(*exc)
+
+    def update(self, step: int, stats: dict) -> None:
+        info = f"loss {stats['loss']:.3f} acc {100 * stats['accuracy']:.1f}% {stats['episodes_per_s']:.1f} ep/s"
+        if self.bar is not None:
+            self.bar.update(self.task, completed=step, info=info)
+        else:
+            log.info("step %d/%d  %s  lr %.2e", step, self.total, info, stats["lr"])
+
+    def note(self, text: str) -> None:
+        if self.bar is not None:
+            self.bar.console.print(text)
+        else:
+            log.info("%s", text)

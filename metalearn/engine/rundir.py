@@ -1,0 +1,114 @@
+"""A run's folder: resolved config, metrics.jsonl, summary.json, checkpoints/, eval/, plot."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import subprocess
+from dataclasses import asdict, is_dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+
+@lru_cache(maxsize=1)
+def git_commit() -> dict:
+    """The commit of the metalearn checkout in use (None when installed from a wheel)."""
+    here = Path(__file__).resolve().parent
+    try:
+        sha = subprocess.run(["git", "-C", str(here), "rev-parse", "HEAD"], capture_output=True, text=True,
+                             timeout=5).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(here), "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, timeout=5).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return {"commit": None, "dirty": None}
+    return {"commit": sha or None, "dirty": bool(dirty) if sha else None}
+
+
+def _write_json(path: Path, data: Any) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(data, indent=2, default=str))
+    os.replace(tmp, path)
+
+
+class RunFolder:
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.path.mkdir(parents=True, exist_ok=True)
+        self.metrics_path = self.path / "metrics.jsonl"
+
+    def checkpoint(self, name: str) -> Path:
+        return self.path / "checkpoints" / f"{name}.pt"
+
+    def write_config(self, cfg: DictConfig, overrides: list[str], choices: dict) -> None:
+        (self.path / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+        _write_json(self.path / "overrides.json", {"overrides": overrides, "choices": choices})
+
+    def saved_config(self) -> DictConfig:
+        return OmegaConf.load(self.path / "config.yaml")
+
+    def append_metrics(self, record: dict) -> None:
+        with open(self.metrics_path, "a") as f:
+            f.write(json.dumps(record) + "\n")
+
+    def truncate_metrics(self, step: int) -> None:
+        """Drop records written after the checkpoint a resumed run restarts from."""
+        if not self.metrics_path.exists():
+            return
+        keep = [line for line in self.metrics_path.read_text().splitlines() if json.loads(line)["step"] <= step]
+        tmp = self.metrics_path.with_name(".metrics.jsonl.tmp")
+        tmp.write_text("".join(line + "\n" for line in keep))
+        os.replace(tmp, self.metrics_path)
+
+    def summary(self) -> dict:
+        p = self.path / "summary.json"
+        return json.loads(p.read_text()) if p.exists() else {}
+
+    def write_summary(self, cfg: DictConfig, status: str, state: Any = None, test: dict | None = None,
+                      device: str | None = None) -> dict:
+        s = self.summary()
+        now = dt.datetime.now().isoformat(timespec="seconds")
+        choices = json.loads((self.path / "overrides.json").read_text()) if (self.path / "overrides.json").exists() else {}
+        s.update({"status": status, "method": cfg.method.name, "dataset": cfg.dataset.name,
+                  "task": {"ways": cfg.ways, "shots": cfg.shots, "queries": cfg.queries,
+                           "train_ways": cfg.sampler.train_ways, "train_shots": cfg.sampler.train_shots,
+                           "train_queries": cfg.sampler.train_queries, "meta_batch": cfg.sampler.meta_batch},
+                  "seed": cfg.seed, "steps": cfg.steps, "choices": choices.get("choices", {}),
+                  "overrides": choices.get("overrides", []), **git_commit(), "updated": now})
+        s.setdefault("started", now)
+        if device:
+            s["device"] = device
+        if state is not None:
+            st = asdict(state) if is_dataclass(state) else dict(state)
+            s.update({"steps_done": st["step"], "wall_time_s": round(st["elapsed"], 1),
+                      "final_train": st["last_train"], "final_val": st["last_val"] or None,
+                      "best_val": ({"step": st["best_step"], "accuracy": st["best_val"]}
+                                   if st["best_step"] >= 0 else None)})
+        if test is not None:
+            s["test"] = test
+        _write_json(self.path / "summary.json", s)
+        return s
+
+    def plot(self, cfg: DictConfig) -> None:
+        if self.metrics_path.exists() and self.metrics_path.stat().st_size:
+            from metalearn.engine.plots import plot_learning_curve
+
+            plot_learning_curve(self.metrics_path, self.path / "learning_curve.png",
+                                f"{cfg.method.name} · {cfg.dataset.name} · {cfg.ways}-way {cfg.shots}-shot")
+
+
+def find_resumable(outputs: Path, task: str = "train") -> Path | None:
+    """The newest run under outputs/<task>/ that has a last checkpoint and did not complete."""
+    runs = sorted((outputs / task).glob("*/*/checkpoints/last.pt"), key=lambda p: p.stat().st_mtime, reverse=True)
+    for ckpt in runs:
+        run = ckpt.parent.parent
+        try:
+            status = json.loads((run / "summary.json").read_text()).get("status")
+        except (OSError, ValueError):
+            status = None
+        if status != "completed":
+            return run
+    return None

@@ -1,0 +1,230 @@
+"""The training loop: episodes in, metrics, checkpoints and a summary out.
+
+Determinism on resume: the training episodes of step s are drawn from
+(seed, s) alone, and the checkpoint holds the model, optimiser, schedule and
+torch RNG state, so a run killed and resumed from its last checkpoint ends
+where an uninterrupted one would.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from metalearn.data import build_store
+from metalearn.data.store import ImageStore
+from metalearn.engine.checkpoint import load_checkpoint, save_checkpoint
+from metalearn.engine.evaluate import evaluate
+from metalearn.engine.hardware import autocast, describe_device, setup_device
+from metalearn.engine.progress import Progress
+from metalearn.engine.rundir import RunFolder
+from metalearn.episodes import EpisodeSampler, TaskSpec, gather
+from metalearn.errors import MetalearnError, TrainingDiverged
+from metalearn.methods import Method, build_method
+
+log = logging.getLogger("metalearn")
+
+
+def build_optimizer(cfg: Any, params) -> torch.optim.Optimizer:
+    if cfg.lr <= 0:
+        raise MetalearnError(f"optimizer.lr must be positive, got {cfg.lr}")
+    if cfg.name == "adam":
+        return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    if cfg.name == "sgd":
+        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    raise MetalearnError(f"optimizer.name={cfg.name!r} is not one of: adam, sgd")
+
+
+def build_schedule(cfg: Any, optimizer: torch.optim.Optimizer, steps: int) -> torch.optim.lr_scheduler.LRScheduler:
+    if cfg.name == "none":
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
+    if cfg.name == "step":
+        return torch.optim.lr_scheduler.StepLR(optimizer, step_size=max(1, cfg.step_size), gamma=cfg.gamma)
+    if cfg.name == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, steps))
+    raise MetalearnError(f"schedule.name={cfg.name!r} is not one of: none, step, cosine")
+
+
+def preprocess_spec(store: ImageStore, image_size: int) -> dict:
+    """What load_run needs to turn a user's images into this run's inputs."""
+    c = store.image_shape[0]
+    return {"image_size": image_size, "channels": c, "invert": store.invert, "mean": store.mean, "std": store.std}
+
+
+def test_specs(cfg: DictConfig) -> list[TaskSpec]:
+    ways = list(cfg.test.ways) or [cfg.ways]
+    shots = list(cfg.test.shots) or [cfg.shots]
+    return [TaskSpec(w, s, cfg.queries) for w in ways for s in shots]
+
+
+@dataclass
+class TrainState:
+    step: int = 0
+    best_val: float = -1.0
+    best_step: int = -1
+    elapsed: float = 0.0
+    last_train: dict = field(default_factory=dict)
+    last_val: dict = field(default_factory=dict)
+    window: list = field(default_factory=list)  # step stats since the last log line
+
+
+class Trainer:
+    """Owns one run: builds the pieces from the config, trains, validates, tests."""
+
+    def __init__(self, cfg: DictConfig, folder: RunFolder):
+        self.cfg, self.folder = cfg, folder
+        self.device = setup_device(cfg.hardware)
+        self.amp = cfg.hardware.amp
+        torch.manual_seed(cfg.seed)
+        self.train_spec = TaskSpec(cfg.sampler.train_ways, cfg.sampler.train_shots, cfg.sampler.train_queries)
+        self.eval_spec = TaskSpec(cfg.ways, cfg.shots, cfg.queries)
+        self.test_specs = test_specs(cfg)
+        if cfg.sampler.meta_batch < 1:
+            raise MetalearnError(f"sampler.meta_batch must be >= 1, got {cfg.sampler.meta_batch}")
+        if cfg.steps < 1:
+            raise MetalearnError(f"steps must be >= 1, got {cfg.steps}")
+        self.store = build_store(cfg.dataset)
+        log.info("%s", self.store.describe())
+        self.train_sampler = EpisodeSampler(self.store, "train", self.train_spec, cfg.seed)
+        self.val_plans = None
+        if len(self.store.splits.get("val", [])):
+            self.val_plans = EpisodeSampler(self.store, "val", self.eval_spec, cfg.val.seed).plans(0, cfg.val.episodes)
+        for spec in self.test_specs:  # fail now, not after an hour of training
+            EpisodeSampler(self.store, "test", spec, cfg.test.seed)
+        channels_last = cfg.hardware.channels_last and self.device.type in ("cpu", "cuda")
+        self.method: Method = build_method(cfg.method, self.store.image_shape[0], channels_last).to(self.device)
+        self.trainable = any(p.requires_grad for p in self.method.parameters())
+        self.optimizer = build_optimizer(cfg.optimizer, self.method.parameters() if self.trainable
+                                         else [torch.zeros(1, requires_grad=True)])
+        self.schedule = build_schedule(cfg.schedule, self.optimizer, cfg.steps)
+        self.state = TrainState()
+        self.preprocess = preprocess_spec(self.store, self.store.image_shape[-1])
+
+    # ------------------------------------------------------------ checkpoints
+    def _checkpoint(self, name: str) -> None:
+        save_checkpoint(self.folder.checkpoint(name), {
+            "step": self.state.step, "state": self.state.__dict__, "method": self.method.state_dict(),
+            "optimizer": self.optimizer.state_dict(), "schedule": self.schedule.state_dict(),
+            "torch_rng": torch.get_rng_state(), "config": OmegaConf.to_container(self.cfg, resolve=True),
+            "preprocess": self.preprocess})
+
+    def restore(self) -> None:
+        ckpt = load_checkpoint(self.folder.checkpoint("last"))
+        self.method.load_state_dict(ckpt["method"])
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        self.schedule.load_state_dict(ckpt["schedule"])
+        torch.set_rng_state(ckpt["torch_rng"])
+        self.state = TrainState(**ckpt["state"])
+        self.folder.truncate_metrics(self.state.step)
+        log.info("resumed from step %d of %d", self.state.step, self.cfg.steps)
+
+    # ------------------------------------------------------------ the loop
+    def validate(self) -> dict:
+        with torch.random.fork_rng(devices=[]):  # validation must not shift the training RNG stream
+            r = evaluate(self.method, self.store, "val", self.eval_spec, len(self.val_plans), self.cfg.val.seed,
+                         self.device, self.cfg.test.batch, autocast(self.device, self.amp), plans=self.val_plans)
+        return {"accuracy": r.accuracy, "ci95": r.ci95}
+
+    def fit(self) -> None:
+        cfg, st = self.cfg, self.state
+        if not self.trainable:
+            log.info("%s has no parameters: nothing to train, going straight to the test", cfg.method.name)
+            self._checkpoint("last")
+            return
+        mb = cfg.sampler.meta_batch
+        window = st.window
+        t_window = time.perf_counter()
+        t_start = time.perf_counter() - st.elapsed
+        self.method.train()
+        with Progress(cfg.steps, st.step, f"{cfg.method.name} on {cfg.dataset.name}") as bar:
+            while st.step < cfg.steps:
+                plans = self.train_sampler.plans(st.step * mb, mb)
+                batch = gather(self.store, plans, self.device)
+                with autocast(self.device, self.amp):
+                    stats = self.method.train_step(batch, self.optimizer)
+                if not math.isfinite(stats["loss"]):
+                    raise TrainingDiverged(
+                        f"the training loss became {stats['loss']} at step {st.step + 1}; training stopped. The last "
+                        f"good checkpoint is {self.folder.checkpoint('last')} (step {self._last_saved_step()}). "
+                        f"Lower optimizer.lr (now {cfg.optimizer.lr}) and start again.")
+                self.schedule.step()
+                st.step += 1
+                window.append(stats)
+                if st.step % cfg.log_every == 0 or st.step == cfg.steps:
+                    dt = time.perf_counter() - t_window
+                    st.last_train = {"kind": "train", "step": st.step,
+                                     "loss": sum(s["loss"] for s in window) / len(window),
+                                     "accuracy": sum(s["accuracy"] for s in window) / len(window),
+                                     "lr": self.optimizer.param_groups[0]["lr"],
+                                     "episodes_per_s": len(window) * mb / max(dt, 1e-9)}
+                    self.folder.append_metrics(st.last_train)
+                    bar.update(st.step, st.last_train)
+                    window.clear()
+                    t_window = time.perf_counter()
+                if self.val_plans is not None and (st.step % cfg.val.every == 0 or st.step == cfg.steps):
+                    v = self.validate()
+                    st.last_val = {"kind": "val", "step": st.step, **v}
+                    self.folder.append_metrics(st.last_val)
+                    bar.note(f"step {st.step}: validation {100 * v['accuracy']:.2f} ± {100 * v['ci95']:.2f}%")
+                    if v["accuracy"] > st.best_val:
+                        st.best_val, st.best_step = v["accuracy"], st.step
+                        self._checkpoint("best")
+                    t_window = time.perf_counter()
+                if st.step % cfg.checkpoint_every == 0 or st.step == cfg.steps:
+                    st.elapsed = time.perf_counter() - t_start
+                    self._checkpoint("last")
+        st.elapsed = time.perf_counter() - t_start
+
+    def _last_saved_step(self) -> int | str:
+        path = self.folder.checkpoint("last")
+        return load_checkpoint(path)["step"] if path.is_file() else "none yet"
+
+    def test(self) -> dict:
+        """Test on the fixed test episodes with the best checkpoint (the last one when there is no validation)."""
+        which = "best" if self.folder.checkpoint("best").is_file() else "last"
+        self.method.load_state_dict(load_checkpoint(self.folder.checkpoint(which))["method"])
+        results = {}
+        for spec in self.test_specs:
+            r = evaluate(self.method, self.store, "test", spec, self.cfg.test.episodes, self.cfg.test.seed,
+                         self.device, self.cfg.test.batch, autocast(self.device, self.amp))
+            r.save(self.folder.path / "eval", f"test_{spec.tag}")
+            results[spec.tag] = {**r.summary(), "checkpoint": which}
+            log.info("test %s: %.2f ± %.2f%% (%d episodes, %s checkpoint)", spec.tag, 100 * r.accuracy,
+                     100 * r.ci95, len(r.per_episode), which)
+        return results
+
+
+def train(cfg: DictConfig, folder: RunFolder) -> dict:
+    """Train (or resume), test, and write the run's summary; returns the summary."""
+    trainer = Trainer(cfg, folder)
+    if cfg.resume:
+        trainer.restore()
+    log.info("device: %s", describe_device(trainer.device))
+    folder.write_summary(cfg, status="running", device=describe_device(trainer.device))
+    try:
+        trainer.fit()
+    except TrainingDiverged:
+        folder.write_summary(cfg, status="diverged", state=trainer.state)
+        folder.plot(cfg)
+        raise
+    except KeyboardInterrupt:
+        folder.write_summary(cfg, status="interrupted", state=trainer.state)
+        raise
+    tests = trainer.test()
+    summary = folder.write_summary(cfg, status="completed", state=trainer.state, test=tests,
+                                   device=describe_device(trainer.device))
+    folder.plot(cfg)
+    log.info("run folder: %s", folder.path)
+    return summary
+
+
+def read_summary(path: Path) -> dict:
+    return json.loads((path / "summary.json").read_text())

@@ -1,0 +1,129 @@
+"""Episodes: plans first (which images form each task), pixels later.
+
+A plan is drawn from a generator seeded by (seed, episode index), so episode i
+is the same whatever batch it is drawn in, a resumed run sees the same
+episodes as an uninterrupted one, and an evaluation set is a fixed list that
+every method and run sees identically.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from metalearn.data.store import ImageStore
+from metalearn.errors import MetalearnError
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    ways: int
+    shots: int
+    queries: int
+
+    def __post_init__(self) -> None:
+        for key in ("ways", "shots", "queries"):
+            value = getattr(self, key)
+            if not isinstance(value, (int, np.integer)) or value <= 0:
+                raise MetalearnError(f"{key} must be a positive whole number, got {value!r} (e.g. {key}=5)")
+        if self.ways < 2:
+            raise MetalearnError(f"ways must be at least 2 for a classification task, got {self.ways}")
+
+    @property
+    def tag(self) -> str:
+        return f"{self.ways}w{self.shots}s"
+
+
+@dataclass
+class EpisodePlans:
+    """Image indices of T tasks: classes [T, ways], support [T, ways, shots], query [T, ways, queries]."""
+
+    classes: np.ndarray
+    support: np.ndarray
+    query: np.ndarray
+
+    def __len__(self) -> int:
+        return self.classes.shape[0]
+
+    def digest(self) -> str:
+        """A fingerprint: two evaluations are comparable episode by episode iff their digests match."""
+        h = hashlib.sha256()
+        for a in (self.classes, self.support, self.query):
+            h.update(np.ascontiguousarray(a, dtype=np.int64).tobytes())
+        return h.hexdigest()[:16]
+
+    def slice(self, start: int, stop: int) -> EpisodePlans:
+        return EpisodePlans(self.classes[start:stop], self.support[start:stop], self.query[start:stop])
+
+    def to_dict(self) -> dict[str, np.ndarray]:
+        return {"classes": self.classes, "support": self.support, "query": self.query}
+
+
+@dataclass
+class EpisodeBatch:
+    """Pixels of T tasks: support [T, ways*shots, C, H, W], query [T, ways*queries, C, H, W].
+
+    Labels are 0..ways-1 in the order of `classes`; examples are grouped by label.
+    """
+
+    support: torch.Tensor
+    support_labels: torch.Tensor
+    query: torch.Tensor
+    query_labels: torch.Tensor
+    ways: int
+
+    @property
+    def tasks(self) -> int:
+        return self.support.shape[0]
+
+
+class EpisodeSampler:
+    """Draws N-way K-shot Q-query plans from one split of a store."""
+
+    def __init__(self, store: ImageStore, split: str, spec: TaskSpec, seed: int):
+        if split not in store.splits:
+            raise MetalearnError(f"split {split!r} does not exist; the dataset has: {', '.join(store.splits)}")
+        self.classes = store.splits[split]
+        self.counts = store.class_count[self.classes]
+        self.starts = store.class_start[self.classes]
+        self.spec, self.seed, self.split = spec, seed, split
+        n = len(self.classes)
+        if spec.ways > n:
+            raise MetalearnError(f"ways={spec.ways} but the {split} split of {store.meta.get('name', 'the dataset')} "
+                                 f"has only {n} classes; use ways<={n} (or sampler.train_ways for training).")
+        need = spec.shots + spec.queries
+        if n and need > int(self.counts.min()):
+            raise MetalearnError(f"shots+queries={spec.shots}+{spec.queries}={need} but some {split} classes have only "
+                                 f"{int(self.counts.min())} images; lower shots or queries so that shots+queries<="
+                                 f"{int(self.counts.min())}.")
+
+    def plans(self, start: int, count: int) -> EpisodePlans:
+        """Episodes start .. start+count-1 of this sampler's infinite, seeded sequence."""
+        ways, k = self.spec.ways, self.spec.shots + self.spec.queries
+        classes = np.empty((count, ways), dtype=np.int64)
+        idx = np.empty((count, ways, k), dtype=np.int64)
+        for t in range(count):
+            rng = np.random.default_rng([self.seed, start + t])
+            pick = rng.choice(len(self.classes), ways, replace=False)
+            keys = rng.random((ways, int(self.counts[pick].max())))
+            keys[np.arange(keys.shape[1])[None, :] >= self.counts[pick][:, None]] = 2.0  # past a class's images
+            classes[t] = self.classes[pick]
+            idx[t] = self.starts[pick][:, None] + np.argsort(keys, axis=1)[:, :k]
+        return EpisodePlans(classes, idx[:, :, : self.spec.shots], idx[:, :, self.spec.shots:])
+
+
+def gather(store: ImageStore, plans: EpisodePlans, device: torch.device | str = "cpu") -> EpisodeBatch:
+    """Index the uint8 store, move to the device, convert and normalise there."""
+    t, ways, shots = plans.support.shape
+    queries = plans.query.shape[2]
+    flat = torch.from_numpy(np.concatenate([plans.support.reshape(t, -1), plans.query.reshape(t, -1)], 1))
+    x = store.images[flat.reshape(-1)].to(device, non_blocking=True)
+    x = store.normalize(x)
+    x = x.reshape(t, ways * (shots + queries), *x.shape[1:])
+    labels = torch.arange(ways, device=device)
+    return EpisodeBatch(support=x[:, : ways * shots], support_labels=labels.repeat_interleave(shots).expand(t, -1),
+                        query=x[:, ways * shots:], query_labels=labels.repeat_interleave(queries).expand(t, -1),
+                        ways=ways)

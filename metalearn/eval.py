@@ -1,0 +1,62 @@
+"""`metalearn-eval run=PATH`: few-shot evaluation of a finished run on fixed episodes.
+
+    metalearn-eval run=outputs/train/<date>/<run>                    # the run's own task, 600 test episodes
+    metalearn-eval run=... ways=20 shots=1 episodes=1000 checkpoint=last
+
+The episodes are drawn from `seed` on the run's test split, so every method
+trained on the same dataset config is scored on identical episodes; the
+per-episode accuracies and the episode list go to <run>/eval/.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import hydra
+from omegaconf import DictConfig
+
+from metalearn.config import config_dir, register
+
+register()
+
+
+def run(cfg: DictConfig) -> dict:
+    from metalearn.api import restore_method
+    from metalearn.data import build_store
+    from metalearn.engine.evaluate import evaluate
+    from metalearn.engine.hardware import autocast, setup_device
+    from metalearn.episodes import TaskSpec
+    from metalearn.errors import MetalearnError
+
+    if cfg.run is None:
+        raise MetalearnError("metalearn-eval needs run=PATH, a run folder such as outputs/train/<date>/<time>_protonet_...")
+    folder = Path(cfg.run)
+    if not folder.is_dir():
+        raise MetalearnError(f"run folder {folder} does not exist")
+    device = setup_device(cfg.hardware)
+    method, ckpt = restore_method(folder, cfg.checkpoint, device)
+    saved = ckpt["config"]
+    dataset = dict(saved["dataset"])
+    if cfg.dataset_root is not None:
+        dataset["root"] = cfg.dataset_root
+    store = build_store(DictConfig(dataset))
+    spec = TaskSpec(cfg.ways or saved["ways"], cfg.shots or saved["shots"], cfg.queries or saved["queries"])
+    r = evaluate(method, store, cfg.split, spec, cfg.episodes, cfg.seed, device, cfg.batch,
+                 autocast(device, cfg.hardware.amp))
+    path = r.save(folder / "eval", f"{cfg.split}_{spec.tag}_q{spec.queries}_seed{cfg.seed}_{cfg.checkpoint}")
+    print(f"{saved['method']['name']} on {saved['dataset']['name']} {cfg.split} {spec.ways}-way {spec.shots}-shot: "
+          f"{100 * r.accuracy:.2f} ± {100 * r.ci95:.2f}% (95% CI, {len(r.per_episode)} episodes, "
+          f"episodes {r.plans.digest()}) -> {path}")
+    return r.summary()
+
+
+@hydra.main(version_base=None, config_path=config_dir(), config_name="eval")
+def main(cfg: DictConfig) -> None:
+    from metalearn.cli import report_errors, setup_logging
+
+    setup_logging()
+    report_errors(lambda: run(cfg))
+
+
+if __name__ == "__main__":
+    main()

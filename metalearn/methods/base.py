@@ -1,0 +1,41 @@
+"""The one interface every method answers, whatever its family.
+
+- ``train_step(batch, optimizer)``: one meta-training step on a batch of episodes.
+- ``predict(support, support_labels, query, ways)``: logits for the queries of
+  one or more tasks, given their support sets.
+
+The evaluation code calls only ``predict``; it never asks which kind of method
+it holds. Methods that learn by an ordinary loss implement ``loss``; Reptile and
+the transfer baselines override ``train_step``.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from metalearn.episodes import EpisodeBatch
+
+
+class Method(nn.Module):
+    name = "method"
+
+    def loss(self, batch: EpisodeBatch) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mean training loss over the batch's tasks, and query logits [T, Q, ways]."""
+        logits = self.predict(batch.support, batch.support_labels, batch.query, batch.ways)
+        loss = nn.functional.cross_entropy(logits.reshape(-1, batch.ways).float(), batch.query_labels.reshape(-1))
+        return loss, logits
+
+    def train_step(self, batch: EpisodeBatch, optimizer: torch.optim.Optimizer) -> dict[str, float]:
+        optimizer.zero_grad(set_to_none=True)
+        loss, logits = self.loss(batch)
+        if torch.isfinite(loss):
+            loss.backward()
+            optimizer.step()
+        acc = (logits.argmax(-1) == batch.query_labels).float().mean()
+        return {"loss": float(loss.detach()), "accuracy": float(acc)}
+
+    def predict(self, support: torch.Tensor, support_labels: torch.Tensor, query: torch.Tensor,
+                ways: int) -> torch.Tensor:
+        """support [T, S, C, H, W] (or [S, C, H, W] for one task) -> query logits [T, Q, ways] (or [Q, ways])."""
+        raise NotImplementedError

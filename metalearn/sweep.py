@@ -1,0 +1,46 @@
+"""At the end of a `--multirun` sweep, collect every job's summary.json into summary.csv."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+from typing import Any
+
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig
+
+
+def collect(sweep_dir: Path) -> list[dict]:
+    rows = []
+    for job in sorted(sweep_dir.iterdir(), key=lambda p: p.name):
+        if not job.is_dir():
+            continue
+        path = job / "summary.json"
+        s = json.loads(path.read_text()) if path.exists() else {"status": "no summary"}
+        row = {"job": job.name, "status": s.get("status"), "method": s.get("method"), "dataset": s.get("dataset"),
+               "overrides": " ".join(s.get("overrides", [])), "seed": s.get("seed"),
+               "best_val": (s.get("best_val") or {}).get("accuracy"), "wall_time_s": s.get("wall_time_s")}
+        for tag, t in (s.get("test") or {}).items():
+            row[f"test_{tag}"], row[f"test_{tag}_ci95"] = t["accuracy"], t["ci95"]
+        rows.append(row)
+    return rows
+
+
+def write_csv(rows: list[dict], path: Path) -> None:
+    fields: list[str] = []
+    for r in rows:
+        fields += [k for k in r if k not in fields]
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=fields)
+        w.writeheader()
+        w.writerows(rows)
+
+
+class SweepSummary(Callback):
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        sweep_dir = Path(config.hydra.sweep.dir)
+        if sweep_dir.is_dir():
+            rows = collect(sweep_dir)
+            write_csv(rows, sweep_dir / "summary.csv")
+            print(f"sweep summary ({len(rows)} jobs): {sweep_dir / 'summary.csv'}")

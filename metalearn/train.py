@@ -1,0 +1,72 @@
+"""`metalearn-train`: meta-train a method on a dataset, then test it on fixed episodes.
+
+    metalearn-train                                  # protonet on the built-in synthetic glyphs, CPU
+    metalearn-train method=protonet shots=5 dataset=omniglot dataset.root=PATH
+    metalearn-train -m shots=1,5 seed=0,1,2          # a sweep: one folder per job
+    metalearn-train resume=true [run_dir=PATH]       # continue a killed run
+
+Torch is imported inside main() so that --help answers fast.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import hydra
+from omegaconf import DictConfig
+
+from metalearn.config import config_dir, register
+
+register()
+
+
+def run(cfg: DictConfig) -> dict | None:
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    from metalearn.cli import report_errors, setup_logging
+    from metalearn.engine.rundir import RunFolder
+    from metalearn.errors import MetalearnError
+
+    hc = HydraConfig.get()
+    out = Path(hc.runtime.output_dir)
+    multirun = hc.mode == RunMode.MULTIRUN
+    setup_logging(out / "train.log")
+
+    def go() -> dict:
+        from metalearn.engine.trainer import train
+
+        folder = RunFolder(out)
+        if cfg.resume:
+            if not folder.checkpoint("last").is_file():
+                if {p.name for p in out.iterdir()} <= {"train.log"}:  # the folder Hydra just made
+                    shutil.rmtree(out)
+                where = f"in {cfg.run_dir}" if cfg.run_dir else "under outputs/train/ (no unfinished run found)"
+                raise MetalearnError(f"resume=true but there is no checkpoint to resume {where}. Give the run's "
+                                     f"folder with run_dir=PATH, or start a new run without resume=true.")
+            saved = folder.saved_config()
+            saved.resume = True
+            return train(saved, folder)
+        folder.write_config(cfg, list(hc.overrides.task), dict(hc.runtime.choices))
+        return train(cfg, folder)
+
+    try:
+        return report_errors(go, multirun=multirun)
+    except Exception:
+        if multirun:  # a crashed job is recorded and the sweep goes on
+            import logging
+
+            logging.getLogger("metalearn").exception("job failed")
+            RunFolder(out).write_summary(cfg, status="failed")
+            return None
+        raise
+
+
+@hydra.main(version_base=None, config_path=config_dir(), config_name="train")
+def main(cfg: DictConfig) -> None:
+    run(cfg)
+
+
+if __name__ == "__main__":
+    main()

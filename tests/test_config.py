@@ -1,0 +1,64 @@
+"""Every config composes; a misspelled key or a wrong type fails at start-up naming the key."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from conftest import compose
+from hydra.errors import ConfigCompositionException
+from omegaconf import OmegaConf
+from omegaconf.errors import ConfigKeyError, ValidationError
+
+from metalearn.config import config_dir
+
+CONFIGS = Path(config_dir())
+
+
+def options(group: str) -> list[str]:
+    return sorted(p.stem for p in (CONFIGS / group).glob("*.yaml"))
+
+
+@pytest.mark.parametrize("group", ["dataset", "sampler", "method", "hardware", "debug", "experiment"])
+def test_every_option_composes(group):
+    for name in options(group):
+        cfg = compose(f"{group}={name}")
+        OmegaConf.resolve(cfg)  # every interpolation resolves
+        assert cfg.sampler.train_ways >= 2
+
+
+def test_aliases_reach_the_sampler():
+    cfg = compose("method=protonet", "shots=5", "ways=10", "queries=3")
+    assert (cfg.shots, cfg.sampler.train_shots, cfg.sampler.train_ways, cfg.sampler.train_queries) == (5, 5, 10, 3)
+
+
+def test_training_ways_can_differ_from_test_ways():
+    cfg = compose("sampler.train_ways=60")
+    assert cfg.sampler.train_ways == 60 and cfg.ways == 5
+
+
+def test_misspelled_key_names_the_key():
+    with pytest.raises(ConfigCompositionException) as e:
+        compose("dataset.num_clases=5")
+    assert "num_clases" in str(e.value.__cause__ or e.value)
+
+
+def test_wrong_type_names_the_key():
+    with pytest.raises((ConfigCompositionException, ValidationError)) as e:
+        compose("shots=many")
+    text = str(e.value) + str(e.value.__cause__)
+    assert "shots" in text and "many" in text
+
+
+def test_typo_in_a_yaml_file_is_caught_by_the_schema(tmp_path):
+    """A preset that sets a key the schema lacks must not be silently accepted."""
+    from metalearn.config import SyntheticConfig
+
+    with pytest.raises(ConfigKeyError):
+        OmegaConf.merge(OmegaConf.structured(SyntheticConfig), {"num_clases": 3})
+
+
+def test_experiment_preset_sets_its_benchmark():
+    cfg = compose("experiment=protonet_omniglot_small", "dataset.root=/data")
+    assert cfg.dataset.name == "omniglot" and list(cfg.test.ways) == [5, 20]
+    assert cfg.sampler.train_ways == 60 and list(cfg.dataset.rotations) == ["train"]

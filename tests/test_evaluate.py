@@ -1,0 +1,53 @@
+"""Evaluation: the 95% CI formula, fixed episodes, per-episode results saved for pairwise comparison."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from metalearn.config import SyntheticConfig
+from metalearn.data.synthetic import build_synthetic
+from metalearn.engine.evaluate import evaluate
+from metalearn.episodes import TaskSpec
+from metalearn.methods.pixel_nn import PixelNN
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    return build_synthetic(SyntheticConfig(num_classes=60, images_per_class=10,
+                                           cache_dir=str(tmp_path_factory.mktemp("c"))))
+
+
+def test_accuracy_and_ci_follow_the_convention(store):
+    r = evaluate(PixelNN(), store, "test", TaskSpec(5, 1, 3), 40, seed=2, device=torch.device("cpu"), batch=7)
+    acc = r.per_episode
+    assert len(acc) == 40 and ((acc >= 0) & (acc <= 1)).all()
+    assert r.accuracy == pytest.approx(acc.mean())
+    assert r.ci95 == pytest.approx(1.96 * acc.std() / np.sqrt(40))
+
+
+def test_batching_does_not_change_results(store):
+    a = evaluate(PixelNN(), store, "test", TaskSpec(5, 1, 3), 30, 2, torch.device("cpu"), batch=30)
+    b = evaluate(PixelNN(), store, "test", TaskSpec(5, 1, 3), 30, 2, torch.device("cpu"), batch=4)
+    assert np.array_equal(a.per_episode, b.per_episode) and a.plans.digest() == b.plans.digest()
+
+
+def test_results_and_episodes_are_saved(store, tmp_path):
+    r = evaluate(PixelNN(), store, "test", TaskSpec(5, 1, 3), 20, 2, torch.device("cpu"))
+    path = r.save(tmp_path, "test_5w1s")
+    data = json.loads(path.read_text())
+    assert data["per_episode"] == r.per_episode.tolist() and data["episodes_digest"] == r.plans.digest()
+    plans = np.load(tmp_path / "test_5w1s_episodes.npz")
+    assert np.array_equal(plans["support"], r.plans.support)
+
+
+def test_the_test_set_is_the_same_for_every_method(store):
+    from metalearn.backbones import Conv4
+    from metalearn.methods.protonet import ProtoNet
+
+    a = evaluate(PixelNN(), store, "test", TaskSpec(5, 1, 3), 20, 2, torch.device("cpu"))
+    b = evaluate(ProtoNet(Conv4(1, 8)), store, "test", TaskSpec(5, 1, 3), 20, 2, torch.device("cpu"))
+    assert a.plans.digest() == b.plans.digest()

@@ -1,0 +1,114 @@
+"""The training engine: run folder contents, a killed-and-resumed run equals an uninterrupted one,
+non-finite losses stop the run and keep the last good checkpoint."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+from conftest import cli
+
+# a short but complete run: validation, several checkpoints, test, on a 1,200-class synthetic set
+FAST = ["debug=smoke", "steps=300", "checkpoint_every=20", "log_every=7", "val.every=50", "seed=3",
+        "hardware.threads=1"]
+
+
+def load_metrics(run: Path) -> list[dict]:
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    for r in rows:
+        r.pop("episodes_per_s", None)  # a timing, not a result
+    return rows
+
+
+def test_run_folder_holds_everything(tmp_path):
+    r = cli("metalearn-train", "debug=smoke", "run_dir=run", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    run = tmp_path / "run"
+    for name in ("config.yaml", "metrics.jsonl", "summary.json", "learning_curve.png", "train.log",
+                 "checkpoints/best.pt", "checkpoints/last.pt", "eval/test_5w1s.json", "eval/test_5w1s_episodes.npz"):
+        assert (run / name).is_file(), name
+    s = json.loads((run / "summary.json").read_text())
+    assert s["status"] == "completed" and s["method"] == "protonet" and s["dataset"] == "synthetic"
+    assert s["choices"]["method"] == "protonet" and s["choices"]["debug"] == "smoke"
+    assert 0 <= s["test"]["5w1s"]["accuracy"] <= 1 and s["test"]["5w1s"]["episodes"] == 20
+    assert s["best_val"]["step"] in (10, 20) and s["wall_time_s"] > 0 and "commit" in s
+    rows = load_metrics(run)
+    assert {"step", "loss", "accuracy", "lr"} <= set(rows[0]) and rows[-1]["step"] == 20
+    assert (run / "learning_curve.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_killed_run_resumes_to_the_same_result(tmp_path):
+    ref = cli("metalearn-train", *FAST, "run_dir=ref", cwd=tmp_path)
+    assert ref.returncode == 0, ref.stderr
+
+    exe = [sys.executable, "-m", "metalearn.train", *FAST, "run_dir=killed"]
+    proc = subprocess.Popen(exe, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    ckpt = tmp_path / "killed" / "checkpoints" / "last.pt"
+    deadline = time.time() + 120
+    while not ckpt.exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.02)
+    time.sleep(0.3)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    killed = json.loads((tmp_path / "killed" / "summary.json").read_text())
+    assert killed["status"] == "running", "the run finished before it could be killed; make FAST longer"
+
+    res = cli("metalearn-train", "resume=true", "run_dir=killed", cwd=tmp_path)
+    assert res.returncode == 0, res.stderr
+    assert "resumed from step" in res.stderr
+    a, b = (json.loads((tmp_path / d / "summary.json").read_text()) for d in ("ref", "killed"))
+    for key in ("final_val", "best_val", "steps_done", "status"):
+        assert a[key] == b[key], key
+    assert {k: v for k, v in a["final_train"].items() if k != "episodes_per_s"} == \
+           {k: v for k, v in b["final_train"].items() if k != "episodes_per_s"}
+    assert a["test"] == b["test"]
+    pa, pb = (json.loads((tmp_path / d / "eval" / "test_5w1s.json").read_text())["per_episode"] for d in ("ref", "killed"))
+    assert pa == pb
+    assert load_metrics(tmp_path / "ref") == load_metrics(tmp_path / "killed")
+
+
+def test_resume_without_checkpoint_is_explained(tmp_path):
+    r = cli("metalearn-train", "resume=true", cwd=tmp_path)
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert "no checkpoint to resume" in r.stderr and "run_dir=PATH" in r.stderr
+    assert not (tmp_path / "outputs" / "train").exists() or not any((tmp_path / "outputs" / "train").rglob("*.pt"))
+    r = cli("metalearn-train", "resume=true", "run_dir=nowhere", cwd=tmp_path)
+    assert r.returncode == 2 and "no checkpoint to resume in nowhere" in r.stderr
+
+
+def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
+    r = cli("metalearn-train", "debug=smoke", "optimizer.lr=1e25", "steps=50", "checkpoint_every=1",
+            "val.every=1000", "run_dir=run", cwd=tmp_path)
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+    assert "training loss became nan at step" in r.stderr and "optimizer.lr" in r.stderr
+    import re
+
+    import torch
+
+    bad_step = int(re.search(r"at step (\d+)", r.stderr).group(1))
+    ckpt = torch.load(tmp_path / "run" / "checkpoints" / "last.pt", weights_only=False)
+    assert ckpt["step"] == bad_step - 1
+    assert all(torch.isfinite(v).all() for v in ckpt["method"].values() if v.is_floating_point())
+    assert json.loads((tmp_path / "run" / "summary.json").read_text())["status"] == "diverged"
+
+
+def test_pixel_nn_floor_runs_without_training(tmp_path):
+    r = cli("metalearn-train", "method=pixel_nn", "debug=smoke", "run_dir=run", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    s = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert s["status"] == "completed" and 0.2 < s["test"]["5w1s"]["accuracy"] <= 1
+
+
+def test_validation_episodes_are_fixed(tmp_path):
+    """Two runs with different training seeds are validated and tested on identical episodes."""
+    for seed in (0, 1):
+        assert cli("metalearn-train", "debug=smoke", f"seed={seed}", f"run_dir=s{seed}", cwd=tmp_path).returncode == 0
+    a, b = (json.loads((tmp_path / f"s{s}" / "eval" / "test_5w1s.json").read_text()) for s in (0, 1))
+    assert a["episodes_digest"] == b["episodes_digest"]
+    ea, eb = (np.load(tmp_path / f"s{s}" / "eval" / "test_5w1s_episodes.npz") for s in (0, 1))
+    assert np.array_equal(ea["query"], eb["query"])
