@@ -32,7 +32,8 @@ def restore_method(run: str | Path, checkpoint: str = "best", device: str | torc
         path = run / "checkpoints" / "last.pt"
     ckpt = load_checkpoint(path)
     cfg = OmegaConf.create(ckpt["config"])
-    method = build_method(cfg.method, ckpt["preprocess"]["channels"], False)
+    pre = ckpt["preprocess"]
+    method = build_method(cfg.method, (pre["channels"], pre["image_size"], pre["image_size"]), cfg.sampler.train_ways)
     method.load_state_dict(ckpt["method"])
     return method.to(device).eval(), ckpt
 

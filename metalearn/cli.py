@@ -21,9 +21,16 @@ def setup_logging(log_file: Path | None = None) -> None:
     for h in list(log.handlers):
         log.removeHandler(h)
         h.close()
-    console = logging.StreamHandler(sys.stderr)
-    console.setFormatter(logging.Formatter("[%(asctime)s] %(message)s", "%H:%M:%S"))
-    log.addHandler(console)
+    if sys.stderr.isatty():
+        from rich.logging import RichHandler
+
+        from metalearn.engine.progress import console
+
+        log.addHandler(RichHandler(console=console(), show_path=False, show_level=False, markup=False))
+    else:
+        plain = logging.StreamHandler(sys.stderr)
+        plain.setFormatter(logging.Formatter("[%(asctime)s] %(message)s", "%H:%M:%S"))
+        log.addHandler(plain)
     if log_file is not None:
         log_file.parent.mkdir(parents=True, exist_ok=True)
         fh = logging.FileHandler(log_file)

@@ -97,6 +97,31 @@ class ProtoNetConfig(MethodConfig):
 
 
 @dataclass
+class MAMLConfig(MethodConfig):
+    """maml, fomaml, anil and metasgd: one schema, the method is the name plus its switches."""
+
+    name: str = "maml"
+    inner_lr: float = 0.4
+    inner_steps: int = 1  # during meta-training
+    inner_steps_eval: int = 3  # at validation and test
+    first_order: bool = False
+    adapt: str = "all"  # all | head (ANIL)
+    learn_inner_lr: bool = False  # Meta-SGD: a learned learning rate per parameter entry
+    batch_norm: str = "transductive"  # transductive (batch statistics, as the reference code) | running
+
+
+@dataclass
+class ReptileConfig(MethodConfig):
+    name: str = "reptile"
+    inner_lr: float = 0.001
+    inner_steps: int = 5
+    inner_steps_eval: int = 50
+    inner_batch: int = 10
+    inner_optimizer: str = "adam"  # adam | sgd
+    batch_norm: str = "transductive"
+
+
+@dataclass
 class PixelNNConfig(MethodConfig):
     name: str = "pixel_nn"
 
@@ -119,7 +144,7 @@ class OptimizerConfig:
 
 @dataclass
 class ScheduleConfig:
-    name: str = "step"  # none | step | cosine
+    name: str = "step"  # none | step | cosine | linear (to zero at the last step: Reptile's meta-step annealing)
     step_size: int = 2000
     gamma: float = 0.5
 
@@ -207,4 +232,6 @@ def register() -> None:
     cs.store(group="sampler", name="sampler_schema", node=SamplerConfig)
     cs.store(group="method", name="protonet_schema", node=ProtoNetConfig)
     cs.store(group="method", name="pixel_nn_schema", node=PixelNNConfig)
+    cs.store(group="method", name="maml_schema", node=MAMLConfig)
+    cs.store(group="method", name="reptile_schema", node=ReptileConfig)
     cs.store(group="hardware", name="hardware_schema", node=HardwareConfig)

@@ -35,6 +35,7 @@ def test_run_folder_holds_everything(tmp_path):
     s = json.loads((run / "summary.json").read_text())
     assert s["status"] == "completed" and s["method"] == "protonet" and s["dataset"] == "synthetic"
     assert s["choices"]["method"] == "protonet" and s["choices"]["debug"] == "smoke"
+    assert s["method_config"]["backbone"]["width"] == 16
     assert 0 <= s["test"]["5w1s"]["accuracy"] <= 1 and s["test"]["5w1s"]["episodes"] == 20
     assert s["best_val"]["step"] in (10, 20) and s["wall_time_s"] > 0 and "commit" in s
     rows = load_metrics(run)

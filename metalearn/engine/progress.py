@@ -4,8 +4,17 @@ from __future__ import annotations
 
 import logging
 import sys
+from functools import lru_cache
 
 log = logging.getLogger("metalearn")
+
+
+@lru_cache(maxsize=1)
+def console():
+    """One rich console on stderr, shared by the progress bar and the log handler so lines never garble the bar."""
+    from rich.console import Console
+
+    return Console(stderr=True)
 
 
 class Progress:
@@ -20,7 +29,8 @@ class Progress:
             from rich.progress import Progress as RichProgress
 
             self.bar = RichProgress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                                    TimeRemainingColumn(), TextColumn("{task.fields[info]}"), transient=False)
+                                    TimeRemainingColumn(), TextColumn("{task.fields[info]}"), console=console(),
+                                    transient=False)
             self.bar.__enter__()
             self.task = self.bar.add_task(self.title, total=self.total, completed=self.start, info="")
         return self

@@ -73,6 +73,7 @@ class RunFolder:
         now = dt.datetime.now().isoformat(timespec="seconds")
         choices = json.loads((self.path / "overrides.json").read_text()) if (self.path / "overrides.json").exists() else {}
         s.update({"status": status, "method": cfg.method.name, "dataset": cfg.dataset.name,
+                  "method_config": OmegaConf.to_container(cfg.method, resolve=True),
                   "task": {"ways": cfg.ways, "shots": cfg.shots, "queries": cfg.queries,
                            "train_ways": cfg.sampler.train_ways, "train_shots": cfg.sampler.train_shots,
                            "train_queries": cfg.sampler.train_queries, "meta_batch": cfg.sampler.meta_batch},
@@ -85,7 +86,7 @@ class RunFolder:
             st = asdict(state) if is_dataclass(state) else dict(state)
             s.update({"steps_done": st["step"], "wall_time_s": round(st["elapsed"], 1),
                       "final_train": st["last_train"], "final_val": st["last_val"] or None,
-                      "best_val": ({"step": st["best_step"], "accuracy": st["best_val"]}
+                      "best_val": ({"step": st["best_step"], "accuracy": st["best_val"], "ci95": st["best_ci95"]}
                                    if st["best_step"] >= 0 else None)})
         if test is not None:
             s["test"] = test

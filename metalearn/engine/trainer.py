@@ -50,7 +50,9 @@ def build_schedule(cfg: Any, optimizer: torch.optim.Optimizer, steps: int) -> to
         return torch.optim.lr_scheduler.StepLR(optimizer, step_size=max(1, cfg.step_size), gamma=cfg.gamma)
     if cfg.name == "cosine":
         return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, steps))
-    raise MetalearnError(f"schedule.name={cfg.name!r} is not one of: none, step, cosine")
+    if cfg.name == "linear":
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: max(0.0, 1.0 - s / max(1, steps)))
+    raise MetalearnError(f"schedule.name={cfg.name!r} is not one of: none, step, cosine, linear")
 
 
 def preprocess_spec(store: ImageStore, image_size: int) -> dict:
@@ -70,6 +72,7 @@ class TrainState:
     step: int = 0
     best_val: float = -1.0
     best_step: int = -1
+    best_ci95: float = 0.0
     elapsed: float = 0.0
     last_train: dict = field(default_factory=dict)
     last_val: dict = field(default_factory=dict)
@@ -100,7 +103,10 @@ class Trainer:
         for spec in self.test_specs:  # fail now, not after an hour of training
             EpisodeSampler(self.store, "test", spec, cfg.test.seed)
         channels_last = cfg.hardware.channels_last and self.device.type in ("cpu", "cuda")
-        self.method: Method = build_method(cfg.method, self.store.image_shape[0], channels_last).to(self.device)
+        self.method: Method = build_method(cfg.method, self.store.image_shape, self.train_spec.ways,
+                                           channels_last).to(self.device)
+        for spec in [self.eval_spec, *self.test_specs]:
+            self.method.check_task(spec)
         self.trainable = any(p.requires_grad for p in self.method.parameters())
         self.optimizer = build_optimizer(cfg.optimizer, self.method.parameters() if self.trainable
                                          else [torch.zeros(1, requires_grad=True)])
@@ -110,6 +116,12 @@ class Trainer:
 
     # ------------------------------------------------------------ checkpoints
     def _checkpoint(self, name: str) -> None:
+        """Save, unless the weights went non-finite: a checkpoint on disk is always a good one."""
+        if not all(torch.isfinite(p).all() for p in self.method.state_dict().values() if p.is_floating_point()):
+            raise TrainingDiverged(
+                f"the weights became non-finite by step {self.state.step}; training stopped. The last good checkpoint "
+                f"is {self.folder.checkpoint('last')} (step {self._last_saved_step()}). Lower optimizer.lr "
+                f"(now {self.cfg.optimizer.lr}) and start again.")
         save_checkpoint(self.folder.checkpoint(name), {
             "step": self.state.step, "state": self.state.__dict__, "method": self.method.state_dict(),
             "optimizer": self.optimizer.state_dict(), "schedule": self.schedule.state_dict(),
@@ -175,7 +187,7 @@ class Trainer:
                     self.folder.append_metrics(st.last_val)
                     bar.note(f"step {st.step}: validation {100 * v['accuracy']:.2f} ± {100 * v['ci95']:.2f}%")
                     if v["accuracy"] > st.best_val:
-                        st.best_val, st.best_step = v["accuracy"], st.step
+                        st.best_val, st.best_step, st.best_ci95 = v["accuracy"], st.step, v["ci95"]
                         self._checkpoint("best")
                     t_window = time.perf_counter()
                 if st.step % cfg.checkpoint_every == 0 or st.step == cfg.steps:

@@ -1,28 +1,52 @@
-"""Method registry: config name -> constructor."""
+"""Method registry: config name -> constructor. Every method is built from its config, the image
+shape and the number of training ways (the size of a classifier head, for methods that have one)."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from metalearn.backbones import build_backbone
+from metalearn.backbones import build_backbone, feature_dim
 from metalearn.errors import MetalearnError
 from metalearn.methods.base import Method
 
-METHODS = ("protonet", "pixel_nn")
+METHODS = ("protonet", "pixel_nn", "maml", "fomaml", "anil", "metasgd", "reptile")
+MAML_FAMILY = ("maml", "fomaml", "anil", "metasgd")
 
 
-def build_method(cfg: Any, in_channels: int, channels_last: bool = False) -> Method:
+def _check(cfg: Any, key: str, allowed: tuple[str, ...]) -> None:
+    if cfg[key] not in allowed:
+        raise MetalearnError(f"method.{key}={cfg[key]!r} is not one of: {', '.join(allowed)}")
+
+
+def build_method(cfg: Any, image_shape: tuple[int, int, int], ways: int, channels_last: bool = False) -> Method:
     name = cfg.name
     if name == "protonet":
         from metalearn.methods.protonet import ProtoNet
 
-        if cfg.distance not in ("sqeuclidean", "cosine"):
-            raise MetalearnError(f"method.distance={cfg.distance!r} is not one of: sqeuclidean, cosine")
-        return ProtoNet(build_backbone(cfg.backbone, in_channels, channels_last), cfg.distance)
+        _check(cfg, "distance", ("sqeuclidean", "cosine"))
+        return ProtoNet(build_backbone(cfg.backbone, image_shape[0], channels_last), cfg.distance)
     if name == "pixel_nn":
         from metalearn.methods.pixel_nn import PixelNN
 
         return PixelNN()
+    if name in MAML_FAMILY or name == "reptile":
+        _check(cfg, "batch_norm", ("transductive", "running"))
+        backbone = build_backbone(cfg.backbone, image_shape[0], channels_last, cfg.batch_norm == "running")
+        dim = feature_dim(backbone, image_shape)
+        if cfg.inner_steps < 1 or cfg.inner_steps_eval < 1:
+            raise MetalearnError(f"method.inner_steps and method.inner_steps_eval must be >= 1, "
+                                 f"got {cfg.inner_steps} and {cfg.inner_steps_eval}")
+        if name == "reptile":
+            from metalearn.methods.reptile import Reptile
+
+            _check(cfg, "inner_optimizer", ("adam", "sgd"))
+            return Reptile(backbone, dim, ways, cfg.inner_lr, cfg.inner_steps, cfg.inner_steps_eval, cfg.inner_batch,
+                           cfg.inner_optimizer)
+        from metalearn.methods.maml import MAML
+
+        _check(cfg, "adapt", ("all", "head"))
+        return MAML(backbone, dim, ways, cfg.inner_lr, cfg.inner_steps, cfg.inner_steps_eval, cfg.first_order,
+                    cfg.adapt == "head", cfg.learn_inner_lr, name=name)
     raise MetalearnError(f"unknown method {name!r}; choose one of: {', '.join(METHODS)}")
 
 

@@ -14,11 +14,15 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from metalearn.episodes import EpisodeBatch
+from metalearn.episodes import EpisodeBatch, TaskSpec
 
 
 class Method(nn.Module):
     name = "method"
+    adapts_at_test = False  # True: predict() takes gradient steps, so evaluation runs with autograd on
+
+    def check_task(self, spec: TaskSpec) -> None:
+        """Raise a MetalearnError when this method cannot be evaluated on `spec` (checked before training)."""
 
     def loss(self, batch: EpisodeBatch) -> tuple[torch.Tensor, torch.Tensor]:
         """Mean training loss over the batch's tasks, and query logits [T, Q, ways]."""
