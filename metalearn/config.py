@@ -97,6 +97,17 @@ class ProtoNetConfig(MethodConfig):
 
 
 @dataclass
+class MAMLPlusPlusConfig:
+    """MAML++ (Antoniou et al. 2019) switches; all off is plain MAML."""
+
+    per_layer_per_step_lr: bool = False
+    multi_step_loss: bool = False
+    msl_anneal_steps: int = 1000
+    per_step_bn: bool = False
+    first_order_until: int = 0
+
+
+@dataclass
 class MAMLConfig(MethodConfig):
     """maml, fomaml, anil and metasgd: one schema, the method is the name plus its switches."""
 
@@ -108,6 +119,7 @@ class MAMLConfig(MethodConfig):
     adapt: str = "all"  # all | head (ANIL)
     learn_inner_lr: bool = False  # Meta-SGD: a learned learning rate per parameter entry
     batch_norm: str = "transductive"  # transductive (batch statistics, as the reference code) | running
+    plus: MAMLPlusPlusConfig = field(default_factory=MAMLPlusPlusConfig)
 
 
 @dataclass

@@ -8,7 +8,7 @@ from torch import nn
 from torch.func import functional_call
 
 from metalearn.episodes import EpisodeBatch
-from metalearn.methods.maml import MAML
+from metalearn.methods.maml import MAML, MAMLPlusPlus
 from metalearn.methods.reptile import Reptile
 
 INNER_LR, STEPS = 0.3, 2
@@ -75,7 +75,7 @@ def test_second_order_meta_gradient_equals_the_unrolled_computation():
 def test_first_order_gradient_is_the_query_gradient_at_the_adapted_weights():
     fo, so, b = tiny_maml(first_order=True), tiny_maml(), tiny_batch()
     ours = our_meta_gradient(fo, b)
-    adapted = {k: v.detach().requires_grad_() for k, v in fo.adapt(b.support[0], b.support_labels[0], STEPS, True).items()}
+    adapted = {k: v.detach().requires_grad_() for k, v in fo.adapt(b.support[0], b.support_labels[0], STEPS, True)[-1].items()}
     q = nn.functional.cross_entropy(functional_call(fo.model, adapted, (b.query[0],)), b.query_labels[0])
     expected = torch.autograd.grad(q, [adapted[n] for n, _ in fo.model.named_parameters()])
     for e, o in zip(expected, ours, strict=True):
@@ -99,7 +99,7 @@ def test_meta_sgd_learning_rates_receive_gradients():
 
 def test_anil_inner_loop_leaves_the_body_untouched():
     m, b = tiny_maml(adapt_head_only=True), tiny_batch()
-    adapted = m.adapt(b.support[0], b.support_labels[0], STEPS, first_order=False)
+    adapted = m.adapt(b.support[0], b.support_labels[0], STEPS, first_order=False)[-1]
     for name, p in m.model.named_parameters():
         if name.startswith("1."):
             assert not torch.equal(adapted[name], p), name
@@ -150,9 +150,92 @@ def test_predict_adapts_and_returns_detached_logits():
     assert not torch.allclose(logits[0], unadapted)
 
 
+# ---------------------------------------------------------------- MAML++
+def tiny_bn_maml(**plus) -> MAML:
+    torch.manual_seed(0)
+    body = nn.Sequential(nn.Conv2d(1, 3, 1), nn.BatchNorm2d(3), nn.ReLU(), nn.Flatten())
+    return MAML(body, 12, 2, INNER_LR, STEPS, STEPS, plus=MAMLPlusPlus(**plus)).double()
+
+
+def test_lslr_and_msl_meta_gradient_equals_the_unrolled_computation():
+    m, b = tiny_maml(plus=MAMLPlusPlus(per_layer_per_step_lr=True, multi_step_loss=True, msl_anneal_steps=10)), tiny_batch()
+    names = [n for n, _ in m.model.named_parameters()]
+    step_lrs = [m.step_lrs[n.replace(".", "__")] for n in names]  # looked up by name, as the method does
+    with torch.no_grad():
+        for i, lr in enumerate(step_lrs):  # distinct rates per layer and step
+            lr.copy_(torch.tensor([0.2 + 0.1 * i, 0.05 + 0.1 * i]))
+    m.meta_steps.fill_(3)
+    weights = m.msl_weights(STEPS)
+    rates = [lr.detach() for lr in step_lrs]
+    ce = nn.functional.cross_entropy
+
+    def loss(p, x, y):
+        return ce(functional_call(m.model, dict(zip(names, p, strict=True)), (x,)), y)
+
+    def outer(p, r):
+        total = 0.0
+        for k in range(STEPS):
+            g = torch.func.grad(loss)(p, b.support[0], b.support_labels[0])
+            p = tuple(pi - ri[k] * gi for pi, gi, ri in zip(p, g, r, strict=True))
+            total = total + weights[k] * loss(p, b.query[0], b.query_labels[0])
+        return total
+
+    theta = tuple(p.detach() for p in m.model.parameters())
+    expected_theta, expected_rates = torch.func.grad(outer, argnums=(0, 1))(theta, tuple(rates))
+    out, _ = m.task_loss(b, 0)
+    ours = torch.autograd.grad(out, list(m.model.parameters()) + step_lrs)
+    for e, o in zip(list(expected_theta) + list(expected_rates), ours, strict=True):
+        assert torch.allclose(e, o, atol=1e-10)
+    assert all(r.abs().min() > 0 for r in ours[len(theta):]), "every layer's rate at every step gets a gradient"
+
+
+def test_msl_weights_anneal_to_the_final_step_then_stop():
+    m = tiny_maml(plus=MAMLPlusPlus(multi_step_loss=True, msl_anneal_steps=100))
+    w0 = m.msl_weights(5)
+    assert torch.allclose(w0, torch.full((5,), 0.2)) and torch.isclose(w0.sum(), torch.tensor(1.0))
+    m.meta_steps.fill_(50)
+    w = m.msl_weights(5)
+    assert w[-1] > w0[-1] and (w[:-1] < w0[:-1]).all() and torch.isclose(w.sum(), torch.tensor(1.0))
+    m.meta_steps.fill_(100)
+    assert m.msl_weights(5) is None
+
+
+def test_derivative_order_annealing_switches_from_first_to_second_order():
+    b = tiny_batch()
+    doa = tiny_maml(plus=MAMLPlusPlus(first_order_until=5))
+    early = our_meta_gradient(doa, b)
+    fo = our_meta_gradient(tiny_maml(first_order=True), b)
+    assert all(torch.allclose(a, c) for a, c in zip(early, fo, strict=True))
+    doa.meta_steps.fill_(5)
+    late = our_meta_gradient(doa, b)
+    so = our_meta_gradient(tiny_maml(), b)
+    assert all(torch.allclose(a, c) for a, c in zip(late, so, strict=True))
+
+
+def test_per_step_batch_norm_uses_each_steps_own_weights_and_statistics():
+    m = tiny_bn_maml(per_step_bn=True)
+    m.model[0][1].track_running_stats = True  # BNRS needs running statistics
+    m = MAML(m.model[0], 12, 2, INNER_LR, STEPS, STEPS, plus=MAMLPlusPlus(per_step_bn=True)).double()
+    b = tiny_batch()
+    assert "0.1.weight" not in m.adapted  # batch-norm affine parameters are per step, not adapted
+    loss, _ = m.task_loss(b, 0)
+    loss.backward()
+    grads = [m.step_bn.affine[f"0__1__w{k}"].grad for k in range(STEPS + 1)]
+    assert all(g is not None and g.abs().sum() > 0 for g in grads), "steps 0..K each use their own weights"
+    means = [getattr(m.step_bn, f"0__1__m{k}") for k in range(STEPS + 1)]
+    assert all(not torch.equal(mu, torch.zeros(3, dtype=mu.dtype)) for mu in means), "each step's statistics moved"
+    assert not torch.equal(means[0], means[1])
+
+
+def test_meta_step_counter_is_checkpointed():
+    m = tiny_maml(plus=MAMLPlusPlus(first_order_until=3))
+    m.train_step(tiny_batch(), torch.optim.SGD(m.parameters(), lr=0.01))
+    assert int(m.state_dict()["meta_steps"]) == 1
+
+
 @pytest.mark.parametrize("name,extra", [("maml", []), ("fomaml", []), ("anil", []), ("metasgd", []), ("reptile", []),
-                                        ("maml", ["method.batch_norm=running"])],
-                         ids=["maml", "fomaml", "anil", "metasgd", "reptile", "maml-running-bn"])
+                                        ("maml", ["method.batch_norm=running"]), ("mamlpp", [])],
+                         ids=["maml", "fomaml", "anil", "metasgd", "reptile", "maml-running-bn", "mamlpp"])
 def test_smoke_train_then_eval_through_the_cli(tmp_path, name, extra):
     from conftest import cli
 
@@ -162,5 +245,5 @@ def test_smoke_train_then_eval_through_the_cli(tmp_path, name, extra):
     assert e.returncode == 0, e.stderr[-2000:]
     assert f"{name} on synthetic test 5-way 1-shot" in e.stdout
     summary = __import__("json").loads((tmp_path / "run" / "summary.json").read_text())
-    policy = "running" if extra else "transductive"
+    policy = "running" if extra or name == "mamlpp" else "transductive"
     assert summary["status"] == "completed" and summary["method_config"]["batch_norm"] == policy

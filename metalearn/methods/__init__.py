@@ -9,8 +9,8 @@ from metalearn.backbones import build_backbone, feature_dim
 from metalearn.errors import MetalearnError
 from metalearn.methods.base import Method
 
-METHODS = ("protonet", "pixel_nn", "maml", "fomaml", "anil", "metasgd", "reptile")
-MAML_FAMILY = ("maml", "fomaml", "anil", "metasgd")
+METHODS = ("protonet", "pixel_nn", "maml", "fomaml", "anil", "metasgd", "mamlpp", "reptile")
+MAML_FAMILY = ("maml", "fomaml", "anil", "metasgd", "mamlpp")
 
 
 def _check(cfg: Any, key: str, allowed: tuple[str, ...]) -> None:
@@ -42,11 +42,12 @@ def build_method(cfg: Any, image_shape: tuple[int, int, int], ways: int, channel
             _check(cfg, "inner_optimizer", ("adam", "sgd"))
             return Reptile(backbone, dim, ways, cfg.inner_lr, cfg.inner_steps, cfg.inner_steps_eval, cfg.inner_batch,
                            cfg.inner_optimizer)
-        from metalearn.methods.maml import MAML
+        from metalearn.methods.maml import MAML, MAMLPlusPlus
 
         _check(cfg, "adapt", ("all", "head"))
+        plus = MAMLPlusPlus(**{k: cfg.plus[k] for k in cfg.plus})
         return MAML(backbone, dim, ways, cfg.inner_lr, cfg.inner_steps, cfg.inner_steps_eval, cfg.first_order,
-                    cfg.adapt == "head", cfg.learn_inner_lr, name=name)
+                    cfg.adapt == "head", cfg.learn_inner_lr, name=name, plus=plus)
     raise MetalearnError(f"unknown method {name!r}; choose one of: {', '.join(METHODS)}")
 
 

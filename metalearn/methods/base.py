@@ -17,6 +17,11 @@ from torch import nn
 from metalearn.episodes import EpisodeBatch, TaskSpec
 
 
+def fp32(x: torch.Tensor) -> torch.Tensor:
+    """Losses are computed at least in float32: bf16/fp16 logits (autocast) are upcast, float64 kept."""
+    return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
+
+
 class Method(nn.Module):
     name = "method"
     adapts_at_test = False  # True: predict() takes gradient steps, so evaluation runs with autograd on
@@ -27,7 +32,7 @@ class Method(nn.Module):
     def loss(self, batch: EpisodeBatch) -> tuple[torch.Tensor, torch.Tensor]:
         """Mean training loss over the batch's tasks, and query logits [T, Q, ways]."""
         logits = self.predict(batch.support, batch.support_labels, batch.query, batch.ways)
-        loss = nn.functional.cross_entropy(logits.reshape(-1, batch.ways).float(), batch.query_labels.reshape(-1))
+        loss = nn.functional.cross_entropy(fp32(logits.reshape(-1, batch.ways)), batch.query_labels.reshape(-1))
         return loss, logits
 
     def train_step(self, batch: EpisodeBatch, optimizer: torch.optim.Optimizer) -> dict[str, float]:

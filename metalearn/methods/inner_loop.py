@@ -28,21 +28,31 @@ def call(model: nn.Module, params: Params, x: torch.Tensor) -> torch.Tensor:
     return functional_call(model, params, (x,), strict=False)
 
 
+Forward = Callable[[Params, torch.Tensor, int], torch.Tensor]
+
+
 def adapt(model: nn.Module, params: Params, x: torch.Tensor, y: torch.Tensor, steps: int, lr: LearningRate,
           names: Iterable[str] | None = None, first_order: bool = False,
-          loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = nn.functional.cross_entropy) -> Params:
+          loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = nn.functional.cross_entropy,
+          forward: Forward | None = None) -> list[Params]:
     """`steps` steps of gradient descent on loss_fn(model(x), y), starting from `params`.
 
-    `lr` is a number or a function (name, step) -> learning rate (a tensor when it is learned).
-    Only `names` (default: all) are updated. With first_order the update is differentiable in
-    `params` only through the identity, as in first-order MAML.
+    Returns the trajectory [params after step 1, ..., after step `steps`] (MAML++'s multi-step
+    loss reads every entry; plain MAML the last). `lr` is a number or a function
+    (name, step) -> learning rate (a tensor when it is learned). Only `names` (default: all)
+    are updated. With first_order the update is differentiable in `params` only through the
+    identity, as in first-order MAML. `forward(params, x, step)` replaces model(x) when the
+    network itself depends on the step (MAML++'s per-step batch-norm).
     """
     names = list(params) if names is None else list(names)
     rate = (lambda _n, _k: lr) if not callable(lr) else lr
+    fwd = forward or (lambda p, inputs, _k: call(model, p, inputs))
+    trajectory = []
     for k in range(steps):
-        loss = loss_fn(call(model, params, x), y)
+        loss = loss_fn(fwd(params, x, k), y)
         grads = torch.autograd.grad(loss, [params[n] for n in names], create_graph=not first_order)
         params = dict(params)
         for n, g in zip(names, grads, strict=True):
             params[n] = params[n] - rate(n, k) * (g.detach() if first_order else g)
-    return params
+        trajectory.append(params)
+    return trajectory

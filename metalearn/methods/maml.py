@@ -2,7 +2,8 @@
 
 - ``fomaml``: first-order MAML, the inner gradient treated as a constant;
 - ``anil`` (Raghu et al. 2020): the inner loop adapts the head only;
-- ``metasgd`` (Li et al. 2017): a learned learning rate for every parameter entry.
+- ``metasgd`` (Li et al. 2017): a learned learning rate for every parameter entry;
+- the MAML++ options (Antoniou et al. 2019), see ``MAMLPlusPlus``.
 
 The outer step is the engine's optimiser (Adam by default) on the query loss at the adapted
 weights, averaged over the meta-batch.
@@ -10,13 +11,26 @@ weights, averaged over the meta-batch.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import nn
 
 from metalearn.episodes import EpisodeBatch, TaskSpec
 from metalearn.errors import MetalearnError
-from metalearn.methods.base import Method
+from metalearn.methods.base import Method, fp32
 from metalearn.methods.inner_loop import Params, adapt, call
+
+
+@dataclass
+class MAMLPlusPlus:
+    """MAML++ switches; all off gives plain MAML."""
+
+    per_layer_per_step_lr: bool = False  # LSLR: a learned inner learning rate per layer and per step
+    multi_step_loss: bool = False  # MSL: query loss after every inner step, weights annealed to the last
+    msl_anneal_steps: int = 1000  # meta-steps over which MSL's weights move to the final step (then MSL stops)
+    per_step_bn: bool = False  # BNWB + BNRS: batch-norm weights, biases and statistics per inner step
+    first_order_until: int = 0  # derivative-order annealing: first order for this many meta-steps
 
 
 def _key(name: str) -> str:
@@ -28,19 +42,50 @@ class MAML(Method):
 
     def __init__(self, backbone: nn.Module, feature_dim: int, ways: int, inner_lr: float, inner_steps: int,
                  inner_steps_eval: int, first_order: bool = False, adapt_head_only: bool = False,
-                 learn_inner_lr: bool = False, name: str = "maml"):
+                 learn_inner_lr: bool = False, name: str = "maml", plus: MAMLPlusPlus | None = None):
         super().__init__()
-        self.name = name
+        self.name, self.plus = name, plus or MAMLPlusPlus()
         self.model = nn.Sequential(backbone, nn.Linear(feature_dim, ways))
         self.ways, self.inner_lr, self.first_order = ways, inner_lr, first_order
         self.inner_steps, self.inner_steps_eval = inner_steps, inner_steps_eval
-        self.adapted = [n for n, _ in self.model.named_parameters() if not adapt_head_only or n.startswith("1.")]
+        self.register_buffer("meta_steps", torch.zeros((), dtype=torch.long))  # for the MAML++ schedules
+        max_steps = max(inner_steps, inner_steps_eval)
+        self.bn_layers = [n for n, m in self.model.named_modules() if isinstance(m, nn.BatchNorm2d)]
+        bn_params = {f"{b}.{p}" for b in self.bn_layers for p in ("weight", "bias")}
+        self.adapted = [n for n, _ in self.model.named_parameters()
+                        if (not adapt_head_only or n.startswith("1.")) and not (self.plus.per_step_bn and n in bn_params)]
+        shapes = {n: p for n, p in self.model.named_parameters() if n in self.adapted}
         self.inner_lrs = nn.ParameterDict({_key(n): nn.Parameter(torch.full_like(p, inner_lr))
-                                           for n, p in self.model.named_parameters() if n in self.adapted}
-                                          ) if learn_inner_lr else None
+                                           for n, p in shapes.items()}) if learn_inner_lr else None
+        self.step_lrs = nn.ParameterDict({_key(n): nn.Parameter(torch.full((max_steps,), inner_lr)) for n in shapes}
+                                         ) if self.plus.per_layer_per_step_lr and not learn_inner_lr else None
+        self.step_bn = _PerStepBatchNorm(self.model, self.bn_layers, max_steps + 1) if self.plus.per_step_bn else None
 
+    # ------------------------------------------------------------ pieces of the inner loop
     def _lr(self, name: str, step: int) -> torch.Tensor | float:
-        return self.inner_lrs[_key(name)] if self.inner_lrs is not None else self.inner_lr
+        if self.inner_lrs is not None:
+            return self.inner_lrs[_key(name)]
+        if self.step_lrs is not None:
+            return self.step_lrs[_key(name)][step]
+        return self.inner_lr
+
+    def _forward(self, params: Params, x: torch.Tensor, step: int) -> torch.Tensor:
+        if self.step_bn is not None:
+            params = {**params, **self.step_bn.at(step)}
+        return call(self.model, params, x)
+
+    def _first_order_now(self) -> bool:
+        return self.first_order or int(self.meta_steps) < self.plus.first_order_until
+
+    def msl_weights(self, steps: int) -> torch.Tensor | None:
+        """MAML++'s per-step loss weights at the current meta-step, or None once MSL has ended."""
+        if not self.plus.multi_step_loss or int(self.meta_steps) >= self.plus.msl_anneal_steps or steps < 2:
+            return None
+        progress = int(self.meta_steps) / max(1, self.plus.msl_anneal_steps)
+        floor = 0.03 / steps
+        w = torch.full((steps,), max(1.0 / steps - progress / steps, floor))
+        w[-1] = min(1.0 / steps + progress * (steps - 1) / steps, 1.0 - (steps - 1) * floor)
+        return w
 
     def check_task(self, spec: TaskSpec) -> None:
         if spec.ways != self.ways:
@@ -48,15 +93,26 @@ class MAML(Method):
                                  f"only be evaluated {self.ways}-way, not {spec.ways}-way; train with "
                                  f"sampler.train_ways={spec.ways} for that.")
 
-    def adapt(self, support: torch.Tensor, labels: torch.Tensor, steps: int, first_order: bool) -> Params:
+    def adapt(self, support: torch.Tensor, labels: torch.Tensor, steps: int, first_order: bool) -> list[Params]:
+        """The trajectory of weights adapted to one task's support set, one entry per inner step."""
         params = dict(self.model.named_parameters())
-        return adapt(self.model, params, support, labels, steps, self._lr, self.adapted, first_order)
+        return adapt(self.model, params, support, labels, steps, self._lr, self.adapted, first_order,
+                     forward=self._forward if self.step_bn is not None else None)
 
+    # ------------------------------------------------------------ meta-training
     def task_loss(self, batch: EpisodeBatch, t: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Query loss and logits of task t at the weights adapted on its support set."""
-        params = self.adapt(batch.support[t], batch.support_labels[t], self.inner_steps, self.first_order)
-        logits = call(self.model, params, batch.query[t])
-        return nn.functional.cross_entropy(logits.float(), batch.query_labels[t]), logits
+        steps = self.inner_steps
+        trajectory = self.adapt(batch.support[t], batch.support_labels[t], steps, self._first_order_now())
+        weights = self.msl_weights(steps)
+        q, yq = batch.query[t], batch.query_labels[t]
+        logits = self._forward(trajectory[-1], q, steps)
+        if weights is None:
+            return nn.functional.cross_entropy(fp32(logits), yq), logits
+        losses = [nn.functional.cross_entropy(fp32(self._forward(p, q, k + 1)), yq) for k, p in enumerate(trajectory[:-1])]
+        losses.append(nn.functional.cross_entropy(fp32(logits), yq))
+        stacked = torch.stack(losses)
+        return (weights.to(stacked) * stacked).sum(), logits
 
     def train_step(self, batch: EpisodeBatch, optimizer: torch.optim.Optimizer) -> dict[str, float]:
         """Backward task by task (one graph alive at a time), one outer step for the meta-batch."""
@@ -71,11 +127,13 @@ class MAML(Method):
         loss = torch.stack(losses).mean()
         if torch.isfinite(loss):
             optimizer.step()
+        self.meta_steps += 1
         return {"loss": float(loss), "accuracy": float(torch.stack(accs).mean())}
 
-    def loss(self, batch: EpisodeBatch) -> tuple[torch.Tensor, torch.Tensor]:
-        out = [self.task_loss(batch, t) for t in range(batch.tasks)]
-        return torch.stack([o[0] for o in out]).mean(), torch.stack([o[1] for o in out])
+    # ------------------------------------------------------------ test time
+    def adapt_for_test(self, support: torch.Tensor, labels: torch.Tensor) -> Params:
+        """The weights adapted to one task's support set at test time (no second-order graph needed)."""
+        return self.adapt(support, labels, self.inner_steps_eval, first_order=True)[-1]
 
     def predict(self, support, support_labels, query, ways):
         if support.dim() == 4:
@@ -83,6 +141,36 @@ class MAML(Method):
         out = []
         for t in range(support.shape[0]):
             with torch.enable_grad():
-                params = self.adapt(support[t], support_labels[t], self.inner_steps_eval, first_order=True)
-            out.append(call(self.model, {k: v.detach() for k, v in params.items()}, query[t]).detach())
+                params = self.adapt_for_test(support[t], support_labels[t])
+            out.append(self._forward({k: v.detach() for k, v in params.items()}, query[t], self.inner_steps_eval).detach())
         return torch.stack(out)
+
+
+class _PerStepBatchNorm(nn.Module):
+    """MAML++'s per-step batch-norm: each inner step k has its own weights and biases (BNWB) and,
+    when the layers keep running statistics, its own running mean and variance (BNRS)."""
+
+    def __init__(self, model: nn.Module, layers: list[str], steps: int):
+        super().__init__()
+        self.layers, self.steps = layers, steps
+        self.affine = nn.ParameterDict()
+        for b in layers:
+            bn = model.get_submodule(b)
+            for k in range(steps):
+                self.affine[f"{_key(b)}__w{k}"] = nn.Parameter(bn.weight.detach().clone())
+                self.affine[f"{_key(b)}__b{k}"] = nn.Parameter(bn.bias.detach().clone())
+                if bn.track_running_stats:
+                    self.register_buffer(f"{_key(b)}__m{k}", bn.running_mean.detach().clone())
+                    self.register_buffer(f"{_key(b)}__v{k}", bn.running_var.detach().clone())
+
+    def at(self, step: int) -> Params:
+        """The tensors to swap into the model for inner step `step` (statistics are updated in place)."""
+        k = min(step, self.steps - 1)
+        out = {}
+        for b in self.layers:
+            out[f"{b}.weight"] = self.affine[f"{_key(b)}__w{k}"]
+            out[f"{b}.bias"] = self.affine[f"{_key(b)}__b{k}"]
+            if hasattr(self, f"{_key(b)}__m{k}"):
+                out[f"{b}.running_mean"] = getattr(self, f"{_key(b)}__m{k}")
+                out[f"{b}.running_var"] = getattr(self, f"{_key(b)}__v{k}")
+        return out

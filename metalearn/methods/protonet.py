@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from metalearn.methods.base import Method
+from metalearn.methods.base import Method, fp32
 
 
 class ProtoNet(Method):
@@ -23,7 +23,7 @@ class ProtoNet(Method):
         if single:
             support, support_labels, query = support[None], support_labels[None], query[None]
         t, s, q = support.shape[0], support.shape[1], query.shape[1]
-        z = self.backbone(torch.cat([support.flatten(0, 1), query.flatten(0, 1)])).float()
+        z = fp32(self.backbone(torch.cat([support.flatten(0, 1), query.flatten(0, 1)])))
         zs, zq = z[: t * s].reshape(t, s, -1), z[t * s:].reshape(t, q, -1)
         onehot = nn.functional.one_hot(support_labels, ways).to(zs.dtype)  # [T, S, ways]
         protos = onehot.transpose(1, 2) @ zs / onehot.sum(1)[:, :, None]

@@ -61,14 +61,6 @@ class Reptile(MAML):
             optimizer.step()
         return {"loss": float(torch.stack(losses).mean()), "accuracy": float(torch.stack(accs).mean())}
 
-    def predict(self, support, support_labels, query, ways):
-        if support.dim() == 4:
-            return self.predict(support[None], support_labels[None], query[None], ways)[0]
-        out = []
-        for t in range(support.shape[0]):
-            with torch.enable_grad():
-                # a fixed minibatch order, so an episode scores the same in any evaluation batch
-                params = self.inner_train(support[t], support_labels[t], self.inner_steps_eval,
-                                          torch.Generator().manual_seed(0))
-            out.append(call(self.model, params, query[t]).detach())
-        return torch.stack(out)
+    def adapt_for_test(self, support: torch.Tensor, labels: torch.Tensor) -> Params:
+        # a fixed minibatch order, so an episode scores the same in any evaluation batch
+        return self.inner_train(support, labels, self.inner_steps_eval, torch.Generator().manual_seed(0))
