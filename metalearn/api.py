@@ -16,6 +16,7 @@ import torch
 from omegaconf import OmegaConf
 
 from metalearn.engine.checkpoint import load_checkpoint
+from metalearn.episodes import TaskSpec
 from metalearn.errors import MetalearnError
 from metalearn.methods import Method, build_method
 
@@ -31,6 +32,7 @@ def restore_method(run: str | Path, checkpoint: str = "best", device: str | torc
     if checkpoint == "best" and not path.is_file():  # runs without a validation split keep only `last`
         path = run / "checkpoints" / "last.pt"
     ckpt = load_checkpoint(path)
+    ckpt["checkpoint_name"] = path.stem
     cfg = OmegaConf.create(ckpt["config"])
     pre = ckpt["preprocess"]
     method = build_method(cfg.method, (pre["channels"], pre["image_size"], pre["image_size"]), cfg.sampler.train_ways)
@@ -75,6 +77,7 @@ class Learner:
         ways = int(labels.max()) + 1
         if sorted(set(labels.tolist())) != list(range(ways)):
             raise MetalearnError(f"support labels must cover 0..ways-1 with no gaps, got {sorted(set(labels.tolist()))}")
+        self.method.check_task(TaskSpec(ways, 1, 1))
         grad = torch.enable_grad() if getattr(self.method, "adapts_at_test", False) else torch.no_grad()
         with grad:
             return self.method.predict(support.to(self.device), labels, query.to(self.device), ways)

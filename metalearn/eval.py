@@ -41,9 +41,10 @@ def run(cfg: DictConfig) -> dict:
         dataset["root"] = cfg.dataset_root
     store = build_store(DictConfig(dataset))
     spec = TaskSpec(cfg.ways or saved["ways"], cfg.shots or saved["shots"], cfg.queries or saved["queries"])
+    method.check_task(spec)
     r = evaluate(method, store, cfg.split, spec, cfg.episodes, cfg.seed, device, cfg.batch,
                  autocast(device, cfg.hardware.amp))
-    path = r.save(folder / "eval", f"{cfg.split}_{spec.tag}_q{spec.queries}_seed{cfg.seed}_{cfg.checkpoint}")
+    path = r.save(folder / "eval", f"{cfg.split}_{spec.tag}_q{spec.queries}_seed{cfg.seed}_{ckpt['checkpoint_name']}")
     print(f"{saved['method']['name']} on {saved['dataset']['name']} {cfg.split} {spec.ways}-way {spec.shots}-shot: "
           f"{100 * r.accuracy:.2f} ± {100 * r.ci95:.2f}% (95% CI, {len(r.per_episode)} episodes, "
           f"episodes {r.plans.digest()}) -> {path}")

@@ -244,6 +244,9 @@ def test_smoke_train_then_eval_through_the_cli(tmp_path, name, extra):
     e = cli("metalearn-eval", "run=run", "episodes=10", cwd=tmp_path)
     assert e.returncode == 0, e.stderr[-2000:]
     assert f"{name} on synthetic test 5-way 1-shot" in e.stdout
+    if name == "maml" and not extra:  # the head fixes the way count: another is a clear error, not a crash
+        bad = cli("metalearn-eval", "run=run", "ways=7", cwd=tmp_path)
+        assert bad.returncode == 2 and "Traceback" not in bad.stderr and "only be evaluated 5-way" in bad.stderr
     summary = __import__("json").loads((tmp_path / "run" / "summary.json").read_text())
     policy = "running" if extra or name == "mamlpp" else "transductive"
     assert summary["status"] == "completed" and summary["method_config"]["batch_norm"] == policy
