@@ -162,6 +162,16 @@ class ScheduleConfig:
 
 
 @dataclass
+class AugmentConfig:
+    """Random affine per training image (support and query), applied on the batch."""
+
+    enabled: bool = False
+    rotate: float = 15.0  # max degrees either way
+    scale: float = 0.15  # max relative change
+    shift: float = 0.1  # max fraction of the image side
+
+
+@dataclass
 class ValConfig:
     every: int = 250
     episodes: int = 200
@@ -195,6 +205,7 @@ class TrainConfig:
     run_dir: str | None = None
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
     val: ValConfig = field(default_factory=ValConfig)
     test: TestConfig = field(default_factory=TestConfig)
 

@@ -14,7 +14,7 @@ import numpy as np
 from conftest import cli
 
 # a short but complete run: validation, several checkpoints, test, on a 1,200-class synthetic set
-FAST = ["debug=smoke", "steps=300", "checkpoint_every=20", "log_every=7", "val.every=50", "seed=3",
+FAST = ["debug=smoke", "steps=300", "checkpoint_every=20", "log_every=7", "val.every=50", "seed=3", "augment.enabled=true",
         "hardware.threads=1"]
 
 

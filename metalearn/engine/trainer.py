@@ -19,6 +19,7 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from metalearn.augment import random_affine
 from metalearn.data import build_store
 from metalearn.data.store import ImageStore
 from metalearn.engine.checkpoint import load_checkpoint, save_checkpoint
@@ -160,6 +161,10 @@ class Trainer:
             while st.step < cfg.steps:
                 plans = self.train_sampler.plans(st.step * mb, mb)
                 batch = gather(self.store, plans, self.device)
+                if cfg.augment.enabled:
+                    bg = float(self.store.normalize(torch.zeros(())))
+                    batch.support = random_affine(batch.support, cfg.augment, bg)
+                    batch.query = random_affine(batch.query, cfg.augment, bg)
                 with autocast(self.device, self.amp):
                     stats = self.method.train_step(batch, self.optimizer)
                 if not math.isfinite(stats["loss"]):
