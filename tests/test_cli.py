@@ -111,3 +111,18 @@ def test_help_lists_config_groups(tmp_path):
     assert r.returncode == 0
     for group in ("dataset:", "method:", "sampler:", "hardware:", "experiment:", "debug:"):
         assert group in r.stdout
+
+
+def test_results_rows_script_copies_numbers_from_a_run(trained):
+    import subprocess
+    import sys
+
+    from conftest import REPO
+
+    r = subprocess.run([sys.executable, str(REPO / "scripts" / "results_rows.py"), str(trained)], capture_output=True,
+                       text=True)
+    assert r.returncode == 0, r.stderr
+    s = json.loads((trained / "summary.json").read_text())
+    t = s["test"]["5w1s"]
+    assert r.stdout.startswith("| protonet | `metalearn-train debug=smoke` |")
+    assert f"{100 * t['accuracy']:.2f} ± {100 * t['ci95']:.2f}%" in r.stdout
