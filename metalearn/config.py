@@ -225,10 +225,6 @@ class EvalConfig:
     hardware: HardwareConfig = field(default_factory=HardwareConfig)
 
 
-def _pick(value: Any, default: Any) -> Any:
-    return default if value is None else value
-
-
 def _run_dir(run_dir: str | None, resume: bool, task: str, default: str) -> str:
     """hydra.run.dir: the given run_dir, else (resume=true) the newest unfinished run, else a new folder."""
     if run_dir:
@@ -244,8 +240,7 @@ def _run_dir(run_dir: str | None, resume: bool, task: str, default: str) -> str:
 
 def register() -> None:
     """Register schemas once; safe to call repeatedly."""
-    if not OmegaConf.has_resolver("metalearn.or"):
-        OmegaConf.register_new_resolver("metalearn.or", _pick)
+    if not OmegaConf.has_resolver("metalearn.run_dir"):
         OmegaConf.register_new_resolver("metalearn.run_dir", _run_dir)
     cs = ConfigStore.instance()
     cs.store(name="train_schema", node=TrainConfig)

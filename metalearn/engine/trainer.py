@@ -8,12 +8,10 @@ where an uninterrupted one would.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -241,7 +239,3 @@ def train(cfg: DictConfig, folder: RunFolder) -> dict:
     folder.plot(cfg)
     log.info("run folder: %s", folder.path)
     return summary
-
-
-def read_summary(path: Path) -> dict:
-    return json.loads((path / "summary.json").read_text())
