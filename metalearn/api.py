@@ -35,7 +35,8 @@ def restore_method(run: str | Path, checkpoint: str = "best", device: str | torc
     ckpt["checkpoint_name"] = path.stem
     cfg = OmegaConf.create(ckpt["config"])
     pre = ckpt["preprocess"]
-    method = build_method(cfg.method, (pre["channels"], pre["image_size"], pre["image_size"]), cfg.sampler.train_ways)
+    method = build_method(cfg.method, (pre["channels"], pre["image_size"], pre["image_size"]), cfg.sampler.train_ways,
+                          train_classes=ckpt.get("train_classes"))
     method.load_state_dict(ckpt["method"])
     return method.to(device).eval(), ckpt
 

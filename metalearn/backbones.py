@@ -33,19 +33,53 @@ class Conv4(nn.Module):
         self.features = nn.Sequential(*blocks)
         self.pool, self.channels_last = pool, channels_last
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def feature_maps(self, x: torch.Tensor) -> torch.Tensor:
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        x = self.features(x)
+        return self.features(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.feature_maps(x)
         return x.mean(dim=(2, 3)) if self.pool == "stride" else x.flatten(1)
+
+
+class RelationConv4(nn.Module):
+    """The embedding module of Relation Networks (Sung et al. 2018): four 3x3 conv blocks, the first
+    two unpadded and max-pooled, the last two padded and not pooled, so that a spatial map is left
+    for the relation module to compare (64 x 5 x 5 for 28x28 Omniglot, 64 x 19 x 19 for 84x84)."""
+
+    def __init__(self, in_channels: int = 1, width: int = 64, channels_last: bool = False):
+        super().__init__()
+        blocks: list[nn.Module] = []
+        for i in range(4):
+            c_in = in_channels if i == 0 else width
+            blocks += [nn.Conv2d(c_in, width, 3, padding=0 if i < 2 else 1), nn.BatchNorm2d(width), nn.ReLU()]
+            if i < 2:
+                blocks.append(nn.MaxPool2d(2))
+        self.features = nn.Sequential(*blocks)
+        self.channels_last = channels_last
+
+    def feature_maps(self, x: torch.Tensor) -> torch.Tensor:
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return self.features(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.feature_maps(x).flatten(1)
+
+
+BACKBONES = ("conv4", "conv4_relation")
 
 
 def build_backbone(cfg: BackboneConfig, in_channels: int, channels_last: bool = False,
                    bn_running_stats: bool = True) -> nn.Module:
     if cfg.name == "conv4":
-        model = Conv4(in_channels, cfg.width, cfg.pool, channels_last, bn_running_stats)
-        return model.to(memory_format=torch.channels_last) if channels_last else model
-    raise MetalearnError(f"method.backbone.name={cfg.name!r} is unknown; choose one of: conv4")
+        model: nn.Module = Conv4(in_channels, cfg.width, cfg.pool, channels_last, bn_running_stats)
+    elif cfg.name == "conv4_relation":
+        model = RelationConv4(in_channels, cfg.width, channels_last)
+    else:
+        raise MetalearnError(f"method.backbone.name={cfg.name!r} is unknown; choose one of: {', '.join(BACKBONES)}")
+    return model.to(memory_format=torch.channels_last) if channels_last else model
 
 
 def feature_dim(backbone: nn.Module, image_shape: tuple[int, int, int]) -> int:

@@ -97,6 +97,38 @@ class ProtoNetConfig(MethodConfig):
 
 
 @dataclass
+class MatchingConfig(MethodConfig):
+    name: str = "matching"
+    fce: bool = False  # full-context embeddings: a BiLSTM over the support set, an attention LSTM per query
+    fce_steps: int = 5  # processing steps of the query's attention LSTM
+    scale: float = 10.0  # multiplies the cosine before the softmax (the paper: 1)
+
+
+@dataclass
+class RelationConfig(MethodConfig):
+    name: str = "relation"
+    loss: str = "mse"  # mse (the paper: sigmoid scores regressed onto one-hot labels) | ce
+    hidden: int = 8  # width of the relation module's hidden linear layer
+
+
+@dataclass
+class SiameseConfig(MethodConfig):
+    name: str = "siamese"
+    pairs: int = 128  # verification pairs per training step, half same-class, half different
+    rule: str = "max"  # max (the paper: the best-matching support example) | kernel (sum_i k(x, x_i) y_i)
+
+
+@dataclass
+class BaselineConfig(MethodConfig):
+    """baseline (linear head) and baselinepp (cosine head): supervised pre-training, then a new head per task."""
+
+    name: str = "baseline"
+    batch_size: int = 128  # pre-training minibatch, drawn from all training classes
+    finetune_steps: int = 100  # full-batch steps fitting the new head on a task's support set
+    finetune_lr: float = 0.1
+
+
+@dataclass
 class MAMLPlusPlusConfig:
     """MAML++ (Antoniou et al. 2019) switches; all off is plain MAML."""
 
@@ -250,6 +282,10 @@ def register() -> None:
     cs.store(group="sampler", name="sampler_schema", node=SamplerConfig)
     cs.store(group="method", name="protonet_schema", node=ProtoNetConfig)
     cs.store(group="method", name="pixel_nn_schema", node=PixelNNConfig)
+    cs.store(group="method", name="matching_schema", node=MatchingConfig)
+    cs.store(group="method", name="relation_schema", node=RelationConfig)
+    cs.store(group="method", name="siamese_schema", node=SiameseConfig)
+    cs.store(group="method", name="baseline_schema", node=BaselineConfig)
     cs.store(group="method", name="maml_schema", node=MAMLConfig)
     cs.store(group="method", name="reptile_schema", node=ReptileConfig)
     cs.store(group="hardware", name="hardware_schema", node=HardwareConfig)

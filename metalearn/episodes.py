@@ -79,6 +79,10 @@ class EpisodeBatch:
     def tasks(self) -> int:
         return self.support.shape[0]
 
+    def map_images(self, fn) -> EpisodeBatch:
+        """The same episodes with `fn` applied to the support images, then to the query images."""
+        return EpisodeBatch(fn(self.support), self.support_labels, fn(self.query), self.query_labels, self.ways)
+
 
 class EpisodeSampler:
     """Draws N-way K-shot Q-query plans from one split of a store."""

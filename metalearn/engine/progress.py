@@ -40,7 +40,7 @@ class Progress:
             self.bar.__exit__(*exc)
 
     def update(self, step: int, stats: dict) -> None:
-        info = f"loss {stats['loss']:.3f} acc {100 * stats['accuracy']:.1f}% {stats['episodes_per_s']:.1f} ep/s"
+        info = f"loss {stats['loss']:.3f} acc {100 * stats['accuracy']:.1f}% {_rate(stats)}"
         if self.bar is not None:
             self.bar.update(self.task, completed=step, info=info)
         else:
@@ -51,3 +51,11 @@ class Progress:
             self.bar.console.print(text)
         else:
             log.info("%s", text)
+
+
+def _rate(stats: dict) -> str:
+    """The throughput entry of a metrics line: episodes/s, pairs/s or images/s, by what the method trains on."""
+    for key, value in stats.items():
+        if key.endswith("_per_s"):
+            return f"{value:.1f} {key[: -len('_per_s')]}/s"
+    return ""

@@ -25,9 +25,10 @@ from metalearn.engine.evaluate import evaluate
 from metalearn.engine.hardware import autocast, describe_device, setup_device
 from metalearn.engine.progress import Progress
 from metalearn.engine.rundir import RunFolder
-from metalearn.episodes import EpisodeSampler, TaskSpec, gather
+from metalearn.episodes import EpisodeSampler, TaskSpec
 from metalearn.errors import MetalearnError, TrainingDiverged
 from metalearn.methods import Method, build_method
+from metalearn.training_data import EpisodeSource, LabelledSource, PairSource, TrainingSource
 
 log = logging.getLogger("metalearn")
 
@@ -52,6 +53,15 @@ def build_schedule(cfg: Any, optimizer: torch.optim.Optimizer, steps: int) -> to
     if cfg.name == "linear":
         return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: max(0.0, 1.0 - s / max(1, steps)))
     raise MetalearnError(f"schedule.name={cfg.name!r} is not one of: none, step, cosine, linear")
+
+
+def build_training_source(method: Method, store: ImageStore, cfg: DictConfig, spec: TaskSpec) -> TrainingSource:
+    """The data the method's train_step takes: episodes, verification pairs or labelled minibatches."""
+    if method.train_data == "pairs":
+        return PairSource(store, cfg.seed, cfg.method.pairs)
+    if method.train_data == "labelled":
+        return LabelledSource(store, cfg.seed, cfg.method.batch_size)
+    return EpisodeSource(store, spec, cfg.seed, cfg.sampler.meta_batch)
 
 
 def preprocess_spec(store: ImageStore, image_size: int) -> dict:
@@ -95,15 +105,16 @@ class Trainer:
             raise MetalearnError(f"steps must be >= 1, got {cfg.steps}")
         self.store = build_store(cfg.dataset)
         log.info("%s", self.store.describe())
-        self.train_sampler = EpisodeSampler(self.store, "train", self.train_spec, cfg.seed)
         self.val_plans = None
         if len(self.store.splits.get("val", [])):
             self.val_plans = EpisodeSampler(self.store, "val", self.eval_spec, cfg.val.seed).plans(0, cfg.val.episodes)
         for spec in self.test_specs:  # fail now, not after an hour of training
             EpisodeSampler(self.store, "test", spec, cfg.test.seed)
         channels_last = cfg.hardware.channels_last and self.device.type in ("cpu", "cuda")
-        self.method: Method = build_method(cfg.method, self.store.image_shape, self.train_spec.ways,
-                                           channels_last).to(self.device)
+        self.train_classes = len(self.store.splits["train"])
+        self.method: Method = build_method(cfg.method, self.store.image_shape, self.train_spec.ways, channels_last,
+                                           self.train_classes).to(self.device)
+        self.train_source = build_training_source(self.method, self.store, cfg, self.train_spec)
         for spec in [self.eval_spec, *self.test_specs]:
             self.method.check_task(spec)
         self.trainable = any(p.requires_grad for p in self.method.parameters())
@@ -125,7 +136,7 @@ class Trainer:
             "step": self.state.step, "state": self.state.__dict__, "method": self.method.state_dict(),
             "optimizer": self.optimizer.state_dict(), "schedule": self.schedule.state_dict(),
             "torch_rng": torch.get_rng_state(), "config": OmegaConf.to_container(self.cfg, resolve=True),
-            "preprocess": self.preprocess})
+            "preprocess": self.preprocess, "train_classes": self.train_classes})
 
     def restore(self) -> None:
         ckpt = load_checkpoint(self.folder.checkpoint("last"))
@@ -150,19 +161,17 @@ class Trainer:
             log.info("%s has no parameters: nothing to train, going straight to the test", cfg.method.name)
             self._checkpoint("last")
             return
-        mb = cfg.sampler.meta_batch
+        per_step, unit = self.train_source.per_step, self.train_source.unit
         window = st.window
+        background = float(self.store.normalize(torch.zeros(())))  # augmentation fills new pixels with it
         t_window = time.perf_counter()
         t_start = time.perf_counter() - st.elapsed
         self.method.train()
         with Progress(cfg.steps, st.step, f"{cfg.method.name} on {cfg.dataset.name}") as bar:
             while st.step < cfg.steps:
-                plans = self.train_sampler.plans(st.step * mb, mb)
-                batch = gather(self.store, plans, self.device)
+                batch = self.train_source.batch(st.step, self.device)
                 if cfg.augment.enabled:
-                    bg = float(self.store.normalize(torch.zeros(())))
-                    batch.support = random_affine(batch.support, cfg.augment, bg)
-                    batch.query = random_affine(batch.query, cfg.augment, bg)
+                    batch = batch.map_images(lambda x: random_affine(x, cfg.augment, background))
                 with autocast(self.device, self.amp):
                     stats = self.method.train_step(batch, self.optimizer)
                 if not math.isfinite(stats["loss"]):
@@ -179,7 +188,7 @@ class Trainer:
                                      "loss": sum(s["loss"] for s in window) / len(window),
                                      "accuracy": sum(s["accuracy"] for s in window) / len(window),
                                      "lr": self.optimizer.param_groups[0]["lr"],
-                                     "episodes_per_s": len(window) * mb / max(dt, 1e-9)}
+                                     f"{unit}_per_s": len(window) * per_step / max(dt, 1e-9)}
                     self.folder.append_metrics(st.last_train)
                     bar.update(st.step, st.last_train)
                     window.clear()

@@ -9,7 +9,8 @@ from metalearn.backbones import build_backbone, feature_dim
 from metalearn.errors import MetalearnError
 from metalearn.methods.base import Method
 
-METHODS = ("protonet", "pixel_nn", "maml", "fomaml", "anil", "metasgd", "mamlpp", "reptile")
+METHODS = ("protonet", "matching", "relation", "siamese", "baseline", "baselinepp", "pixel_nn",
+           "maml", "fomaml", "anil", "metasgd", "mamlpp", "reptile")
 MAML_FAMILY = ("maml", "fomaml", "anil", "metasgd", "mamlpp")
 
 
@@ -18,13 +19,45 @@ def _check(cfg: Any, key: str, allowed: tuple[str, ...]) -> None:
         raise MetalearnError(f"method.{key}={cfg[key]!r} is not one of: {', '.join(allowed)}")
 
 
-def build_method(cfg: Any, image_shape: tuple[int, int, int], ways: int, channels_last: bool = False) -> Method:
+def build_method(cfg: Any, image_shape: tuple[int, int, int], ways: int, channels_last: bool = False,
+                 train_classes: int | None = None) -> Method:
+    """`ways`: the training episodes' way count; `train_classes`: the training split's class count
+    (the pre-training head of the transfer baselines)."""
     name = cfg.name
     if name == "protonet":
         from metalearn.methods.protonet import ProtoNet
 
         _check(cfg, "distance", ("sqeuclidean", "cosine"))
         return ProtoNet(build_backbone(cfg.backbone, image_shape[0], channels_last), cfg.distance)
+    if name == "matching":
+        from metalearn.methods.matching import MatchingNet
+
+        backbone = build_backbone(cfg.backbone, image_shape[0], channels_last)
+        if cfg.fce_steps < 1:
+            raise MetalearnError(f"method.fce_steps must be >= 1, got {cfg.fce_steps}")
+        return MatchingNet(backbone, feature_dim(backbone, image_shape), cfg.fce, cfg.fce_steps, cfg.scale)
+    if name == "relation":
+        from metalearn.methods.relation import RelationNet
+
+        _check(cfg, "loss", ("mse", "ce"))
+        return RelationNet(build_backbone(cfg.backbone, image_shape[0], channels_last), image_shape, cfg.hidden, cfg.loss)
+    if name == "siamese":
+        from metalearn.methods.siamese import Siamese
+
+        _check(cfg, "rule", ("max", "kernel"))
+        backbone = build_backbone(cfg.backbone, image_shape[0], channels_last)
+        return Siamese(backbone, feature_dim(backbone, image_shape), cfg.rule)
+    if name in ("baseline", "baselinepp"):
+        from metalearn.methods.baseline import Baseline
+
+        if train_classes is None:
+            raise MetalearnError(f"{name} needs the number of training classes to size its pre-training head")
+        if cfg.finetune_steps < 1 or cfg.finetune_lr <= 0:
+            raise MetalearnError(f"method.finetune_steps must be >= 1 and method.finetune_lr > 0, got "
+                                 f"{cfg.finetune_steps} and {cfg.finetune_lr}")
+        backbone = build_backbone(cfg.backbone, image_shape[0], channels_last)
+        return Baseline(backbone, feature_dim(backbone, image_shape), train_classes, name == "baselinepp",
+                        cfg.finetune_steps, cfg.finetune_lr)
     if name == "pixel_nn":
         from metalearn.methods.pixel_nn import PixelNN
 

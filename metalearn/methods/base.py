@@ -25,6 +25,7 @@ def fp32(x: torch.Tensor) -> torch.Tensor:
 class Method(nn.Module):
     name = "method"
     adapts_at_test = False  # True: predict() takes gradient steps, so evaluation runs with autograd on
+    train_data = "episodes"  # what train_step takes: episodes | pairs | labelled (see metalearn.training_data)
 
     def check_task(self, spec: TaskSpec) -> None:
         """Raise a MetalearnError when this method cannot be evaluated on `spec` (checked before training)."""

@@ -1,0 +1,63 @@
+"""Siamese networks for one-shot recognition (Koch et al. 2015).
+
+A verification network is trained on balanced same/different pairs of training images (see
+``metalearn.training_data.PairSource``): twin embeddings h1, h2 from one backbone, and
+
+    p(same) = sigmoid(sum_j alpha_j |h1_j - h2_j| + b),
+
+trained with binary cross-entropy. At test time the network never sees a classification loss:
+
+- ``rule: max`` (the paper): a query takes the class of the support example it is most likely
+  to match; a class's logit is its best support example's same-class score;
+- ``rule: kernel``: P(y | x, S) = sum_i k(x, x_i) y_i with k = p(same), normalised over classes.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from metalearn.methods.base import Method, fp32
+from metalearn.training_data import PairBatch
+
+
+class Siamese(Method):
+    name = "siamese"
+    train_data = "pairs"
+
+    def __init__(self, backbone: nn.Module, feature_dim: int, rule: str = "max"):
+        super().__init__()
+        self.backbone, self.rule = backbone, rule
+        self.distance = nn.Linear(feature_dim, 1)  # the weighted L1 distance: alpha and b
+
+    def pair_logits(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        """Pre-sigmoid same-class scores of embeddings a [..., D] and b [..., D] (broadcast)."""
+        return self.distance((a - b).abs()).squeeze(-1)
+
+    def train_step(self, batch: PairBatch, optimizer: torch.optim.Optimizer) -> dict[str, float]:
+        optimizer.zero_grad(set_to_none=True)
+        z = fp32(self.backbone(torch.cat([batch.first, batch.second])))
+        n = batch.first.shape[0]
+        logits = self.pair_logits(z[:n], z[n:])
+        loss = nn.functional.binary_cross_entropy_with_logits(logits, batch.same)
+        if torch.isfinite(loss):
+            loss.backward()
+            optimizer.step()
+        acc = ((logits > 0).float() == batch.same).float().mean()
+        return {"loss": float(loss.detach()), "accuracy": float(acc)}
+
+    def predict(self, support, support_labels, query, ways):
+        single = support.dim() == 4
+        if single:
+            support, support_labels, query = support[None], support_labels[None], query[None]
+        t, s, q = support.shape[0], support.shape[1], query.shape[1]
+        z = fp32(self.backbone(torch.cat([support.flatten(0, 1), query.flatten(0, 1)])))
+        zs, zq = z[: t * s].reshape(t, 1, s, -1), z[t * s:].reshape(t, q, 1, -1)
+        scores = self.pair_logits(zq, zs)  # [T, Q, S]
+        member = nn.functional.one_hot(support_labels, ways).bool()[:, None]  # [T, 1, S, ways]
+        if self.rule == "kernel":
+            mass = torch.sigmoid(scores) @ member[:, 0].to(scores.dtype)  # [T, Q, ways]
+            logits = (mass / mass.sum(-1, keepdim=True).clamp_min(1e-12)).clamp_min(1e-12).log()
+        else:
+            logits = scores[..., None].masked_fill(~member, float("-inf")).amax(2)
+        return logits[0] if single else logits

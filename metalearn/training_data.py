@@ -1,0 +1,141 @@
+"""What a method meta-trains on, step by step.
+
+Most methods learn from episodes. Two learn from something else, drawn from the same
+training classes and just as reproducibly:
+
+- ``pairs`` (Siamese networks): balanced same/different image pairs, a verification task;
+- ``labelled`` (the transfer baselines): ordinary minibatches of images with their class
+  among all training classes, for supervised pre-training.
+
+Every source draws step s from a generator seeded by (seed, s) alone, as the episode sampler
+does, so a resumed run sees the same data as an uninterrupted one. Each draws plans (image
+indices) first and pixels second, from the training split only.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from metalearn.data.store import ImageStore
+from metalearn.episodes import EpisodeBatch, EpisodeSampler, TaskSpec, gather
+from metalearn.errors import MetalearnError
+
+ImageMap = Callable[[torch.Tensor], torch.Tensor]
+
+
+@dataclass
+class PairBatch:
+    """Image pairs (first[i], second[i]) and whether they show the same class (float 0/1)."""
+
+    first: torch.Tensor
+    second: torch.Tensor
+    same: torch.Tensor
+
+    def map_images(self, fn: ImageMap) -> PairBatch:
+        return PairBatch(fn(self.first), fn(self.second), self.same)
+
+
+@dataclass
+class LabelledBatch:
+    """Images and their class as an index into the training split's classes (0..num_classes-1)."""
+
+    images: torch.Tensor
+    labels: torch.Tensor
+    num_classes: int
+
+    def map_images(self, fn: ImageMap) -> LabelledBatch:
+        return LabelledBatch(fn(self.images), self.labels, self.num_classes)
+
+
+def _store_images(store: ImageStore, index: np.ndarray, device: torch.device | str) -> torch.Tensor:
+    x = store.images[torch.from_numpy(index.reshape(-1))].to(device, non_blocking=True)
+    return store.normalize(x).reshape(*index.shape, *x.shape[1:])
+
+
+class EpisodeSource:
+    """Meta-batches of episodes: step s holds episodes s*meta_batch .. (s+1)*meta_batch-1."""
+
+    unit = "episodes"
+
+    def __init__(self, store: ImageStore, spec: TaskSpec, seed: int, meta_batch: int):
+        self.store, self.meta_batch = store, meta_batch
+        self.sampler = EpisodeSampler(store, "train", spec, seed)
+        self.per_step = meta_batch
+
+    def batch(self, step: int, device: torch.device | str) -> EpisodeBatch:
+        return gather(self.store, self.sampler.plans(step * self.meta_batch, self.meta_batch), device)
+
+
+class PairSource:
+    """Balanced verification pairs from the training split: the first half of each batch shows
+    two different images of one class, the second half images of two different classes."""
+
+    unit = "pairs"
+
+    def __init__(self, store: ImageStore, seed: int, pairs: int, split: str = "train"):
+        if pairs < 2 or pairs % 2:
+            raise MetalearnError(f"method.pairs must be an even number >= 2 (half same, half different), got {pairs}")
+        self.classes = store.splits[split]
+        if len(self.classes) < 2:
+            raise MetalearnError(f"Siamese training needs at least 2 {split} classes, the dataset has {len(self.classes)}")
+        self.counts, self.starts = store.class_count[self.classes], store.class_start[self.classes]
+        if int(self.counts.min()) < 2:
+            raise MetalearnError(f"Siamese training needs 2 images per {split} class for same-class pairs; some "
+                                 f"classes have {int(self.counts.min())}")
+        self.store, self.seed, self.per_step = store, seed, pairs
+
+    def plans(self, step: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Image indices [pairs, 2], each image's class id [pairs, 2], and same-class flags [pairs]."""
+        rng = np.random.default_rng([self.seed, step])
+        half = self.per_step // 2
+        n = len(self.classes)
+        same = rng.integers(n, size=half)
+        a, b = rng.integers(n, size=half), rng.integers(n - 1, size=half)
+        b = b + (b >= a)  # a different class, uniformly
+        cls = np.concatenate([np.stack([same, same], 1), np.stack([a, b], 1)])
+        offset = np.empty_like(cls)
+        first = (rng.random(self.per_step) * self.counts[cls[:, 0]]).astype(np.int64)
+        offset[:, 0] = first
+        # same class: a different image of it; different classes: any image
+        second = (rng.random(self.per_step) * (self.counts[cls[:, 1]] - 1)).astype(np.int64)
+        offset[:, 1] = np.where(np.arange(self.per_step) < half, second + (second >= first), second)
+        return self.starts[cls] + offset, self.classes[cls], (np.arange(self.per_step) < half).astype(np.float32)
+
+    def batch(self, step: int, device: torch.device | str) -> PairBatch:
+        index, _, same = self.plans(step)
+        x = _store_images(self.store, index, device)
+        return PairBatch(x[:, 0], x[:, 1], torch.from_numpy(same).to(device))
+
+
+class LabelledSource:
+    """Minibatches of training images (distinct within a batch, uniform over images) labelled
+    with their class's position in the training split."""
+
+    unit = "images"
+
+    def __init__(self, store: ImageStore, seed: int, batch_size: int, split: str = "train"):
+        classes = store.splits[split]
+        counts = store.class_count[classes]
+        if batch_size < 1:
+            raise MetalearnError(f"method.batch_size must be >= 1, got {batch_size}")
+        self.index = np.concatenate([store.class_start[c] + np.arange(n) for c, n in zip(classes, counts, strict=True)])
+        self.labels = np.repeat(np.arange(len(classes)), counts)
+        if batch_size > len(self.index):
+            raise MetalearnError(f"method.batch_size={batch_size} but the {split} split has only {len(self.index)} images")
+        self.store, self.seed, self.per_step, self.num_classes = store, seed, batch_size, len(classes)
+
+    def plans(self, step: int) -> tuple[np.ndarray, np.ndarray]:
+        pick = np.random.default_rng([self.seed, step]).choice(len(self.index), self.per_step, replace=False)
+        return self.index[pick], self.labels[pick]
+
+    def batch(self, step: int, device: torch.device | str) -> LabelledBatch:
+        index, labels = self.plans(step)
+        return LabelledBatch(_store_images(self.store, index, device), torch.from_numpy(labels).to(device),
+                             self.num_classes)
+
+
+TrainingSource = EpisodeSource | PairSource | LabelledSource
