@@ -129,6 +129,25 @@ class BaselineConfig(MethodConfig):
 
 
 @dataclass
+class MetaLSTMConfig(MethodConfig):
+    name: str = "meta_lstm"
+    inner_steps: int = 5  # learner updates by the meta-learner during meta-training
+    inner_steps_eval: int = 10  # and at validation and test
+    hidden: int = 20  # the coordinate-wise input LSTM's width
+
+
+@dataclass
+class MANNConfig(MethodConfig):
+    name: str = "mann"
+    encoder: str = "pixels"  # pixels (the paper: flattened images) | conv (the backbone's embedding)
+    hidden: int = 200  # LSTM controller
+    slots: int = 128  # memory rows
+    width: int = 40  # memory columns
+    heads: int = 4  # read heads (each with its write weights)
+    gamma: float = 0.95  # usage decay
+
+
+@dataclass
 class MAMLPlusPlusConfig:
     """MAML++ (Antoniou et al. 2019) switches; all off is plain MAML."""
 
@@ -286,6 +305,8 @@ def register() -> None:
     cs.store(group="method", name="relation_schema", node=RelationConfig)
     cs.store(group="method", name="siamese_schema", node=SiameseConfig)
     cs.store(group="method", name="baseline_schema", node=BaselineConfig)
+    cs.store(group="method", name="meta_lstm_schema", node=MetaLSTMConfig)
+    cs.store(group="method", name="mann_schema", node=MANNConfig)
     cs.store(group="method", name="maml_schema", node=MAMLConfig)
     cs.store(group="method", name="reptile_schema", node=ReptileConfig)
     cs.store(group="hardware", name="hardware_schema", node=HardwareConfig)

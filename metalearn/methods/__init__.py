@@ -10,7 +10,7 @@ from metalearn.errors import MetalearnError
 from metalearn.methods.base import Method
 
 METHODS = ("protonet", "matching", "relation", "siamese", "baseline", "baselinepp", "pixel_nn",
-           "maml", "fomaml", "anil", "metasgd", "mamlpp", "reptile")
+           "maml", "fomaml", "anil", "metasgd", "mamlpp", "reptile", "meta_lstm", "mann")
 MAML_FAMILY = ("maml", "fomaml", "anil", "metasgd", "mamlpp")
 
 
@@ -62,6 +62,24 @@ def build_method(cfg: Any, image_shape: tuple[int, int, int], ways: int, channel
         from metalearn.methods.pixel_nn import PixelNN
 
         return PixelNN()
+    if name == "meta_lstm":
+        from metalearn.methods.meta_lstm import MetaLSTM
+
+        if cfg.inner_steps < 1 or cfg.inner_steps_eval < 1:
+            raise MetalearnError(f"method.inner_steps and method.inner_steps_eval must be >= 1, "
+                                 f"got {cfg.inner_steps} and {cfg.inner_steps_eval}")
+        backbone = build_backbone(cfg.backbone, image_shape[0], channels_last, bn_running_stats=False)
+        return MetaLSTM(backbone, feature_dim(backbone, image_shape), ways, cfg.inner_steps, cfg.inner_steps_eval,
+                        cfg.hidden)
+    if name == "mann":
+        from torch import nn
+
+        from metalearn.methods.mann import MANN
+
+        _check(cfg, "encoder", ("pixels", "conv"))
+        encoder = nn.Flatten() if cfg.encoder == "pixels" else build_backbone(cfg.backbone, image_shape[0], channels_last)
+        dim = image_shape[0] * image_shape[1] * image_shape[2] if cfg.encoder == "pixels" else feature_dim(encoder, image_shape)
+        return MANN(encoder, dim, ways, cfg.hidden, cfg.slots, cfg.width, cfg.heads, cfg.gamma)
     if name in MAML_FAMILY or name == "reptile":
         _check(cfg, "batch_norm", ("transductive", "running"))
         backbone = build_backbone(cfg.backbone, image_shape[0], channels_last, cfg.batch_norm == "running")

@@ -1,0 +1,137 @@
+"""Memory-Augmented Neural Network (Santoro et al. 2016).
+
+An episode is a sequence. At step t the controller (an LSTM) sees example t together with the
+label of example t-1 (the label arrives one step late), so it must bind an example to its label
+in an external memory and retrieve it when the class reappears. Memory access is
+least-recently-used (LRU): each read head reads by cosine similarity to a key; its write weights
+interpolate between the previous step's read weights and the least-used slot,
+
+    w^w_t = sigmoid(alpha) w^r_{t-1} + (1 - sigmoid(alpha)) w^lu_{t-1},
+    w^u_t = gamma w^u_{t-1} + sum_heads (w^r_t + w^w_t),
+
+and the least-used slot is erased before writing. The support examples are fed in a shuffled
+order (a fixed order at test time), labels one step late; then every query is classified from
+the state after the support sequence, in parallel, with the last support label as its label
+input, so queries never see each other. Inputs are flattened pixels (the paper) or, with
+``encoder: conv``, Conv-4 embeddings.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from metalearn.episodes import TaskSpec
+from metalearn.errors import MetalearnError
+from metalearn.methods.base import Method, fp32
+
+
+@dataclass
+class MemoryState:
+    memory: torch.Tensor  # [B, slots, width]
+    usage: torch.Tensor  # [B, slots]
+    read_weights: torch.Tensor  # [B, heads, slots]
+    reads: torch.Tensor  # [B, heads, width]
+    h: torch.Tensor  # controller state [B, hidden]
+    c: torch.Tensor
+
+    def expand(self, repeats: int) -> MemoryState:
+        """Each batch entry repeated `repeats` times (entry b -> rows b*repeats .. b*repeats+repeats-1)."""
+        return MemoryState(*(x.repeat_interleave(repeats, 0) for x in
+                             (self.memory, self.usage, self.read_weights, self.reads, self.h, self.c)))
+
+
+def least_used(usage: torch.Tensor, heads: int) -> torch.Tensor:
+    """usage [B, slots] -> w^lu [B, heads, slots]: head k's one-hot at the k-th least used slot."""
+    idx = usage.topk(heads, dim=-1, largest=False).indices  # [B, heads]
+    return nn.functional.one_hot(idx, usage.shape[-1]).to(usage.dtype)
+
+
+class LRUMemory(nn.Module):
+    def __init__(self, hidden: int, slots: int = 128, width: int = 40, heads: int = 4, gamma: float = 0.95):
+        super().__init__()
+        self.slots, self.width, self.heads, self.gamma = slots, width, heads, gamma
+        self.key = nn.Linear(hidden, heads * width)
+        self.alpha = nn.Linear(hidden, heads)  # sigmoid(alpha): write to the last-read slot vs the least used
+
+    def step(self, h: torch.Tensor, s: MemoryState) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """One write-then-read step from controller output h [B, hidden]: new memory, usage, read weights, reads."""
+        b = h.shape[0]
+        keys = torch.tanh(self.key(h)).view(b, self.heads, self.width)
+        gate = torch.sigmoid(self.alpha(h))[..., None]  # [B, heads, 1]
+        lu = least_used(s.usage, self.heads)  # from the previous usage
+        write = gate * s.read_weights + (1 - gate) * lu  # [B, heads, slots]
+        erase = lu.amax(1)  # the least-used slots are zeroed before writing
+        memory = s.memory * (1 - erase)[..., None] + write.transpose(1, 2) @ keys
+        similarity = nn.functional.normalize(keys, dim=-1) @ nn.functional.normalize(memory, dim=-1).transpose(1, 2)
+        read = torch.softmax(similarity, dim=-1)  # [B, heads, slots]
+        usage = self.gamma * s.usage + read.sum(1) + write.sum(1)
+        return memory, usage, read, read @ memory
+
+
+class MANN(Method):
+    name = "mann"
+
+    def __init__(self, encoder: nn.Module, input_dim: int, ways: int, hidden: int = 200, slots: int = 128,
+                 width: int = 40, heads: int = 4, gamma: float = 0.95):
+        super().__init__()
+        self.encoder, self.ways = encoder, ways
+        self.controller = nn.LSTMCell(input_dim + ways + heads * width, hidden)
+        self.memory = LRUMemory(hidden, slots, width, heads, gamma)
+        self.out = nn.Linear(hidden + heads * width, ways)
+        self.hidden = hidden
+
+    def initial_state(self, batch: int, like: torch.Tensor) -> MemoryState:
+        m = self.memory
+        z = lambda *shape: torch.zeros(*shape, dtype=like.dtype, device=like.device)  # noqa: E731
+        read = torch.full((batch, m.heads, m.slots), 1.0 / m.slots, dtype=like.dtype, device=like.device)
+        return MemoryState(z(batch, m.slots, m.width) + 1e-6, z(batch, m.slots), read, z(batch, m.heads, m.width),
+                           z(batch, self.hidden), z(batch, self.hidden))
+
+    def step(self, x: torch.Tensor, label_in: torch.Tensor, s: MemoryState) -> tuple[torch.Tensor, MemoryState]:
+        """x [B, D] and the previous example's one-hot label [B, ways] -> logits [B, ways], next state."""
+        h, c = self.controller(torch.cat([x, label_in, s.reads.flatten(1)], 1), (s.h, s.c))
+        memory, usage, read, reads = self.memory.step(h, s)
+        logits = self.out(torch.cat([h, reads.flatten(1)], 1))
+        return logits, MemoryState(memory, usage, read, reads, h, c)
+
+    def sequence_order(self, s: int, device: torch.device) -> torch.Tensor:
+        """The order support examples are presented in: random in training, fixed at test."""
+        if self.training:
+            return torch.randperm(s, device="cpu").to(device)
+        return torch.randperm(s, generator=torch.Generator().manual_seed(0)).to(device)
+
+    def check_task(self, spec: TaskSpec) -> None:
+        if spec.ways > self.ways:
+            raise MetalearnError(f"mann's label input and output have {self.ways} classes (sampler.train_ways), so it "
+                                 f"can be evaluated up to {self.ways}-way, not {spec.ways}-way; train with "
+                                 f"sampler.train_ways={spec.ways} for that.")
+
+    def run_sequence(self, xs: torch.Tensor, ys: torch.Tensor) -> tuple[torch.Tensor, MemoryState]:
+        """Examples xs [B, S, D] with one-hot labels ys [B, S, ways], each label given one step late ->
+        the prediction at every step [B, S, ways] and the state after the last step."""
+        b, s = xs.shape[:2]
+        state = self.initial_state(b, xs)
+        label_in = torch.zeros(b, self.ways, dtype=xs.dtype, device=xs.device)
+        outputs = []
+        for k in range(s):  # example k with the label of example k-1
+            logits, state = self.step(xs[:, k], label_in, state)
+            outputs.append(logits)
+            label_in = ys[:, k]
+        return torch.stack(outputs, 1), state
+
+    def predict(self, support, support_labels, query, ways):
+        single = support.dim() == 4
+        if single:
+            support, support_labels, query = support[None], support_labels[None], query[None]
+        t, s, q = support.shape[0], support.shape[1], query.shape[1]
+        z = fp32(self.encoder(torch.cat([support.flatten(0, 1), query.flatten(0, 1)])))
+        zs, zq = z[: t * s].reshape(t, s, -1), z[t * s:].reshape(t, q, -1)
+        order = self.sequence_order(s, zs.device)
+        zs, ys = zs[:, order], nn.functional.one_hot(support_labels[:, order], self.ways).to(zs.dtype)
+        _, state = self.run_sequence(zs, ys)
+        logits, _ = self.step(zq.reshape(t * q, -1), ys[:, -1].repeat_interleave(q, 0), state.expand(q))
+        logits = logits.reshape(t, q, self.ways)[..., :ways]
+        return logits[0] if single else logits

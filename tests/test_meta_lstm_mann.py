@@ -1,0 +1,145 @@
+"""The Meta-Learner LSTM (a learned optimiser) and MANN (memory-augmented network)."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from metalearn.backbones import Conv4
+from metalearn.episodes import EpisodeBatch
+from metalearn.methods.inner_loop import call
+from metalearn.methods.mann import MANN, LRUMemory, least_used
+from metalearn.methods.meta_lstm import MetaLSTM, preprocess
+
+
+def tiny_batch(tasks: int = 1, seed: int = 0, dtype=torch.float32) -> EpisodeBatch:
+    g = torch.Generator().manual_seed(seed)
+    labels = torch.arange(3).repeat_interleave(2)
+    return EpisodeBatch(torch.randn(tasks, 6, 1, 16, 16, generator=g, dtype=dtype), labels.expand(tasks, -1),
+                        torch.randn(tasks, 6, 1, 16, 16, generator=g, dtype=dtype), labels.expand(tasks, -1), 3)
+
+
+def tiny_meta_lstm(**kw) -> MetaLSTM:
+    torch.manual_seed(0)
+    return MetaLSTM(Conv4(1, 4, bn_running_stats=False), 4, 3, **kw)
+
+
+def test_preprocessing_is_log_magnitude_and_sign_above_the_threshold_and_scaled_below():
+    x = torch.tensor([2.0, -1e-3, 1e-6, -1e-5])
+    out = preprocess(x, p=10.0)
+    assert torch.allclose(out[0], torch.tensor([math.log(2.0) / 10, 1.0]))
+    assert torch.allclose(out[1], torch.tensor([math.log(1e-3) / 10, -1.0]))
+    assert torch.allclose(out[2], torch.tensor([-1.0, 1e-6 * math.exp(10)]))  # e^-10 = 4.5e-5 > 1e-6
+    assert torch.allclose(out[3], torch.tensor([-1.0, -1e-5 * math.exp(10)]))
+
+
+def test_with_forget_one_and_input_lr_the_update_is_plain_gradient_descent():
+    m = tiny_meta_lstm().double()
+    lr = 0.1
+    with torch.no_grad():
+        m.cell.w_forget.zero_()
+        m.cell.b_forget.fill_(100.0)  # sigmoid = 1 exactly
+        m.cell.w_input.zero_()
+        m.cell.b_input.fill_(math.log(lr / (1 - lr)))  # sigmoid = lr
+    rate = float(torch.sigmoid(m.cell.b_input.detach()))
+    b = tiny_batch(dtype=torch.float64)
+    theta = m.adapt(b.support[0], b.support_labels[0], steps=3)
+    expected = m.theta0.detach().clone()
+    for _ in range(3):
+        current = expected.clone().requires_grad_()
+        loss = nn.functional.cross_entropy(call(m.learner, m.unflatten(current), b.support[0]), b.support_labels[0])
+        expected = expected - rate * torch.autograd.grad(loss, current)[0]
+    assert abs(rate - lr) < 1e-12
+    assert torch.allclose(theta, expected, rtol=0, atol=1e-12)
+
+
+def test_meta_gradient_reaches_the_meta_learner_through_the_unrolled_updates():
+    m = tiny_meta_lstm(inner_steps=3)
+    m.train_step(tiny_batch(tasks=2), torch.optim.SGD([p for p in m.parameters() if p.requires_grad], lr=0.0))
+    for name, p in m.named_parameters():
+        if name.startswith("learner."):
+            assert p.grad is None  # structure only; the weights live in theta0
+        else:
+            assert p.grad is not None and p.grad.abs().sum() > 0, name
+
+
+def test_meta_lstm_adapted_weights_fit_the_support_set_better_than_the_initial_ones():
+    m = tiny_meta_lstm()
+    with torch.no_grad():  # gates as a sensible optimiser: keep the weights, step 0.5
+        m.cell.w_forget.zero_(), m.cell.b_forget.fill_(100.0), m.cell.w_input.zero_(), m.cell.b_input.fill_(0.0)
+    b = tiny_batch()
+    before = nn.functional.cross_entropy(m.learner_logits(m.theta0, b.support[0]), b.support_labels[0])
+    after = nn.functional.cross_entropy(m.learner_logits(m.adapt(b.support[0], b.support_labels[0], 5), b.support[0]),
+                                        b.support_labels[0])
+    assert after < before
+
+
+def tiny_mann() -> MANN:
+    torch.manual_seed(0)
+    return MANN(nn.Flatten(), 8, ways=3, hidden=16, slots=10, width=6, heads=2).eval()
+
+
+def test_mann_sees_each_label_one_step_late():
+    m = tiny_mann()
+    xs = torch.randn(1, 6, 8)
+    ys = nn.functional.one_hot(torch.tensor([[0, 1, 2, 0, 1, 2]]), 3).float()
+    changed = ys.clone()
+    changed[0, 3] = nn.functional.one_hot(torch.tensor(2), 3).float()  # example 3's label
+    with torch.no_grad():
+        a, _ = m.run_sequence(xs, ys)
+        b, _ = m.run_sequence(xs, changed)
+    assert torch.equal(a[0, :4], b[0, :4])  # steps 0..3 cannot know it, step 3 included
+    assert not torch.allclose(a[0, 4], b[0, 4])  # step 4 is the first to see it
+
+
+def test_mann_read_write_and_usage_weights_sum_as_specified():
+    torch.manual_seed(0)
+    m = tiny_mann()
+    mem: LRUMemory = m.memory
+    state = m.initial_state(3, torch.zeros(1))
+    for _ in range(5):
+        h = torch.randn(3, 16)
+        memory, usage, read, reads = mem.step(h, state)
+        assert torch.allclose(read.sum(-1), torch.ones(3, 2))  # each read head's weights sum to 1
+        # each head also writes with weights summing to 1, so usage grows by 2 per head
+        assert torch.allclose(usage.sum(-1), 0.95 * state.usage.sum(-1) + 2 * 2, atol=1e-5)
+        lu = least_used(state.usage, 2)
+        assert torch.equal(lu.sum(-1), torch.ones(3, 2)) and (lu.sum(1) <= 1).all()  # distinct least-used slots
+        erased = lu.amax(1).bool()
+        state.memory, state.usage, state.read_weights, state.reads = memory, usage, read, reads
+        assert erased.any()
+
+
+def test_least_used_picks_the_smallest_usages():
+    usage = torch.tensor([[0.5, 0.1, 0.9, 0.05]])
+    assert least_used(usage, 2)[0].argmax(-1).tolist() == [3, 1]
+
+
+def test_mann_queries_do_not_see_each_other():
+    m = tiny_mann()
+    support, labels = torch.randn(3, 1, 2, 4), torch.arange(3)
+    query = torch.randn(4, 1, 2, 4)
+    with torch.no_grad():
+        a = m.predict(support, labels, query, 3)
+        b = m.predict(support, labels, query[[2, 0, 3, 1]], 3)
+    assert torch.allclose(a[[2, 0, 3, 1]], b, atol=1e-6)
+
+
+@pytest.mark.parametrize("name,extra", [("meta_lstm", []), ("mann", []), ("mann", ["method.encoder=conv"])],
+                         ids=["meta_lstm", "mann", "mann-conv"])
+def test_smoke_train_then_eval_through_the_cli(tmp_path, name, extra):
+    from conftest import cli
+
+    r = cli("metalearn-train", f"method={name}", "debug=smoke", "run_dir=run", "test.episodes=10", *extra, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-2000:]
+    e = cli("metalearn-eval", "run=run", "episodes=10", cwd=tmp_path)
+    assert e.returncode == 0, e.stderr[-2000:]
+    assert f"{name} on synthetic test 5-way 1-shot" in e.stdout
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["status"] == "completed" and summary["method_config"]["name"] == name
+    bad = cli("metalearn-eval", "run=run", "ways=9", cwd=tmp_path)
+    assert bad.returncode == 2 and "Traceback" not in bad.stderr and "sampler.train_ways=9" in bad.stderr
