@@ -59,7 +59,7 @@ class OmniglotConfig(DatasetConfig):
     download: bool = False
     # splits whose characters also appear rotated by 90/180/270 degrees as new classes
     rotations: list[str] = field(default_factory=lambda: ["train", "val", "test"])
-    split: str = "character"  # character | alphabet
+    split: str = "vinyals"  # vinyals | lake (standard, full archives) | character | alphabet (random, by seed)
     split_fractions: list[float] = field(default_factory=lambda: [0.7, 0.1, 0.2])
     split_seed: int = 0
     # explicit alphabet-level split; when any list is non-empty it replaces the random split

@@ -18,6 +18,7 @@ SMALL_SPLIT = {"train": ["Balinese", "Early_Aramaic", "Korean", "Latin"], "val":
 
 
 def omni_cfg(root, tmp_path, **kw) -> OmniglotConfig:
+    kw.setdefault("split", "character")
     if isinstance(kw.get("alphabets"), dict):
         kw["alphabets"] = AlphabetLists(**kw["alphabets"])
     cfg = OmniglotConfig(root=str(root), archives=["images_background_small1", "images_background_small2"],
@@ -100,9 +101,9 @@ def test_alphabet_split_keeps_alphabets_whole(omniglot, tmp_path):
 def test_zip_and_extracted_folder_read_the_same(omniglot, tmp_path):
     with zipfile.ZipFile(omniglot / "images_background_small1.zip") as z:
         z.extractall(tmp_path / "root")
-    cfg_zip = OmniglotConfig(root=str(omniglot), archives=["images_background_small1"], rotations=[],
+    cfg_zip = OmniglotConfig(root=str(omniglot), archives=["images_background_small1"], rotations=[], split="character",
                              cache_dir=str(tmp_path / "c1"))
-    cfg_dir = OmniglotConfig(root=str(tmp_path / "root"), archives=["images_background_small1"], rotations=[],
+    cfg_dir = OmniglotConfig(root=str(tmp_path / "root"), archives=["images_background_small1"], rotations=[], split="character",
                              cache_dir=str(tmp_path / "c2"))
     a, b = build_omniglot(cfg_zip), build_omniglot(cfg_dir)
     assert a.class_names == b.class_names and torch.equal(a.images, b.images)
@@ -118,7 +119,7 @@ def test_missing_root_says_how_to_get_the_data(tmp_path):
 @pytest.mark.parametrize("content", [b"<!DOCTYPE html><html>Too many requests</html>", b"PK\x03\x04truncated"])
 def test_html_page_or_truncated_archive_is_named(tmp_path, content):
     (tmp_path / "images_background.zip").write_bytes(content)
-    with pytest.raises(MetalearnError, match="not a readable zip archive.*fetch it again"):
+    with pytest.raises(MetalearnError, match="(HTML page|not a readable zip archive).*fetch (it|the file) again"):
         build_omniglot(OmniglotConfig(root=str(tmp_path), archives=["images_background"], cache_dir=str(tmp_path)))
 
 
@@ -130,7 +131,7 @@ def test_unreadable_image_names_the_file(tmp_path):
     Image.new("L", (105, 105), 255).save(char / "0001_01.png")
     (char / "0001_02.png").write_bytes(b"not a png")
     with pytest.raises(MetalearnError, match="0001_02.png"):
-        build_omniglot(OmniglotConfig(root=str(tmp_path), archives=["images_background"], rotations=[],
+        build_omniglot(OmniglotConfig(root=str(tmp_path), archives=["images_background"], rotations=[], split="character",
                                       cache_dir=str(tmp_path / "c")))
 
 
@@ -166,7 +167,64 @@ def test_download_reads_what_torchvision_fetched(tmp_path, monkeypatch):
     import torchvision.datasets
 
     monkeypatch.setattr(torchvision.datasets, "Omniglot", FakeOmniglot)
-    store = build_omniglot(OmniglotConfig(root=str(tmp_path / "root"), download=True, rotations=[],
+    store = build_omniglot(OmniglotConfig(root=str(tmp_path / "root"), download=True, rotations=[], split="character",
                                           cache_dir=str(tmp_path / "c")))
     assert calls == [(str(tmp_path / "root"), True, True), (str(tmp_path / "root"), False, True)]
     assert store.num_classes == 6 and store.images.shape[0] == 24  # the two archives share their characters
+
+
+# ------------------------------------------------------------------ omniglot standard splits
+def write_fake_full_omniglot(root, images_per_character=2, drop=None):
+    """Both full archives in their real layout (zip of <archive>/<alphabet>/characterNN/*.png), with the
+    real alphabets and character counts; tiny blank images stand in for the drawings."""
+    import io
+    import zipfile
+
+    from PIL import Image
+
+    from metalearn.data.omniglot import standard_splits
+
+    buf = io.BytesIO()
+    Image.new("L", (8, 8), 255).save(buf, format="PNG")
+    png = buf.getvalue()
+    facts = standard_splits()
+    for archive in ("background", "evaluation"):
+        name = f"images_{archive}"
+        with zipfile.ZipFile(root / f"{name}.zip", "w") as z:
+            for alphabet, count in facts[archive].items():
+                if alphabet == drop:
+                    continue
+                for c in range(1, count + 1):
+                    for k in range(images_per_character):
+                        z.writestr(f"{name}/{alphabet}/character{c:02d}/{c:04d}_{k:02d}.png", png)
+
+
+@pytest.fixture(scope="module")
+def full_omniglot(tmp_path_factory):
+    root = tmp_path_factory.mktemp("omniglot_full")
+    write_fake_full_omniglot(root)
+    return root
+
+
+def test_vinyals_split_has_the_standard_class_counts(full_omniglot, tmp_path):
+    cfg = OmniglotConfig(root=str(full_omniglot), cache_dir=str(tmp_path), split="vinyals")
+    store = build_omniglot(cfg)
+    assert {s: len(v) for s, v in store.splits.items()} == {"train": 1028 * 4, "val": 172 * 4, "test": 423 * 4}
+    names = store.class_names
+    test_chars = {names[c] for c in store.splits["test"] if "/rot" not in names[c]}
+    assert "Gurmukhi/character42" in test_chars and "Gurmukhi/character41" not in test_chars
+    val_alphabets = {names[c].split("/")[0] for c in store.splits["val"]}
+    assert val_alphabets == {"Armenian", "Bengali", "Early_Aramaic", "Hebrew", "Mkhedruli_(Georgian)"}
+
+
+def test_lake_split_is_background_for_training_and_evaluation_for_test(full_omniglot, tmp_path):
+    cfg = OmniglotConfig(root=str(full_omniglot), cache_dir=str(tmp_path), split="lake", rotations=[])
+    store = build_omniglot(cfg)
+    assert {s: len(v) for s, v in store.splits.items()} == {"train": 964, "val": 0, "test": 659}
+
+
+def test_standard_split_on_incomplete_archives_is_a_clear_error(tmp_path):
+    write_fake_full_omniglot(tmp_path, images_per_character=1, drop="Tibetan")
+    cfg = OmniglotConfig(root=str(tmp_path), cache_dir=str(tmp_path / "c"), split="vinyals")
+    with pytest.raises(MetalearnError, match=r"Tibetan \(0 of 42\).*dataset.split=character"):
+        build_omniglot(cfg)

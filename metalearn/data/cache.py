@@ -36,7 +36,7 @@ def cached(cache_dir: str, kind: str, key: dict, build: Callable[[], dict]) -> d
     path = Path(cache_dir).expanduser() / f"{kind}-{digest}.pt"
     if path.is_file():
         try:
-            return torch.load(path, weights_only=True)
+            return torch.load(path, weights_only=True, mmap=True)  # pages in what episodes touch
         except Exception:  # a damaged cache entry is rebuilt, never trusted
             path.unlink(missing_ok=True)
     value = build()

@@ -4,14 +4,17 @@ Layout inside every archive: <archive>/<alphabet>/characterNN/<id>_<drawer>.png,
 105x105 black ink on white. Images are decoded once, resized to image_size,
 inverted (ink = bright) and cached. Splits are made at the character (or whole
 alphabet) level *before* rotations are added, so a rotated copy of a character
-always lands in that character's split.
+always lands in that character's split. The standard splits (``vinyals``,
+``lake``) are facts kept in splits/omniglot.json.
 """
 
 from __future__ import annotations
 
 import io
+import json
 import os
 import zipfile
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +25,7 @@ from PIL import Image, UnidentifiedImageError
 
 from metalearn.config import OmniglotConfig
 from metalearn.data.cache import cached
+from metalearn.data.decode import check_not_html
 from metalearn.data.store import SPLITS, ImageStore, split_by_fractions
 from metalearn.errors import MetalearnError
 
@@ -45,6 +49,7 @@ class _Source:
             for p in sorted(self.path.glob("*/*/*.png")):
                 out.append((p.parent.parent.name, p.parent.name, str(p)))
         else:
+            check_not_html(self.path, HOW_TO_GET)
             try:
                 with zipfile.ZipFile(self.path) as z:
                     names = z.namelist()
@@ -139,7 +144,36 @@ def _load_characters(sources: list[_Source], size: int) -> dict:
             "names": names, "alphabets": alphabets}
 
 
-def _split(cfg: OmniglotConfig, alphabets: list[str]) -> dict[str, np.ndarray]:
+def standard_splits() -> dict:
+    """The facts in splits/omniglot.json: each archive's alphabets with their character counts, and
+    the Vinyals et al. split's validation and test alphabets (and characters)."""
+    return json.loads((Path(__file__).parent / "splits" / "omniglot.json").read_text())
+
+
+def _standard_split(kind: str, names: list[str], alphabets: list[str]) -> dict[str, np.ndarray]:
+    """split=vinyals (Vinyals et al. 2016 / Snell et al. 2017) or split=lake (background / evaluation)."""
+    facts = standard_splits()
+    expected = {**facts["background"], **facts["evaluation"]}
+    have = Counter(alphabets)
+    short = {a: (have.get(a, 0), n) for a, n in expected.items() if have.get(a, 0) != n}
+    if short:
+        example = ", ".join(f"{a} ({got} of {n})" for a, (got, n) in list(short.items())[:3])
+        raise MetalearnError(f"dataset.split={kind} is a standard split of the full Omniglot (1,623 characters in 50 "
+                             f"alphabets) and needs both full archives, dataset.archives=[images_background,"
+                             f"images_evaluation]; {len(short)} alphabets are missing or incomplete, e.g. {example}. "
+                             f"For other archives use dataset.split=character or alphabet, or dataset.alphabets. "
+                             f"{HOW_TO_GET}")
+    alpha = np.array(alphabets)
+    if kind == "lake":
+        train = np.isin(alpha, list(facts["background"]))
+        return {"train": np.flatnonzero(train), "val": np.array([], dtype=np.int64), "test": np.flatnonzero(~train)}
+    v = facts["vinyals"]
+    val = np.isin(alpha, v["val"])
+    test = np.isin(alpha, v["test"]) | np.isin(np.array(names), v["test"])
+    return {"train": np.flatnonzero(~val & ~test), "val": np.flatnonzero(val), "test": np.flatnonzero(test)}
+
+
+def _split(cfg: OmniglotConfig, names: list[str], alphabets: list[str]) -> dict[str, np.ndarray]:
     lists = {s: list(getattr(cfg.alphabets, s)) for s in SPLITS}
     alpha = np.array(alphabets)
     if any(lists.values()):
@@ -156,7 +190,9 @@ def _split(cfg: OmniglotConfig, alphabets: list[str]) -> dict[str, np.ndarray]:
         unique = sorted(set(alphabets))
         parts = split_by_fractions(len(unique), list(cfg.split_fractions), cfg.split_seed)
         return {s: np.flatnonzero(np.isin(alpha, [unique[i] for i in idx])) for s, idx in parts.items()}
-    raise MetalearnError(f"dataset.split={cfg.split!r} is not one of: character, alphabet")
+    if cfg.split in ("vinyals", "lake"):
+        return _standard_split(cfg.split, names, alphabets)
+    raise MetalearnError(f"dataset.split={cfg.split!r} is not one of: vinyals, lake, character, alphabet")
 
 
 def _add_rotations(images: torch.Tensor, counts: np.ndarray, names: list[str], splits: dict[str, np.ndarray],
@@ -187,7 +223,7 @@ def build_omniglot(cfg: OmniglotConfig) -> ImageStore:
                         os.path.getmtime(s.path)] for s in sources]}
     data = cached(cfg.cache_dir, "omniglot", key, lambda: _load_characters(sources, cfg.image_size))
     counts = data["counts"].numpy()
-    splits = _split(cfg, data["alphabets"])
+    splits = _split(cfg, data["names"], data["alphabets"])
     images, counts, names, splits = _add_rotations(data["images"], counts, data["names"], splits,
                                                    list(cfg.rotations))
     return ImageStore.from_classes(images, counts, names, splits, invert=True,

@@ -56,13 +56,22 @@ class ImageStore:
         if int(self.class_count.sum()) != self.images.shape[0]:
             raise ValueError("class counts do not add up to the number of images")
 
-    def pixel_stats(self, split: str) -> tuple[float, float]:
+    def pixel_stats(self, split: str, max_images: int = 20_000) -> tuple[float, float]:
+        """Mean and std of the split's pixels (from up to `max_images` images spread over it, in chunks:
+        a float copy of a whole 84x84 RGB dataset would need 4x its uint8 size)."""
         ids = self.splits.get(split)
         if ids is None or ids.size == 0:
             ids = np.arange(self.num_classes)
-        take = [self.images[self.class_start[c]: self.class_start[c] + self.class_count[c]] for c in ids[:500]]
-        x = torch.cat(take).float() / 255.0
-        return float(x.mean()), float(x.std().clamp_min(1e-6))
+        index = np.concatenate([self.class_start[c] + np.arange(self.class_count[c]) for c in ids])
+        if len(index) > max_images:
+            index = index[np.linspace(0, len(index) - 1, max_images).astype(np.int64)]
+        total = total_sq = 0.0
+        count = 0
+        for start in range(0, len(index), 1000):
+            x = self.images[torch.from_numpy(index[start:start + 1000])].double() / 255.0
+            total, total_sq, count = total + float(x.sum()), total_sq + float((x * x).sum()), count + x.numel()
+        mean = total / count
+        return mean, max(float(np.sqrt(max(total_sq / count - mean * mean, 0.0))), 1e-6)
 
     def normalize(self, x: torch.Tensor) -> torch.Tensor:
         """uint8 images -> float, scaled to [0, 1] then standardised with the train split's stats."""
