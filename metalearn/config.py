@@ -66,6 +66,36 @@ class OmniglotConfig(DatasetConfig):
     alphabets: AlphabetLists = field(default_factory=AlphabetLists)
 
 
+@dataclass
+class MiniImageNetConfig(DatasetConfig):
+    """mini_imagenet and tiered_imagenet: the standard splits, read from whichever released form is in root."""
+
+    name: str = "mini_imagenet"
+    root: str | None = None
+    image_size: int = 84
+
+
+@dataclass
+class CifarConfig(DatasetConfig):
+    """cifar_fs and fc100, both from CIFAR-100's python release."""
+
+    name: str = "cifar_fs"
+    root: str | None = None
+    download: bool = False
+    image_size: int = 32
+
+
+@dataclass
+class ImageFolderConfig(DatasetConfig):
+    name: str = "image_folder"
+    root: str | None = None
+    image_size: int = 84
+    channels: int = 3  # 1 (grey) | 3 (RGB)
+    split_file: str | None = None  # JSON {"train": [class names], "val": [...], "test": [...]}; else fractions
+    split_fractions: list[float] = field(default_factory=lambda: [0.7, 0.1, 0.2])
+    split_seed: int = 0
+
+
 # ---------------------------------------------------------------- the rest
 @dataclass
 class SamplerConfig:
@@ -298,6 +328,9 @@ def register() -> None:
     cs.store(name="eval_schema", node=EvalConfig)
     cs.store(group="dataset", name="synthetic_schema", node=SyntheticConfig)
     cs.store(group="dataset", name="omniglot_schema", node=OmniglotConfig)
+    cs.store(group="dataset", name="mini_imagenet_schema", node=MiniImageNetConfig)
+    cs.store(group="dataset", name="cifar_schema", node=CifarConfig)
+    cs.store(group="dataset", name="image_folder_schema", node=ImageFolderConfig)
     cs.store(group="sampler", name="sampler_schema", node=SamplerConfig)
     cs.store(group="method", name="protonet_schema", node=ProtoNetConfig)
     cs.store(group="method", name="pixel_nn_schema", node=PixelNNConfig)

@@ -9,7 +9,7 @@ from omegaconf import OmegaConf
 from metalearn.data.store import ImageStore
 from metalearn.errors import MetalearnError
 
-DATASETS = ("synthetic", "omniglot")
+DATASETS = ("synthetic", "omniglot", "mini_imagenet", "tiered_imagenet", "cifar_fs", "fc100", "image_folder")
 
 
 def build_store(cfg: Any) -> ImageStore:
@@ -25,6 +25,24 @@ def build_store(cfg: Any) -> ImageStore:
         from metalearn.data.omniglot import build_omniglot
 
         return build_omniglot(_typed(OmniglotConfig, cfg))
+    if name in ("mini_imagenet", "tiered_imagenet"):
+        from metalearn.config import MiniImageNetConfig
+
+        if name == "mini_imagenet":
+            from metalearn.data.mini_imagenet import build_mini_imagenet as build
+        else:
+            from metalearn.data.tiered_imagenet import build_tiered_imagenet as build
+        return build(_typed(MiniImageNetConfig, cfg))
+    if name in ("cifar_fs", "fc100"):
+        from metalearn.config import CifarConfig
+        from metalearn.data.cifar import build_cifar
+
+        return build_cifar(_typed(CifarConfig, cfg))
+    if name == "image_folder":
+        from metalearn.config import ImageFolderConfig
+        from metalearn.data.image_folder import build_image_folder
+
+        return build_image_folder(_typed(ImageFolderConfig, cfg))
     raise MetalearnError(f"unknown dataset {name!r}; choose one of: {', '.join(DATASETS)}")
 
 

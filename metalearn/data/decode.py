@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -63,10 +64,77 @@ def decode_image(data: bytes, name: str, size: int, channels: int) -> np.ndarray
     img = img.convert("L" if channels == 1 else "RGB")
     if img.size != (size, size):
         img = img.resize((size, size), Image.Resampling.LANCZOS)
-    a = np.asarray(img, dtype=np.uint8)
+    a = np.array(img, dtype=np.uint8)  # a writable copy
     return a[:, :, None] if channels == 1 else a
 
 
 def nchw(images_nhwc: torch.Tensor) -> torch.Tensor:
     """A [N, C, H, W] view of an NHWC uint8 tensor: no copy, so a big dataset is held once."""
     return images_nhwc.permute(0, 3, 1, 2)
+
+
+def decode_classes(classes: list[tuple[str, list[tuple[str, Callable[[], bytes]]]]], size: int,
+                   channels: int) -> dict:
+    """[(class name, [(file name, read bytes), ...]), ...] -> {"images": uint8 [N, C, size, size] sorted by
+    class, "counts", "names"}. Decoded one image at a time into a preallocated tensor, so a dataset
+    needs its uint8 size in memory and no more."""
+    total = sum(len(files) for _, files in classes)
+    images = torch.empty((total, size, size, channels), dtype=torch.uint8)
+    i = 0
+    for _, files in classes:
+        for name, read in files:
+            images[i] = torch.from_numpy(decode_image(read(), name, size, channels))
+            i += 1
+    return {"images": nchw(images), "counts": torch.tensor([len(f) for _, f in classes]),
+            "names": [c for c, _ in classes]}
+
+
+def image_files(folder: Path) -> list[Path]:
+    """The image files directly inside `folder`, sorted by name."""
+    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+
+
+def file_reader(path: Path) -> Callable[[], bytes]:
+    return path.read_bytes
+
+
+class _ArrayUnpickler:
+    """Unpickle data files that hold numpy arrays, lists, dicts and strings, and nothing else:
+    a data file must not be able to run code."""
+
+    ALLOWED = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+               ("numpy", "ndarray"), ("numpy", "dtype"), ("numpy.core.multiarray", "scalar"),
+               ("numpy._core.multiarray", "scalar"), ("collections", "OrderedDict"), ("builtins", "bytearray")}
+
+    @classmethod
+    def load(cls, path: Path, how_to_get: str):
+        import pickle
+
+        class Restricted(pickle.Unpickler):
+            def find_class(self, module: str, name: str):
+                if (module, name) in cls.ALLOWED:
+                    return super().find_class(module, name)
+                raise pickle.UnpicklingError(f"{module}.{name} is not allowed in a data file")
+
+        check_not_html(path, how_to_get)
+        try:
+            with open(path, "rb") as f:
+                return Restricted(f, encoding="latin1").load()
+        except Exception as e:
+            raise MetalearnError(f"cannot read {path} ({type(e).__name__}: {e}); it may be truncated or corrupt. "
+                                 f"Delete it and fetch it again. {how_to_get}") from None
+
+
+def load_pickle(path: Path, how_to_get: str):
+    """A pickled data file (numpy arrays, dicts, lists), refusing anything that could run code."""
+    return _ArrayUnpickler.load(path, how_to_get)
+
+
+def resize_array(a: np.ndarray, size: int, channels: int) -> np.ndarray:
+    """uint8 [H, W, C] -> [size, size, channels]."""
+    if a.shape[0] == size and a.shape[1] == size and a.shape[2] == channels:
+        return a
+    img = Image.fromarray(a.squeeze(-1) if a.shape[-1] == 1 else a)
+    img = img.convert("L" if channels == 1 else "RGB").resize((size, size), Image.Resampling.LANCZOS)
+    out = np.asarray(img, dtype=np.uint8)
+    return out[:, :, None] if channels == 1 else out

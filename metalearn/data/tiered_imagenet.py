@@ -1,0 +1,100 @@
+"""tieredImageNet (Ren et al. 2018): 608 ImageNet classes in 34 categories, split by category into
+351 / 97 / 160 classes (20 / 6 / 8 categories), 84x84 RGB.
+
+Reads, under dataset.root, either
+
+1. the released files ``{train,val,test}_images_png.pkl`` (a list of PNG-encoded images) with
+   ``{train,val,test}_labels.pkl`` (``label_specific``: class index per image, and
+   ``label_specific_str``: the class wnids), or
+2. class folders ``{train,val,test}/<wnid>/*.jpg``.
+
+The split is the one the files carry (the release is already split by category); when all three
+are complete their class counts are the standard 351 / 97 / 160, and anything else is reported.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import os
+from pathlib import Path
+
+import numpy as np
+
+from metalearn.config import MiniImageNetConfig
+from metalearn.data.cache import cached
+from metalearn.data.decode import decode_classes, file_reader, image_files, load_pickle
+from metalearn.data.image_folder import class_folders
+from metalearn.data.store import SPLITS, ImageStore
+from metalearn.errors import MetalearnError
+
+FORMAT_VERSION = 1
+log = logging.getLogger("metalearn")
+HOW_TO_GET = ("Put in dataset.root the released files (train_images_png.pkl, train_labels.pkl and the same for "
+              "val and test, from Ren et al.'s tiered-imagenet.tar, github.com/renmengye/few-shot-ssl-public), or "
+              "class folders train/<wnid>/*.jpg, val/<wnid>/*.jpg, test/<wnid>/*.jpg.")
+
+
+def _layout(root: Path) -> str:
+    if all((root / f"{s}_images_png.pkl").is_file() and (root / f"{s}_labels.pkl").is_file() for s in SPLITS):
+        return "pickles"
+    if all((root / s).is_dir() for s in SPLITS):
+        return "folders"
+    found = sorted(p.name for p in root.iterdir())[:10] if root.is_dir() else []
+    raise MetalearnError(f"no tieredImageNet files found in {root} (it holds: {found or 'nothing'}). {HOW_TO_GET}")
+
+
+def _png_bytes(pngs: list, i: int) -> bytes:
+    return np.asarray(pngs[i], dtype=np.uint8).tobytes()
+
+
+def _from_pickles(root: Path, size: int) -> dict:
+    classes, split_of = [], []
+    for s in SPLITS:
+        labels = load_pickle(root / f"{s}_labels.pkl", HOW_TO_GET)
+        pngs = load_pickle(root / f"{s}_images_png.pkl", HOW_TO_GET)
+        y = np.asarray(labels["label_specific"])
+        names = list(labels.get("label_specific_str") or [f"{s}_{i}" for i in range(int(y.max()) + 1)])
+        if len(pngs) != len(y):
+            raise MetalearnError(f"{s}_images_png.pkl has {len(pngs)} images but {s}_labels.pkl {len(y)} labels; one "
+                                 f"of them is truncated. {HOW_TO_GET}")
+        for c, name in enumerate(names):
+            rows = np.flatnonzero(y == c)
+            files = [(f"{s}_images_png.pkl[{i}]", functools.partial(_png_bytes, pngs, i)) for i in rows]
+            classes.append((str(name), files))
+            split_of.append(s)
+    data = decode_classes(classes, size, 3)
+    data["split"] = split_of
+    return data
+
+
+def _from_folders(root: Path, size: int) -> dict:
+    classes, split_of = [], []
+    for s in SPLITS:
+        for folder in class_folders(root / s):
+            classes.append((folder.name, [(str(p), file_reader(p)) for p in image_files(folder)]))
+            split_of.append(s)
+    data = decode_classes(classes, size, 3)
+    data["split"] = split_of
+    return data
+
+
+def build_tiered_imagenet(cfg: MiniImageNetConfig) -> ImageStore:
+    if cfg.root is None:
+        raise MetalearnError(f"dataset=tiered_imagenet needs dataset.root=PATH. {HOW_TO_GET}")
+    root = Path(cfg.root).expanduser()
+    layout = _layout(root)
+    build = {"pickles": _from_pickles, "folders": _from_folders}[layout]
+    stamp = [[str(p), os.path.getsize(p), os.path.getmtime(p)] for p in sorted(root.iterdir())]
+    key = {"v": FORMAT_VERSION, "root": str(root.resolve()), "layout": layout, "size": cfg.image_size, "files": stamp}
+    data = cached(cfg.cache_dir, "tiered_imagenet", key, lambda: build(root, cfg.image_size))
+    split_of = np.array(data["split"])
+    splits = {s: np.flatnonzero(split_of == s) for s in SPLITS}
+    standard = json.loads((Path(__file__).parent / "splits" / "tiered_imagenet.json").read_text())["classes"]
+    counts = {s: len(v) for s, v in splits.items()}
+    if counts != standard:
+        log.warning("tieredImageNet in %s has %s classes per split, not the standard %s: a subset or another "
+                    "version", root, counts, standard)
+    return ImageStore.from_classes(data["images"], data["counts"].numpy(), data["names"], splits,
+                                   meta={"name": "tiered_imagenet", "layout": layout})
