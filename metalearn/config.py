@@ -201,6 +201,7 @@ class MAMLConfig(MethodConfig):
     learn_inner_lr: bool = False  # Meta-SGD: a learned learning rate per parameter entry
     batch_norm: str = "transductive"  # transductive (batch statistics, as the reference code) | running
     plus: MAMLPlusPlusConfig = field(default_factory=MAMLPlusPlusConfig)
+    task_batching: str = "auto"  # loop (task by task) | vmap (torch.func.vmap over the meta-batch) | auto (timed)
 
 
 @dataclass

@@ -250,3 +250,83 @@ def test_smoke_train_then_eval_through_the_cli(tmp_path, name, extra):
     summary = __import__("json").loads((tmp_path / "run" / "summary.json").read_text())
     policy = "running" if extra or name == "mamlpp" else "transductive"
     assert summary["status"] == "completed" and summary["method_config"]["batch_norm"] == policy
+
+
+# ------------------------------------------------------------------ the meta-batch under vmap
+def conv_maml(**kw) -> MAML:
+    from metalearn.backbones import Conv4
+
+    torch.manual_seed(0)
+    return MAML(Conv4(1, 4, "stride", bn_running_stats=False), 4, 3, INNER_LR, STEPS, STEPS, **kw).double()
+
+
+def conv_batch(tasks: int = 3) -> EpisodeBatch:
+    g = torch.Generator().manual_seed(1)
+    ys, yq = torch.arange(3).repeat(2).expand(tasks, -1), torch.arange(3).repeat(3).expand(tasks, -1)
+    return EpisodeBatch(torch.randn(tasks, 6, 1, 12, 12, generator=g, dtype=torch.float64), ys,
+                        torch.randn(tasks, 9, 1, 12, 12, generator=g, dtype=torch.float64), yq, ways=3)
+
+
+@pytest.mark.parametrize("kw", [{}, {"first_order": True}, {"adapt_head_only": True}, {"learn_inner_lr": True},
+                                {"plus": MAMLPlusPlus(per_layer_per_step_lr=True)}],
+                         ids=["maml", "fomaml", "anil", "metasgd", "lslr"])
+def test_vmap_over_the_meta_batch_gives_the_loop_meta_gradient(kw):
+    """The batched path (torch.func.grad inside torch.func.vmap, batch-norm on batch statistics) is the
+    same computation as the task-by-task one, first and second order."""
+    b = conv_batch()
+    grads = []
+    for batching in ("loop", "vmap"):
+        m = conv_maml(task_batching=batching, **kw)
+        opt = torch.optim.SGD(m.parameters(), lr=0.0)
+        stats = m.train_step(b, opt)
+        grads.append([p.grad.clone() for p in m.parameters()])
+        assert int(m.uses_vmap) == -1  # a configured path is not recorded as an auto choice
+    assert all(torch.allclose(a, c, rtol=1e-9, atol=1e-12) for a, c in zip(*grads, strict=True))
+    assert 0.0 <= stats["accuracy"] <= 1.0
+
+
+def test_first_order_under_vmap_differs_from_second_order():
+    b = conv_batch()
+    out = []
+    for fo in (False, True):
+        m = conv_maml(task_batching="vmap", first_order=fo)
+        m.train_step(b, torch.optim.SGD(m.parameters(), lr=0.0))
+        out.append(torch.cat([p.grad.flatten() for p in m.parameters()]))
+    assert not torch.allclose(out[0], out[1])
+
+
+def test_auto_batching_times_both_paths_once_and_keeps_its_choice():
+    m = conv_maml(task_batching="auto")
+    opt = torch.optim.SGD(m.parameters(), lr=0.01)
+    m.train_step(conv_batch(), opt)
+    choice = int(m.uses_vmap)
+    assert choice in (0, 1)
+    restored = conv_maml(task_batching="auto")
+    restored.load_state_dict(m.state_dict())  # a resumed run takes the same path
+    assert int(restored.uses_vmap) == choice
+    old = {k: v for k, v in m.state_dict().items() if k != "uses_vmap"}
+    conv_maml().load_state_dict(old)  # checkpoints from before the switch still load
+
+
+def test_msl_and_running_statistics_fall_back_to_the_loop():
+    from metalearn.backbones import Conv4
+
+    assert not conv_maml(plus=MAMLPlusPlus(multi_step_loss=True)).vmap_supported()
+    assert not MAML(Conv4(1, 4, "stride"), 4, 3, INNER_LR, STEPS, STEPS).vmap_supported()
+    assert conv_maml().vmap_supported()
+
+
+def test_vmap_path_runs_a_channels_last_backbone():
+    from metalearn.backbones import Conv4
+
+    b = conv_batch()
+    out = []
+    for cl, batching in ((False, "loop"), (True, "vmap")):
+        torch.manual_seed(0)
+        backbone = Conv4(1, 4, "stride", channels_last=cl, bn_running_stats=False)
+        m = MAML(backbone.to(memory_format=torch.channels_last) if cl else backbone, 4, 3, INNER_LR, STEPS, STEPS,
+                 task_batching=batching).double()
+        m.train_step(b, torch.optim.SGD(m.parameters(), lr=0.0))
+        out.append(torch.cat([p.grad.flatten() for p in m.parameters()]))
+        assert backbone.channels_last == cl  # restored after the batched pass
+    assert torch.allclose(out[0], out[1], rtol=1e-9, atol=1e-12)

@@ -96,9 +96,10 @@ def build_method(cfg: Any, image_shape: tuple[int, int, int], ways: int, channel
         from metalearn.methods.maml import MAML, MAMLPlusPlus
 
         _check(cfg, "adapt", ("all", "head"))
+        _check(cfg, "task_batching", ("auto", "loop", "vmap"))
         plus = MAMLPlusPlus(**{k: cfg.plus[k] for k in cfg.plus})
         return MAML(backbone, dim, ways, cfg.inner_lr, cfg.inner_steps, cfg.inner_steps_eval, cfg.first_order,
-                    cfg.adapt == "head", cfg.learn_inner_lr, name=name, plus=plus)
+                    cfg.adapt == "head", cfg.learn_inner_lr, name=name, plus=plus, task_batching=cfg.task_batching)
     raise MetalearnError(f"unknown method {name!r}; choose one of: {', '.join(METHODS)}")
 
 

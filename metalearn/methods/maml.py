@@ -11,6 +11,8 @@ weights, averaged over the meta-batch.
 
 from __future__ import annotations
 
+import logging
+import time
 from dataclasses import dataclass
 
 import torch
@@ -20,6 +22,8 @@ from metalearn.episodes import EpisodeBatch, TaskSpec
 from metalearn.errors import MetalearnError
 from metalearn.methods.base import Method, fp32
 from metalearn.methods.inner_loop import Params, adapt, call
+
+log = logging.getLogger("metalearn")
 
 
 @dataclass
@@ -42,9 +46,13 @@ class MAML(Method):
 
     def __init__(self, backbone: nn.Module, feature_dim: int, ways: int, inner_lr: float, inner_steps: int,
                  inner_steps_eval: int, first_order: bool = False, adapt_head_only: bool = False,
-                 learn_inner_lr: bool = False, name: str = "maml", plus: MAMLPlusPlus | None = None):
+                 learn_inner_lr: bool = False, name: str = "maml", plus: MAMLPlusPlus | None = None,
+                 task_batching: str = "auto"):
         super().__init__()
         self.name, self.plus = name, plus or MAMLPlusPlus()
+        self.task_batching = task_batching  # loop | vmap | auto (timed on the first meta-batch)
+        self.register_buffer("uses_vmap", torch.tensor(-1))  # the choice auto made: -1 not yet, 0 loop, 1 vmap
+        self.register_load_state_dict_pre_hook(_default_uses_vmap)  # checkpoints from before the buffer existed
         self.model = nn.Sequential(backbone, nn.Linear(feature_dim, ways))
         self.ways, self.inner_lr, self.first_order = ways, inner_lr, first_order
         self.inner_steps, self.inner_steps_eval = inner_steps, inner_steps_eval
@@ -114,9 +122,68 @@ class MAML(Method):
         stacked = torch.stack(losses)
         return (weights.to(stacked) * stacked).sum(), logits
 
-    def train_step(self, batch: EpisodeBatch, optimizer: torch.optim.Optimizer) -> dict[str, float]:
-        """Backward task by task (one graph alive at a time), one outer step for the meta-batch."""
-        optimizer.zero_grad(set_to_none=True)
+    # ------------------------------------------------------------ the meta-batch, batched
+    def vmap_supported(self) -> bool:
+        """vmap covers MAML, FOMAML, ANIL, Meta-SGD and LSLR with batch statistics; MSL, per-step batch-norm
+        and running statistics (updated in place) run task by task."""
+        running = any(getattr(m, "track_running_stats", False) for m in self.model.modules())
+        return self.step_bn is None and not running and self.msl_weights(self.inner_steps) is None
+
+    def batched_task_losses(self, batch: EpisodeBatch) -> tuple[torch.Tensor, torch.Tensor]:
+        """Query losses [T] and logits [T, Q, ways] of every task at once: the inner loop written with
+        torch.func.grad, mapped over the meta-batch with torch.func.vmap (the convolutions of all tasks
+        become one grouped convolution)."""
+        params = dict(self.model.named_parameters())
+        names, steps, first_order = self.adapted, self.inner_steps, self._first_order_now()
+
+        def task(p: Params, xs: torch.Tensor, ys: torch.Tensor, xq: torch.Tensor, yq: torch.Tensor):
+            for k in range(steps):
+                def inner_loss(sub: Params, p: Params = p) -> torch.Tensor:
+                    return nn.functional.cross_entropy(fp32(call(self.model, {**p, **sub}, xs)), ys)
+
+                g = torch.func.grad(inner_loss)({n: p[n] for n in names})
+                p = {**p, **{n: p[n] - self._lr(n, k) * (g[n].detach() if first_order else g[n]) for n in names}}
+            logits = call(self.model, p, xq)
+            return nn.functional.cross_entropy(fp32(logits), yq), logits
+
+        layout = [m for m in self.model.modules() if getattr(m, "channels_last", False)]
+        for m in layout:  # vmap cannot reorder memory inside its transform; the batched convolution is its own layout
+            m.channels_last = False
+        try:
+            return torch.func.vmap(task, in_dims=(None, 0, 0, 0, 0))(params, batch.support, batch.support_labels,
+                                                                     batch.query, batch.query_labels)
+        finally:
+            for m in layout:
+                m.channels_last = True
+
+    def _choose_batching(self, batch: EpisodeBatch) -> bool:
+        """Whether to use vmap: as configured, or (auto) whichever of the two ran this meta-batch faster,
+        measured once and kept in a buffer so a resumed run takes the same path."""
+        if self.task_batching == "loop" or not self.vmap_supported():
+            return False
+        if self.task_batching == "vmap":
+            return True
+        if int(self.uses_vmap) < 0:
+            times = {}
+            for use in (False, True, False, True):  # the first of each warms up
+                start = time.perf_counter()
+                self._meta_gradient(batch, use)
+                times[use] = time.perf_counter() - start
+            for p in self.parameters():
+                p.grad = None
+            self.uses_vmap.fill_(int(times[True] < times[False]))
+            log.info("%s: tasks of the meta-batch run %s (%.2f s vmap vs %.2f s one by one per meta-batch)",
+                     self.name, "under vmap" if int(self.uses_vmap) else "one by one", times[True], times[False])
+        return bool(int(self.uses_vmap))
+
+    def _meta_gradient(self, batch: EpisodeBatch, use_vmap: bool) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """Accumulate the meta-gradient of the mean query loss; returns the mean loss and per-task accuracies."""
+        if use_vmap:
+            losses, logits = self.batched_task_losses(batch)
+            loss = losses.mean()
+            if torch.isfinite(loss):
+                loss.backward()
+            return loss.detach(), list((logits.argmax(-1) == batch.query_labels).float().mean(1))
         losses, accs = [], []
         for t in range(batch.tasks):
             loss, logits = self.task_loss(batch, t)
@@ -124,7 +191,13 @@ class MAML(Method):
                 (loss / batch.tasks).backward()
             losses.append(loss.detach())
             accs.append((logits.argmax(-1) == batch.query_labels[t]).float().mean())
-        loss = torch.stack(losses).mean()
+        return torch.stack(losses).mean(), accs
+
+    def train_step(self, batch: EpisodeBatch, optimizer: torch.optim.Optimizer) -> dict[str, float]:
+        """One outer step for the meta-batch: tasks one by one (one graph alive at a time) or under vmap."""
+        use_vmap = self._choose_batching(batch)
+        optimizer.zero_grad(set_to_none=True)
+        loss, accs = self._meta_gradient(batch, use_vmap)
         if torch.isfinite(loss):
             optimizer.step()
         self.meta_steps += 1
@@ -144,6 +217,10 @@ class MAML(Method):
                 params = self.adapt_for_test(support[t], support_labels[t])
             out.append(self._forward({k: v.detach() for k, v in params.items()}, query[t], self.inner_steps_eval).detach())
         return torch.stack(out)
+
+
+def _default_uses_vmap(module, state_dict, prefix, *args) -> None:
+    state_dict.setdefault(prefix + "uses_vmap", torch.tensor(-1))
 
 
 class _PerStepBatchNorm(nn.Module):
