@@ -1,0 +1,261 @@
+"""Speed benchmarks: every figure and its ratio to the reference, measured in this one run.
+
+    python scripts/bench.py                       # ours, plus learn2learn where it is installed
+    python scripts/bench.py --l2l /tmp/l2l        # learn2learn's folder (../shared/bench/install_learn2learn.sh)
+    python scripts/bench.py --omniglot ../shared/data/omniglot --json bench.json
+
+Figures (issue 7):
+1. sampler: 5-way 1+15 Omniglot episodes/s, ours vs learn2learn's TaskDataset on the same images;
+2. MAML (second order, Conv-4 strided 64, 5-way 1-shot, meta-batch 32, 1 inner step): tasks/s vs
+   learn2learn, with 15 and with 1 query per class; ours task by task, under vmap, and auto's pick;
+3. ProtoNet training step vs the bare forward+backward of the same images through the backbone;
+4. evaluation of 600 5-way 1-shot ProtoNet episodes on Omniglot (seconds);
+5. start-up: `metalearn-train --help` (seconds);
+6. peak RSS of the MAML workload, ours vs learn2learn.
+Peer figures are skipped, with a note, when learn2learn is not installed. Timings are medians.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import zipfile
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared"
+
+
+def median_time(fn, repeats: int) -> float:
+    fn()  # warm-up
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def run_python(code_or_args: list[str], env_extra: dict | None = None, timeout: float = 900) -> str:
+    env = {**os.environ, **(env_extra or {}), "PYTHONWARNINGS": "ignore"}
+    r = subprocess.run([sys.executable, *code_or_args], capture_output=True, text=True, timeout=timeout, env=env)
+    if r.returncode != 0:
+        raise RuntimeError(r.stderr[-2000:])
+    return r.stdout
+
+
+# ------------------------------------------------------------------ workers (run in their own process)
+def maml_worker(queries: int, batching: str, iters: int) -> None:
+    """Our MAML on the anchor's workload (random inputs, so the algorithm alone is timed)."""
+    import torch
+
+    from metalearn.backbones import Conv4
+    from metalearn.episodes import EpisodeBatch
+    from metalearn.methods.maml import MAML
+
+    torch.manual_seed(0)
+    backbone = Conv4(1, 64, "stride", channels_last=True, bn_running_stats=False).to(memory_format=torch.channels_last)
+    m = MAML(backbone, 64, 5, 0.4, 1, 3, task_batching=batching)
+    opt = torch.optim.Adam(m.parameters(), 1e-3)
+    b = EpisodeBatch(torch.randn(32, 5, 1, 28, 28), torch.arange(5).expand(32, -1),
+                     torch.randn(32, 5 * queries, 1, 28, 28), torch.arange(5).repeat_interleave(queries).expand(32, -1), 5)
+    m.train_step(b, opt)  # warm-up (and auto's timing)
+    times = []
+    for _ in range(iters):
+        start = time.perf_counter()
+        m.train_step(b, opt)
+        times.append(time.perf_counter() - start)
+    path = "vmap" if (batching == "vmap" or (batching == "auto" and int(m.uses_vmap) == 1)) else "loop"
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(json.dumps({"tasks_per_s": 32 / statistics.median(times), "path": path, "peak_rss_mb": rss}))
+
+
+def l2l_worker(script: str, args: list[str]) -> None:
+    """Run a learn2learn anchor script, then report this process's peak RSS."""
+    import runpy
+
+    sys.argv = [script, *args]
+    runpy.run_path(script, run_name="__main__")
+    print(json.dumps({"peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+
+
+# ------------------------------------------------------------------ the figures
+def bench_sampler(omniglot: Path, l2l: Path | None, folder: Path) -> dict:
+    import torch
+
+    from metalearn.config import OmniglotConfig
+    from metalearn.data.omniglot import build_omniglot
+    from metalearn.episodes import EpisodeSampler, TaskSpec, gather
+
+    torch.set_num_threads(2)
+    cfg = OmniglotConfig(root=str(omniglot), archives=["images_background_small1"], rotations=[], split="character",
+                         split_fractions=[1.0, 0.0, 0.0], cache_dir=str(folder / "cache"))
+    store = build_omniglot(cfg)
+    sampler = EpisodeSampler(store, "train", TaskSpec(5, 1, 15), 0)
+    counter = iter(range(10**9))
+
+    def draw() -> None:
+        i = next(counter)
+        gather(store, sampler.plans(i, 1))
+
+    per_episode = median_time(lambda: [draw() for _ in range(100)], 5) / 100
+    out = {"ours_episodes_per_s": 1 / per_episode}
+    if l2l is not None:
+        extracted = folder / "small1"
+        if not extracted.is_dir():
+            with zipfile.ZipFile(omniglot / "images_background_small1.zip") as z:
+                z.extractall(folder)
+            (folder / "images_background_small1").rename(extracted)
+        text = run_python([str(SHARED / "bench" / "anchor_l2l_sampler.py"), str(extracted), "200"], {"PYTHONPATH": str(l2l)})
+        out["l2l_episodes_per_s"] = float(text.strip().split()[-1])
+    return out
+
+
+def bench_maml(l2l: Path | None, iters: int) -> dict:
+    out = {}
+    for q in (15, 1):
+        for batching in ("loop", "vmap", "auto"):
+            r = json.loads(run_python([__file__, "--worker", "maml", str(q), batching, str(iters)]).strip().splitlines()[-1])
+            out[f"q{q}_{batching}"] = r
+        if l2l is not None:
+            text = run_python([__file__, "--worker", "l2l", str(SHARED / "bench" / "anchor_l2l_maml.py"), str(q),
+                               str(iters)], {"PYTHONPATH": str(l2l)})
+            lines = text.strip().splitlines()
+            out[f"q{q}_l2l"] = {"tasks_per_s": float(lines[-2].split()[-1]), **json.loads(lines[-1])}
+    return out
+
+
+def bench_protonet_step() -> dict:
+    import torch
+
+    from metalearn.backbones import Conv4
+    from metalearn.episodes import EpisodeBatch
+    from metalearn.methods.protonet import ProtoNet
+
+    torch.manual_seed(0)
+    backbone = Conv4(1, 64, "max", channels_last=True).to(memory_format=torch.channels_last)
+    m = ProtoNet(backbone)
+    opt = torch.optim.Adam(m.parameters(), 1e-3)
+    ways, shots, queries = 60, 1, 5
+    b = EpisodeBatch(torch.randn(1, ways * shots, 1, 28, 28), torch.arange(ways).expand(1, -1),
+                     torch.randn(1, ways * queries, 1, 28, 28), torch.arange(ways).repeat_interleave(queries).expand(1, -1),
+                     ways)
+    x = torch.cat([b.support[0], b.query[0]])
+
+    def bare() -> None:
+        opt.zero_grad()
+        backbone(x).sum().backward()
+        opt.step()
+
+    step = median_time(lambda: m.train_step(b, opt), 15)
+    base = median_time(bare, 15)
+    return {"protonet_step_s": step, "bare_forward_backward_s": base, "ratio": step / base, "images": x.shape[0]}
+
+
+def bench_eval(omniglot: Path, folder: Path) -> dict:
+    import torch
+
+    from metalearn.backbones import Conv4
+    from metalearn.config import OmniglotConfig
+    from metalearn.data.omniglot import build_omniglot
+    from metalearn.engine.evaluate import evaluate
+    from metalearn.episodes import TaskSpec
+    from metalearn.methods.protonet import ProtoNet
+
+    cfg = OmniglotConfig(root=str(omniglot), archives=["images_background_small1", "images_background_small2"],
+                         rotations=[], split="character", cache_dir=str(folder / "cache"))
+    store = build_omniglot(cfg)
+    m = ProtoNet(Conv4(1, 64, "max", channels_last=True).to(memory_format=torch.channels_last))
+    seconds = median_time(lambda: evaluate(m, store, "test", TaskSpec(5, 1, 15), 600, 2, torch.device("cpu")), 3)
+    return {"eval_600_episodes_s": seconds}
+
+
+def bench_startup() -> dict:
+    exe = shutil.which("metalearn-train")
+    cmd = [exe, "--help"] if exe else [sys.executable, "-m", "metalearn.train", "--help"]
+
+    def once() -> None:
+        subprocess.run(cmd, capture_output=True, check=True)
+
+    return {"help_s": median_time(once, 5)}
+
+
+def report(results: dict) -> str:
+    rows = []
+
+    def row(name: str, ours: float, peer: float | None, unit: str, goal: str, higher_better: bool = True) -> None:
+        ratio = "" if peer is None else f"{(ours / peer if higher_better else peer / ours):.2f}x"
+        peer_s = "skipped (learn2learn not installed)" if peer is None else f"{peer:.1f} {unit}"
+        rows.append(f"| {name} | {ours:.1f} {unit} | {peer_s} | {ratio} | {goal} |")
+
+    s = results["sampler"]
+    row("sampler, 5-way 1+15 Omniglot episodes", s["ours_episodes_per_s"], s.get("l2l_episodes_per_s"), "ep/s", ">= 100x")
+    mm = results["maml"]
+    for q in (15, 1):
+        best = mm[f"q{q}_auto"]
+        peer = mm.get(f"q{q}_l2l", {}).get("tasks_per_s")
+        row(f"MAML {q} queries/class, auto ({best['path']})", best["tasks_per_s"], peer, "tasks/s", ">= 2x")
+        for path in ("loop", "vmap"):
+            row(f"  MAML {q} queries/class, {path}", mm[f"q{q}_{path}"]["tasks_per_s"], peer, "tasks/s", "")
+        peer_rss = mm.get(f"q{q}_l2l", {}).get("peak_rss_mb")
+        row(f"MAML {q} queries/class, peak RSS", best["peak_rss_mb"], peer_rss, "MB", "report", higher_better=False)
+    p = results["protonet"]
+    rows.append(f"| ProtoNet step / bare forward+backward ({p['images']} images) | {p['protonet_step_s'] * 1000:.0f} ms | "
+                f"{p['bare_forward_backward_s'] * 1000:.0f} ms | {p['ratio']:.2f} | <= 1.10 |")
+    rows.append(f"| evaluation, 600 ProtoNet 5-way 1-shot Omniglot episodes | {results['eval']['eval_600_episodes_s']:.2f} s | "
+                f"| | <= 5 s |")
+    rows.append(f"| start-up, metalearn-train --help | {results['startup']['help_s']:.2f} s | | | <= 1.5 s |")
+    head = "| figure | ours | reference | ratio | goal |\n| --- | --- | --- | --- | --- |"
+    return head + "\n" + "\n".join(rows)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--omniglot", type=Path, default=SHARED / "data" / "omniglot")
+    ap.add_argument("--l2l", type=Path, default=None, help="folder learn2learn was installed into")
+    ap.add_argument("--iters", type=int, default=6, help="timed MAML meta-batches per configuration")
+    ap.add_argument("--json", type=Path, default=None, help="also write the raw figures here")
+    ap.add_argument("--worker", nargs="*", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.worker:
+        kind, *rest = args.worker
+        if kind == "maml":
+            maml_worker(int(rest[0]), rest[1], int(rest[2]))
+        else:
+            l2l_worker(rest[0], rest[1:])
+        return
+    l2l = args.l2l
+    if l2l is not None and not (l2l / "learn2learn").is_dir():
+        print(f"note: no learn2learn in {l2l}; peer figures skipped", file=sys.stderr)
+        l2l = None
+    if l2l is None:
+        print("note: learn2learn not given (--l2l, see ../shared/bench/install_learn2learn.sh); peer figures skipped",
+              file=sys.stderr)
+    import platform
+
+    import torch
+
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        results = {"machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
+                              f"torch {torch.__version__}", "date": time.strftime("%Y-%m-%d"),
+                   "sampler": bench_sampler(args.omniglot, l2l, folder), "maml": bench_maml(l2l, args.iters),
+                   "protonet": bench_protonet_step(), "eval": bench_eval(args.omniglot, folder),
+                   "startup": bench_startup()}
+    print(f"metalearn benchmarks, {results['machine']}, {results['date']}")
+    print(report(results))
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=1))
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, str(REPO))
+    main()
