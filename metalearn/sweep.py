@@ -37,10 +37,33 @@ def write_csv(rows: list[dict], path: Path) -> None:
         w.writerows(rows)
 
 
+def print_table(sweep_dir: Path) -> None:
+    """Every job's test accuracy, and each configuration's mean across seeds, as a rich table."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from metalearn.report import across_seeds, find_runs, load_results
+
+    results = [r for run in find_runs([sweep_dir]) for r in load_results(run)]
+    table = Table(title=f"sweep {sweep_dir}")
+    for col in ("job", "method", "task", "seed", "status", "test accuracy (95% CI)"):
+        table.add_column(col)
+    for r in results:
+        acc = "—" if r.accuracy != r.accuracy else f"{100 * r.accuracy:.2f} ± {100 * r.ci95:.2f}%"
+        table.add_row(r.run.name, r.method, r.tag, str(r.seed), r.status, acc)
+    console = Console()
+    console.print(table)
+    for s in across_seeds(results):
+        if s["seeds"] > 1:
+            console.print(f"{s['method']} {s['task']} [{s['config']}]: {100 * s['mean_accuracy']:.2f} ± "
+                          f"{100 * s['ci95_across_seeds']:.2f}% over {s['seeds']} seeds")
+
+
 class SweepSummary(Callback):
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         sweep_dir = Path(config.hydra.sweep.dir)
         if sweep_dir.is_dir():
             rows = collect(sweep_dir)
             write_csv(rows, sweep_dir / "summary.csv")
+            print_table(sweep_dir)
             print(f"sweep summary ({len(rows)} jobs): {sweep_dir / 'summary.csv'}")

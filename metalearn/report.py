@@ -1,0 +1,220 @@
+"""`metalearn-report PATH...`: a leaderboard from any set of run and sweep folders.
+
+    metalearn-report outputs/train outputs/multirun/2026-11-22 --out outputs/report
+
+Writes to --out: leaderboard.md and leaderboard.csv (test accuracy ± 95% CI of every run, per
+dataset and task, best first, with the paired difference to the leader where both were scored on
+the same episodes), seeds.csv (runs that differ only in `seed`, averaged: mean ± 1.96·std/√k
+across seeds), learning_curves.png and accuracy_vs_shots.png.
+
+A paired difference uses the per-episode accuracies both runs saved (eval/test_<tag>.json): the
+mean of d_i = a_i - b_i with CI 1.96·std(d)/√n. Pairing removes the episode-to-episode variance
+the two runs share, so it can separate methods whose own CIs overlap.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+
+@dataclass
+class Result:
+    run: Path
+    method: str
+    dataset: str
+    tag: str  # e.g. 5w1s
+    ways: int
+    shots: int
+    accuracy: float
+    ci95: float
+    digest: str | None
+    per_episode: np.ndarray | None
+    config: str  # the run's overrides without its seed and folder
+    seed: int
+    status: str
+    extra: dict = field(default_factory=dict)
+
+
+def find_runs(paths: list[Path]) -> list[Path]:
+    """Every folder holding a summary.json under the given paths (runs, sweeps, or output roots)."""
+    found: set[Path] = set()
+    for p in paths:
+        if (p / "summary.json").is_file():
+            found.add(p.resolve())
+        elif p.is_dir():
+            found.update(s.parent.resolve() for s in p.rglob("summary.json"))
+    return sorted(found)
+
+
+def load_results(run: Path) -> list[Result]:
+    s = json.loads((run / "summary.json").read_text())
+    dataset = (s.get("choices") or {}).get("dataset") or s.get("dataset", "?")  # omniglot_small is not omniglot
+    overrides = [o for o in s.get("overrides", []) if not o.startswith(("seed=", "run_dir=", "resume="))]
+    out = []
+    for tag, t in (s.get("test") or {}).items():
+        per = None
+        path = run / "eval" / f"test_{tag}.json"
+        if path.is_file():
+            per = np.asarray(json.loads(path.read_text())["per_episode"], dtype=np.float64)
+        out.append(Result(run, s.get("method", "?"), dataset, tag, t["ways"], t["shots"], t["accuracy"],
+                          t["ci95"], t.get("episodes_digest"), per, " ".join(sorted(overrides)), s.get("seed", 0),
+                          s.get("status", "?"), {"wall_time_s": s.get("wall_time_s"), "steps": s.get("steps_done")}))
+    if not out:  # failed or unfinished runs still appear, so nothing is silently dropped
+        out.append(Result(run, s.get("method", "?"), dataset, "-", 0, 0, math.nan, math.nan, None, None,
+                          " ".join(sorted(overrides)), s.get("seed", 0), s.get("status", "?"),
+                          {"wall_time_s": s.get("wall_time_s"), "steps": s.get("steps_done")}))
+    return out
+
+
+def paired_difference(a: np.ndarray, b: np.ndarray) -> tuple[float, float]:
+    """Mean and 95% CI half-width of a - b over the same episodes."""
+    d = a - b
+    return float(d.mean()), float(1.96 * d.std() / math.sqrt(len(d)))
+
+
+def leaderboard(results: list[Result]) -> list[dict]:
+    rows = []
+    groups: dict[tuple[str, str], list[Result]] = {}
+    for r in results:
+        groups.setdefault((r.dataset, r.tag), []).append(r)
+    for (dataset, tag), rs in sorted(groups.items()):
+        rs = sorted(rs, key=lambda r: -r.accuracy if not math.isnan(r.accuracy) else math.inf)
+        leader = rs[0]
+        for rank, r in enumerate(rs, 1):
+            diff = ""
+            if r is not leader and r.per_episode is not None and leader.per_episode is not None \
+                    and r.digest == leader.digest and len(r.per_episode) == len(leader.per_episode):
+                m, c = paired_difference(r.per_episode, leader.per_episode)
+                diff = f"{100 * m:+.2f} ± {100 * c:.2f}"
+            rows.append({"dataset": dataset, "task": tag, "rank": rank, "method": r.method,
+                         "accuracy": r.accuracy, "ci95": r.ci95, "vs_leader": diff, "seed": r.seed,
+                         "status": r.status, "config": r.config, "run": str(r.run),
+                         "wall_time_s": r.extra.get("wall_time_s"), "episodes": r.digest})
+    return rows
+
+
+def across_seeds(results: list[Result]) -> list[dict]:
+    groups: dict[tuple[str, str, str, str], list[Result]] = {}
+    for r in results:
+        if not math.isnan(r.accuracy):
+            groups.setdefault((r.dataset, r.tag, r.method, r.config), []).append(r)
+    rows = []
+    for (dataset, tag, method, config), rs in sorted(groups.items()):
+        acc = np.array([r.accuracy for r in rs])
+        ci = float(1.96 * acc.std(ddof=1) / math.sqrt(len(acc))) if len(acc) > 1 else math.nan
+        rows.append({"dataset": dataset, "task": tag, "method": method, "config": config, "seeds": len(rs),
+                     "mean_accuracy": float(acc.mean()), "ci95_across_seeds": ci})
+    return rows
+
+
+def _pct(x: float) -> str:
+    return "—" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{100 * x:.2f}"
+
+
+def markdown(rows: list[dict], seeds: list[dict]) -> str:
+    lines = ["# metalearn leaderboard", ""]
+    for key in sorted({(r["dataset"], r["task"]) for r in rows}):
+        lines += [f"## {key[0]}, {key[1]}", "", "| # | method | accuracy (95% CI) | vs leader, paired | seed | status | "
+                  "config | run |", "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+        for r in (r for r in rows if (r["dataset"], r["task"]) == key):
+            lines.append(f"| {r['rank']} | {r['method']} | {_pct(r['accuracy'])} ± {_pct(r['ci95'])}% | "
+                         f"{r['vs_leader']} | {r['seed']} | {r['status']} | `{r['config']}` | {Path(r['run']).name} |")
+        lines.append("")
+    multi = [s for s in seeds if s["seeds"] > 1]
+    if multi:
+        lines += ["## Across seeds", "", "| dataset | task | method | config | seeds | mean (95% CI across seeds) |",
+                  "| --- | --- | --- | --- | --- | --- |"]
+        for s in multi:
+            lines.append(f"| {s['dataset']} | {s['task']} | {s['method']} | `{s['config']}` | {s['seeds']} | "
+                         f"{_pct(s['mean_accuracy'])} ± {_pct(s['ci95_across_seeds'])}% |")
+    return "\n".join(lines) + "\n"
+
+
+def write_csv(rows: list[dict], path: Path) -> None:
+    if not rows:
+        path.write_text("")
+        return
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+
+
+def plots(results: list[Result], out: Path) -> list[Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    written = []
+    runs = sorted({r.run for r in results})
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for run in runs:
+        path = run / "metrics.jsonl"
+        if not path.is_file():
+            continue
+        train = [json.loads(line) for line in path.read_text().splitlines()]
+        train = [r for r in train if r.get("kind") == "train"]
+        if train:
+            label = next(r.method for r in results if r.run == run) + f" ({run.name})"
+            ax.plot([r["step"] for r in train], [r["accuracy"] for r in train], label=label, alpha=0.8)
+    ax.set(xlabel="step", ylabel="training accuracy (query)", title="learning curves", ylim=(0, 1.01))
+    ax.legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(out / "learning_curves.png", dpi=100)
+    plt.close(fig)
+    written.append(out / "learning_curves.png")
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    series: dict[tuple[str, str, int], dict[int, list[float]]] = {}
+    for r in results:
+        if not math.isnan(r.accuracy):
+            series.setdefault((r.dataset, r.method, r.ways), {}).setdefault(r.shots, []).append(r.accuracy)
+    for (dataset, method, ways), by_shots in sorted(series.items()):
+        shots = sorted(by_shots)
+        ax.plot(shots, [np.mean(by_shots[s]) for s in shots], marker="o", label=f"{method}, {dataset}, {ways}-way")
+    ax.set(xlabel="shots", ylabel="test accuracy", title="accuracy vs shots")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out / "accuracy_vs_shots.png", dpi=100)
+    plt.close(fig)
+    written.append(out / "accuracy_vs_shots.png")
+    return written
+
+
+def report(paths: list[Path], out: Path) -> dict:
+    runs = find_runs(paths)
+    if not runs:
+        raise SystemExit(f"no run folders (with a summary.json) under {', '.join(map(str, paths))}")
+    results = [r for run in runs for r in load_results(run)]
+    rows, seeds = leaderboard(results), across_seeds(results)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "leaderboard.md").write_text(markdown(rows, seeds))
+    write_csv(rows, out / "leaderboard.csv")
+    write_csv(seeds, out / "seeds.csv")
+    images = plots(results, out)
+    return {"runs": len(runs), "rows": rows, "seeds": seeds, "files": [out / "leaderboard.md", out / "leaderboard.csv",
+                                                                      out / "seeds.csv", *images]}
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(prog="metalearn-report", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("paths", nargs="+", type=Path, help="run folders, sweep folders, or folders holding them")
+    ap.add_argument("--out", type=Path, default=Path("outputs/report"))
+    args = ap.parse_args(argv)
+    result = report(args.paths, args.out)
+    print((args.out / "leaderboard.md").read_text())
+    print(f"{result['runs']} runs -> " + ", ".join(str(p) for p in result["files"]), file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()
