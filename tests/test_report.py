@@ -6,7 +6,7 @@ import csv
 
 import numpy as np
 
-from metalearn.report import paired_difference, report
+from metalearn.report import paired_difference
 
 
 def test_paired_difference_is_the_mean_and_ci_of_per_episode_differences():
