@@ -30,12 +30,12 @@ def test_report_from_real_runs(tmp_path):
     assert r.returncode == 0, r.stderr[-1500:]
     md = (out / "leaderboard.md").read_text()
     assert "## synthetic, 5w1s" in md and "pixel_nn" in md and "diverged" in md  # failures are listed, not hidden
-    rows = list(csv.DictReader(open(out / "leaderboard.csv")))
+    rows = list(csv.DictReader((out / "leaderboard.csv").read_text().splitlines()))
     ranked = [r for r in rows if r["task"] == "5w1s"]
     assert [int(r["rank"]) for r in ranked] == [1, 2, 3]
     assert float(ranked[0]["accuracy"]) >= float(ranked[-1]["accuracy"])
     assert ranked[0]["vs_leader"] == "" and all(r["vs_leader"].startswith(("+", "-")) for r in ranked[1:])
-    seeds = list(csv.DictReader(open(out / "seeds.csv")))
+    seeds = list(csv.DictReader((out / "seeds.csv").read_text().splitlines()))
     proto = [s for s in seeds if s["method"] == "protonet"]
     assert len(proto) == 1 and proto[0]["seeds"] == "2"  # the two seeds of one configuration, averaged
     assert (out / "learning_curves.png").stat().st_size > 1000 and (out / "accuracy_vs_shots.png").is_file()
