@@ -126,3 +126,15 @@ def test_results_rows_script_copies_numbers_from_a_run(trained):
     t = s["test"]["5w1s"]
     assert r.stdout.startswith("| protonet | `metalearn-train debug=smoke` |")
     assert f"{100 * t['accuracy']:.2f} ± {100 * t['ci95']:.2f}%" in r.stdout
+
+
+def test_joblib_launcher_runs_the_jobs_of_a_sweep_in_parallel_processes(tmp_path):
+    r = cli("metalearn-train", "-m", "launcher=joblib", "hydra.launcher.n_jobs=2", "debug=smoke", "test.episodes=10",
+            "hardware.threads=1", "seed=0,1", "hydra.sweep.dir=sweep", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-2000:]
+    shown = cli("metalearn-train", "launcher=joblib", "--cfg", "hydra", cwd=tmp_path)
+    assert "JoblibLauncher" in shown.stdout  # the sweep above ran through joblib's worker processes
+    jobs = sorted(p for p in (tmp_path / "sweep").iterdir() if p.is_dir())
+    assert len(jobs) == 2 and all((j / "summary.json").is_file() for j in jobs)
+    rows = (tmp_path / "sweep" / "summary.csv").read_text().splitlines()
+    assert len(rows) == 3 and all("completed" in row for row in rows[1:])
