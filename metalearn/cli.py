@@ -15,8 +15,9 @@ T = TypeVar("T")
 log = logging.getLogger("metalearn")
 
 
-def setup_logging(log_file: Path | None = None) -> None:
-    log.setLevel(logging.INFO)
+def setup_logging(log_file: Path | None = None, quiet: bool = False) -> None:
+    """quiet: warnings and errors only (the non-zero ranks of a distributed run)."""
+    log.setLevel(logging.WARNING if quiet else logging.INFO)
     log.propagate = False
     for h in list(log.handlers):
         log.removeHandler(h)

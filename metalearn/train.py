@@ -32,12 +32,19 @@ def run(cfg: DictConfig) -> dict | None:
     hc = HydraConfig.get()
     out = Path(hc.runtime.output_dir)
     multirun = hc.mode == RunMode.MULTIRUN
-    setup_logging(out / "train.log")
+    ranks = _join_ranks(cfg)
+    if not ranks.main:  # under torchrun: rank 0's folder for everyone, written by rank 0 alone
+        own, out = out, Path(broadcast_path(str(out), ranks))
+        if own != out and own.is_dir() and not any(own.iterdir()):
+            own.rmdir()
+    else:
+        broadcast_path(str(out), ranks)
+    setup_logging(out / "train.log" if ranks.main else None, quiet=not ranks.main)
 
     def go() -> dict:
         from metalearn.engine.trainer import train
 
-        folder = RunFolder(out)
+        folder = RunFolder(out, read_only=not ranks.main)
         if cfg.resume:
             if not folder.checkpoint("last").is_file():
                 if {p.name for p in out.iterdir()} <= {"train.log"}:  # the folder Hydra just made
@@ -61,6 +68,21 @@ def run(cfg: DictConfig) -> dict | None:
             RunFolder(out).write_summary(cfg, status="failed")
             return None
         raise
+
+
+def _join_ranks(cfg: DictConfig):
+    """The process group of a torchrun launch (a single rank otherwise)."""
+    import torch
+
+    from metalearn.engine.distributed import init_from_env
+
+    return init_from_env(torch.device("cuda" if str(cfg.hardware.device).startswith("cuda") else "cpu"))
+
+
+def broadcast_path(path: str, ranks) -> str:
+    from metalearn.engine.distributed import broadcast_path as broadcast
+
+    return broadcast(path, ranks)
 
 
 @hydra.main(version_base=None, config_path=config_dir(), config_name="train")

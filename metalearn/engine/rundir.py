@@ -35,15 +35,19 @@ def _write_json(path: Path, data: Any) -> None:
 
 
 class RunFolder:
-    def __init__(self, path: str | Path):
-        self.path = Path(path)
-        self.path.mkdir(parents=True, exist_ok=True)
+    def __init__(self, path: str | Path, read_only: bool = False):
+        """read_only: the folder of another process (rank 0 of a distributed run): read, never written."""
+        self.path, self.read_only = Path(path), read_only
+        if not read_only:
+            self.path.mkdir(parents=True, exist_ok=True)
         self.metrics_path = self.path / "metrics.jsonl"
 
     def checkpoint(self, name: str) -> Path:
         return self.path / "checkpoints" / f"{name}.pt"
 
     def write_config(self, cfg: DictConfig, overrides: list[str], choices: dict) -> None:
+        if self.read_only:
+            return
         (self.path / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
         _write_json(self.path / "overrides.json", {"overrides": overrides, "choices": choices})
 
@@ -51,11 +55,15 @@ class RunFolder:
         return OmegaConf.load(self.path / "config.yaml")
 
     def append_metrics(self, record: dict) -> None:
+        if self.read_only:
+            return
         with open(self.metrics_path, "a") as f:
             f.write(json.dumps(record) + "\n")
 
     def truncate_metrics(self, step: int) -> None:
         """Drop records written after the checkpoint a resumed run restarts from."""
+        if self.read_only:
+            return
         if not self.metrics_path.exists():
             return
         keep = [line for line in self.metrics_path.read_text().splitlines() if json.loads(line)["step"] <= step]
@@ -90,10 +98,13 @@ class RunFolder:
                                    if st["best_step"] >= 0 else None)})
         if test is not None:
             s["test"] = test
-        _write_json(self.path / "summary.json", s)
+        if not self.read_only:
+            _write_json(self.path / "summary.json", s)
         return s
 
     def plot(self, cfg: DictConfig) -> None:
+        if self.read_only:
+            return
         if self.metrics_path.exists() and self.metrics_path.stat().st_size:
             from metalearn.engine.plots import plot_learning_curve
 

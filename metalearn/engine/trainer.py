@@ -9,7 +9,6 @@ where an uninterrupted one would.
 from __future__ import annotations
 
 import logging
-import math
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -21,6 +20,7 @@ from metalearn.augment import random_affine
 from metalearn.data import build_store
 from metalearn.data.store import ImageStore
 from metalearn.engine.checkpoint import load_checkpoint, save_checkpoint
+from metalearn.engine.distributed import AveragingOptimizer, all_finite, check_divisible, init_from_env, local_device, shard
 from metalearn.engine.evaluate import evaluate
 from metalearn.engine.hardware import autocast, describe_device, setup_device
 from metalearn.engine.progress import Progress
@@ -93,7 +93,8 @@ class Trainer:
 
     def __init__(self, cfg: DictConfig, folder: RunFolder):
         self.cfg, self.folder = cfg, folder
-        self.device = setup_device(cfg.hardware)
+        self.device = local_device(setup_device(cfg.hardware))
+        self.ranks = init_from_env(self.device)
         self.amp = cfg.hardware.amp
         torch.manual_seed(cfg.seed)
         self.train_spec = TaskSpec(cfg.sampler.train_ways, cfg.sampler.train_shots, cfg.sampler.train_queries)
@@ -115,6 +116,7 @@ class Trainer:
         self.method: Method = build_method(cfg.method, self.store.image_shape, self.train_spec.ways, channels_last,
                                            self.train_classes).to(self.device)
         self.train_source = build_training_source(self.method, self.store, cfg, self.train_spec)
+        check_divisible(self.train_source.per_step, self.train_source.unit, self.ranks)
         for spec in [self.eval_spec, *self.test_specs]:
             self.method.check_task(spec)
         self.trainable = any(p.requires_grad for p in self.method.parameters())
@@ -132,6 +134,8 @@ class Trainer:
                 f"the weights became non-finite by step {self.state.step}; training stopped. The last good checkpoint "
                 f"is {self.folder.checkpoint('last')} (step {self._last_saved_step()}). Lower optimizer.lr "
                 f"(now {self.cfg.optimizer.lr}) and start again.")
+        if not self.ranks.main:  # every rank holds the same weights; rank 0 writes them
+            return
         save_checkpoint(self.folder.checkpoint(name), {
             "step": self.state.step, "state": self.state.__dict__, "method": self.method.state_dict(),
             "optimizer": self.optimizer.state_dict(), "schedule": self.schedule.state_dict(),
@@ -164,17 +168,18 @@ class Trainer:
         per_step, unit = self.train_source.per_step, self.train_source.unit
         window = st.window
         background = float(self.store.normalize(torch.zeros(())))  # augmentation fills new pixels with it
+        optimizer = AveragingOptimizer(self.optimizer, self.ranks) if self.ranks.active else self.optimizer
         t_window = time.perf_counter()
         t_start = time.perf_counter() - st.elapsed
         self.method.train()
         with Progress(cfg.steps, st.step, f"{cfg.method.name} on {cfg.dataset.name}") as bar:
             while st.step < cfg.steps:
-                batch = self.train_source.batch(st.step, self.device)
+                batch = shard(self.train_source.batch(st.step, self.device), self.ranks)
                 if cfg.augment.enabled:
                     batch = batch.map_images(lambda x: random_affine(x, cfg.augment, background))
                 with autocast(self.device, self.amp):
-                    stats = self.method.train_step(batch, self.optimizer)
-                if not math.isfinite(stats["loss"]):
+                    stats = self.method.train_step(batch, optimizer)
+                if not all_finite(stats["loss"], self.ranks):
                     raise TrainingDiverged(
                         f"the training loss became {stats['loss']} at step {st.step + 1}; training stopped. The last "
                         f"good checkpoint is {self.folder.checkpoint('last')} (step {self._last_saved_step()}). "
@@ -219,7 +224,8 @@ class Trainer:
         for spec in self.test_specs:
             r = evaluate(self.method, self.store, "test", spec, self.cfg.test.episodes, self.cfg.test.seed,
                          self.device, self.cfg.test.batch, autocast(self.device, self.amp))
-            r.save(self.folder.path / "eval", f"test_{spec.tag}")
+            if self.ranks.main:
+                r.save(self.folder.path / "eval", f"test_{spec.tag}")
             results[spec.tag] = {**r.summary(), "checkpoint": which}
             log.info("test %s: %.2f ± %.2f%% (%d episodes, %s checkpoint)", spec.tag, 100 * r.accuracy,
                      100 * r.ci95, len(r.per_episode), which)

@@ -1,0 +1,116 @@
+"""Data-parallel meta-training over processes launched by torchrun (one or many nodes).
+
+    torchrun --nproc_per_node=4 -m metalearn.train method=maml sampler.meta_batch=32 hardware=cuda
+
+Every rank draws the same meta-batch (the plans are seeded by the step alone) and keeps its own
+equal share of the tasks (pairs, images); gradients are averaged across ranks before each
+optimiser step, so the update is the one a single process would make over the whole meta-batch.
+Rank 0 alone writes the run folder. Methods are unaware of any of this: they receive their shard
+and an optimiser whose step() averages first.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+
+from metalearn.errors import MetalearnError
+
+
+@dataclass(frozen=True)
+class Ranks:
+    rank: int = 0
+    world: int = 1
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def active(self) -> bool:
+        return self.world > 1
+
+
+def init_from_env(device: torch.device) -> Ranks:
+    """Join the process group torchrun describes in the environment (gloo on CPU, NCCL on GPUs)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return Ranks()
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return Ranks(dist.get_rank(), dist.get_world_size())
+
+
+def local_device(device: torch.device) -> torch.device:
+    """On GPUs each rank of a node takes its own device (LOCAL_RANK)."""
+    if device.type == "cuda" and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    return device
+
+
+def check_divisible(per_step: int, unit: str, ranks: Ranks) -> None:
+    if ranks.active and per_step % ranks.world:
+        raise MetalearnError(f"{ranks.world} processes share each training step, but a step has {per_step} {unit}; "
+                             f"make it a multiple of {ranks.world} (sampler.meta_batch, method.pairs or "
+                             f"method.batch_size)")
+
+
+def shard(batch, ranks: Ranks):
+    """This rank's equal share of a training batch (episodes, pairs or labelled images)."""
+    if not ranks.active:
+        return batch
+
+    def part(x: torch.Tensor) -> torch.Tensor:
+        n = x.shape[0] // ranks.world
+        return x[ranks.rank * n: (ranks.rank + 1) * n]
+
+    fields = {k: (part(v) if isinstance(v, torch.Tensor) else v) for k, v in vars(batch).items()}
+    return type(batch)(**fields)
+
+
+class AveragingOptimizer:
+    """An optimiser whose step() first averages every gradient over the ranks (missing ones count as 0)."""
+
+    def __init__(self, optimizer: torch.optim.Optimizer, ranks: Ranks):
+        self.optimizer, self.ranks = optimizer, ranks
+
+    def step(self) -> None:
+        import torch.distributed as dist
+
+        for group in self.optimizer.param_groups:
+            for p in group["params"]:
+                if not p.requires_grad:
+                    continue
+                if p.grad is None:
+                    p.grad = torch.zeros_like(p)
+                dist.all_reduce(p.grad)
+                p.grad /= self.ranks.world
+        self.optimizer.step()
+
+    def __getattr__(self, name: str):
+        return getattr(self.optimizer, name)
+
+
+def all_finite(value: float, ranks: Ranks) -> bool:
+    """Whether the value is finite on every rank (so all stop together, none waits forever)."""
+    ok = torch.tensor(float(torch.isfinite(torch.tensor(value))))
+    if ranks.active:
+        import torch.distributed as dist
+
+        dist.all_reduce(ok, op=dist.ReduceOp.MIN)
+    return bool(ok)
+
+
+def broadcast_path(path: str, ranks: Ranks) -> str:
+    """Rank 0's value of `path` on every rank."""
+    if not ranks.active:
+        return path
+    import torch.distributed as dist
+
+    box = [path]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
