@@ -11,6 +11,9 @@ the transfer baselines override ``train_step``.
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
+
 import torch
 from torch import nn
 
@@ -20,6 +23,27 @@ from metalearn.episodes import EpisodeBatch, TaskSpec
 def fp32(x: torch.Tensor) -> torch.Tensor:
     """Losses are computed at least in float32: bf16/fp16 logits (autocast) are upcast, float64 kept."""
     return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
+
+
+def one_or_many_tasks(predict: Callable) -> Callable:
+    """Let predict(support, labels, query, ways) written for task batches [T, ...] also take one task."""
+
+    @functools.wraps(predict)
+    def wrapper(self, support, support_labels, query, ways):
+        if support.dim() == 4:
+            return predict(self, support[None], support_labels[None], query[None], ways)[0]
+        return predict(self, support, support_labels, query, ways)
+
+    return wrapper
+
+
+def embed(backbone: Callable[[torch.Tensor], torch.Tensor], support: torch.Tensor,
+          query: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Support [T, S, ...] and query [T, Q, ...] through the backbone in one pass -> [T, S, D], [T, Q, D]
+    (one pass, so batch-norm sees the whole episode, as the papers' implementations do)."""
+    t, s, q = support.shape[0], support.shape[1], query.shape[1]
+    z = fp32(backbone(torch.cat([support.flatten(0, 1), query.flatten(0, 1)])))
+    return z[: t * s].reshape(t, s, *z.shape[1:]), z[t * s:].reshape(t, q, *z.shape[1:])
 
 
 class Method(nn.Module):

@@ -22,7 +22,7 @@ import math
 import torch
 from torch import nn
 
-from metalearn.methods.base import Method, fp32
+from metalearn.methods.base import Method, embed, fp32, one_or_many_tasks
 from metalearn.training_data import LabelledBatch
 
 
@@ -79,15 +79,10 @@ class Baseline(Method):
             opt.step()
         return weight.detach(), None if bias is None else bias.detach()
 
+    @one_or_many_tasks
     def predict(self, support, support_labels, query, ways):
-        single = support.dim() == 4
-        if single:
-            support, support_labels, query = support[None], support_labels[None], query[None]
-        t, s, q = support.shape[0], support.shape[1], query.shape[1]
         with torch.no_grad():
-            z = fp32(self.backbone(torch.cat([support.flatten(0, 1), query.flatten(0, 1)])))
-        zs, zq = z[: t * s].reshape(t, s, -1), z[t * s:].reshape(t, q, -1)
+            zs, zq = embed(self.backbone, support, query)
         with torch.enable_grad():
             weight, bias = self.fit_heads(zs, support_labels, ways)
-        logits = head_logits(zq, weight, bias, self.cosine)
-        return logits[0] if single else logits
+        return head_logits(zq, weight, bias, self.cosine)

@@ -25,7 +25,7 @@ from torch import nn
 
 from metalearn.episodes import TaskSpec
 from metalearn.errors import MetalearnError
-from metalearn.methods.base import Method, fp32
+from metalearn.methods.base import Method, embed, one_or_many_tasks
 
 
 @dataclass
@@ -122,16 +122,12 @@ class MANN(Method):
             label_in = ys[:, k]
         return torch.stack(outputs, 1), state
 
+    @one_or_many_tasks
     def predict(self, support, support_labels, query, ways):
-        single = support.dim() == 4
-        if single:
-            support, support_labels, query = support[None], support_labels[None], query[None]
+        zs, zq = embed(self.encoder, support, query)
         t, s, q = support.shape[0], support.shape[1], query.shape[1]
-        z = fp32(self.encoder(torch.cat([support.flatten(0, 1), query.flatten(0, 1)])))
-        zs, zq = z[: t * s].reshape(t, s, -1), z[t * s:].reshape(t, q, -1)
         order = self.sequence_order(s, zs.device)
         zs, ys = zs[:, order], nn.functional.one_hot(support_labels[:, order], self.ways).to(zs.dtype)
         _, state = self.run_sequence(zs, ys)
         logits, _ = self.step(zq.reshape(t * q, -1), ys[:, -1].repeat_interleave(q, 0), state.expand(q))
-        logits = logits.reshape(t, q, self.ways)[..., :ways]
-        return logits[0] if single else logits
+        return logits.reshape(t, q, self.ways)[..., :ways]

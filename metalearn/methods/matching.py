@@ -19,7 +19,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from metalearn.methods.base import Method, fp32
+from metalearn.methods.base import Method, embed, one_or_many_tasks
 
 
 class SupportEncoder(nn.Module):
@@ -64,18 +64,13 @@ class MatchingNet(Method):
         self.support_encoder = SupportEncoder(feature_dim) if fce else None
         self.query_encoder = QueryEncoder(feature_dim, fce_steps) if fce else None
 
+    @one_or_many_tasks
     def predict(self, support, support_labels, query, ways):
-        single = support.dim() == 4
-        if single:
-            support, support_labels, query = support[None], support_labels[None], query[None]
-        t, s, q = support.shape[0], support.shape[1], query.shape[1]
-        z = fp32(self.backbone(torch.cat([support.flatten(0, 1), query.flatten(0, 1)])))
-        zs, zq = z[: t * s].reshape(t, s, -1), z[t * s:].reshape(t, q, -1)
+        zs, zq = embed(self.backbone, support, query)
         if self.support_encoder is not None:
             zs = self.support_encoder(zs)
             zq = self.query_encoder(zq, zs)
         cos = nn.functional.normalize(zq, dim=-1) @ nn.functional.normalize(zs, dim=-1).transpose(1, 2)  # [T, Q, S]
         attention = torch.softmax(self.scale * cos, dim=-1)
         probs = attention @ nn.functional.one_hot(support_labels, ways).to(attention.dtype)  # [T, Q, ways]
-        logits = probs.clamp_min(1e-12).log()
-        return logits[0] if single else logits
+        return probs.clamp_min(1e-12).log()

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import torch
 from torch import nn
 
-from metalearn.methods.base import Method, fp32
+from metalearn.methods.base import Method, embed, one_or_many_tasks
 
 
 class ProtoNet(Method):
@@ -18,17 +17,13 @@ class ProtoNet(Method):
         super().__init__()
         self.backbone, self.distance = backbone, distance
 
+    @one_or_many_tasks
     def predict(self, support, support_labels, query, ways):
-        single = support.dim() == 4
-        if single:
-            support, support_labels, query = support[None], support_labels[None], query[None]
-        t, s, q = support.shape[0], support.shape[1], query.shape[1]
-        z = fp32(self.backbone(torch.cat([support.flatten(0, 1), query.flatten(0, 1)])))
-        zs, zq = z[: t * s].reshape(t, s, -1), z[t * s:].reshape(t, q, -1)
+        zs, zq = embed(self.backbone, support, query)
         onehot = nn.functional.one_hot(support_labels, ways).to(zs.dtype)  # [T, S, ways]
         protos = onehot.transpose(1, 2) @ zs / onehot.sum(1)[:, :, None]
         if self.distance == "cosine":
             logits = 10.0 * nn.functional.normalize(zq, dim=-1) @ nn.functional.normalize(protos, dim=-1).transpose(1, 2)
         else:
             logits = -(zq[:, :, None] - protos[:, None]).pow(2).sum(-1)  # exact, and safe at distance 0
-        return logits[0] if single else logits
+        return logits

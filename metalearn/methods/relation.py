@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from metalearn.episodes import EpisodeBatch
-from metalearn.methods.base import Method, fp32
+from metalearn.methods.base import Method, embed, fp32, one_or_many_tasks
 
 
 class RelationModule(nn.Module):
@@ -50,20 +50,15 @@ class RelationNet(Method):
         backbone.train(was)
         self.relation = RelationModule(maps.shape[1], tuple(maps.shape[2:]), hidden)
 
+    @one_or_many_tasks
     def predict(self, support, support_labels, query, ways):
-        single = support.dim() == 4
-        if single:
-            support, support_labels, query = support[None], support_labels[None], query[None]
-        t, s, q = support.shape[0], support.shape[1], query.shape[1]
-        z = self.backbone.feature_maps(torch.cat([support.flatten(0, 1), query.flatten(0, 1)]))
-        zs, zq = z[: t * s].reshape(t, s, -1), z[t * s:]
+        zs, zq = embed(self.backbone.feature_maps, support, query)  # maps [T, S, C, h, w], [T, Q, C, h, w]
+        t, q, shape = support.shape[0], query.shape[1], zs.shape[2:]
         onehot = nn.functional.one_hot(support_labels, ways).to(zs.dtype)  # [T, S, ways]
-        classes = (onehot.transpose(1, 2) @ zs).reshape(t, ways, *z.shape[1:])  # sum over each class's shots
-        zq = zq.reshape(t, q, *z.shape[1:])
+        classes = (onehot.transpose(1, 2) @ zs.flatten(2)).reshape(t, ways, *shape)  # sum over each class's shots
         pairs = torch.cat([classes[:, None].expand(-1, q, -1, -1, -1, -1),
                            zq[:, :, None].expand(-1, -1, ways, -1, -1, -1)], dim=3)  # [T, Q, ways, 2C, h, w]
-        logits = self.relation(pairs.flatten(0, 2)).reshape(t, q, ways)
-        return logits[0] if single else logits
+        return self.relation(pairs.flatten(0, 2)).reshape(t, q, ways)
 
     def loss(self, batch: EpisodeBatch) -> tuple[torch.Tensor, torch.Tensor]:
         logits = self.predict(batch.support, batch.support_labels, batch.query, batch.ways)

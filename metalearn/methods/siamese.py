@@ -17,7 +17,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from metalearn.methods.base import Method, fp32
+from metalearn.methods.base import Method, embed, fp32, one_or_many_tasks
 from metalearn.training_data import PairBatch
 
 
@@ -46,18 +46,12 @@ class Siamese(Method):
         acc = ((logits > 0).float() == batch.same).float().mean()
         return {"loss": float(loss.detach()), "accuracy": float(acc)}
 
+    @one_or_many_tasks
     def predict(self, support, support_labels, query, ways):
-        single = support.dim() == 4
-        if single:
-            support, support_labels, query = support[None], support_labels[None], query[None]
-        t, s, q = support.shape[0], support.shape[1], query.shape[1]
-        z = fp32(self.backbone(torch.cat([support.flatten(0, 1), query.flatten(0, 1)])))
-        zs, zq = z[: t * s].reshape(t, 1, s, -1), z[t * s:].reshape(t, q, 1, -1)
-        scores = self.pair_logits(zq, zs)  # [T, Q, S]
+        zs, zq = embed(self.backbone, support, query)
+        scores = self.pair_logits(zq[:, :, None], zs[:, None])  # [T, Q, S]
         member = nn.functional.one_hot(support_labels, ways).bool()[:, None]  # [T, 1, S, ways]
         if self.rule == "kernel":
             mass = torch.sigmoid(scores) @ member[:, 0].to(scores.dtype)  # [T, Q, ways]
-            logits = (mass / mass.sum(-1, keepdim=True).clamp_min(1e-12)).clamp_min(1e-12).log()
-        else:
-            logits = scores[..., None].masked_fill(~member, float("-inf")).amax(2)
-        return logits[0] if single else logits
+            return (mass / mass.sum(-1, keepdim=True).clamp_min(1e-12)).clamp_min(1e-12).log()
+        return scores[..., None].masked_fill(~member, float("-inf")).amax(2)
