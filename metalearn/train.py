@@ -85,8 +85,22 @@ def broadcast_path(path: str, ranks) -> str:
     return broadcast(path, ranks)
 
 
+def _stop_on_sigterm() -> None:
+    """SIGTERM (a scheduler's pre-emption, `kill`) stops a run as Ctrl-C does: summary.json says
+    'interrupted' and the last checkpoint stays for resume=true."""
+    import signal
+    import threading
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, interrupt)
+
+
 @hydra.main(version_base=None, config_path=config_dir(), config_name="train")
 def main(cfg: DictConfig) -> None:
+    _stop_on_sigterm()
     run(cfg)
 
 
