@@ -61,6 +61,12 @@ class EpisodePlans:
     def to_dict(self) -> dict[str, np.ndarray]:
         return {"classes": self.classes, "support": self.support, "query": self.query}
 
+    def image_ids(self) -> np.ndarray:
+        """[T, ways*shots + ways*queries] store indices: each task's support images, then its queries,
+        grouped by class (the order of EpisodeBatch)."""
+        t = len(self)
+        return np.concatenate([self.support.reshape(t, -1), self.query.reshape(t, -1)], 1)
+
 
 @dataclass
 class EpisodeBatch:
@@ -82,6 +88,11 @@ class EpisodeBatch:
     def map_images(self, fn) -> EpisodeBatch:
         """The same episodes with `fn` applied to the support images, then to the query images."""
         return EpisodeBatch(fn(self.support), self.support_labels, fn(self.query), self.query_labels, self.ways)
+
+
+def episode_labels(tasks: int, ways: int, per_class: int, device: torch.device | str = "cpu") -> torch.Tensor:
+    """[tasks, ways*per_class] labels 0..ways-1, grouped by class as the images of a plan are."""
+    return torch.arange(ways, device=device).repeat_interleave(per_class).expand(tasks, -1)
 
 
 class EpisodeSampler:
@@ -123,11 +134,8 @@ def gather(store: ImageStore, plans: EpisodePlans, device: torch.device | str = 
     """Index the uint8 store, move to the device, convert and normalise there."""
     t, ways, shots = plans.support.shape
     queries = plans.query.shape[2]
-    flat = torch.from_numpy(np.concatenate([plans.support.reshape(t, -1), plans.query.reshape(t, -1)], 1))
-    x = store.images[flat.reshape(-1)].to(device, non_blocking=True)
+    x = store.images[torch.from_numpy(plans.image_ids()).reshape(-1)].to(device, non_blocking=True)
     x = store.normalize(x)
     x = x.reshape(t, ways * (shots + queries), *x.shape[1:])
-    labels = torch.arange(ways, device=device)
-    return EpisodeBatch(support=x[:, : ways * shots], support_labels=labels.repeat_interleave(shots).expand(t, -1),
-                        query=x[:, ways * shots:], query_labels=labels.repeat_interleave(queries).expand(t, -1),
-                        ways=ways)
+    return EpisodeBatch(support=x[:, : ways * shots], support_labels=episode_labels(t, ways, shots, device),
+                        query=x[:, ways * shots:], query_labels=episode_labels(t, ways, queries, device), ways=ways)

@@ -53,6 +53,53 @@ def test_shuffling_the_support_set_does_not_change_predictions(store, name):
     assert torch.allclose(a, c, atol=1e-5)
 
 
+def embedding_methods():
+    """Every EmbeddingMethod, batch-norm running statistics moved off their defaults."""
+    from metalearn.methods.mann import MANN
+
+    ms = {**methods(), "matching-fce": MatchingNet(Conv4(1, 8), 8, fce=True),
+          "baseline": Baseline(Conv4(1, 8), 8, num_classes=10, finetune_steps=3),
+          "mann": MANN(Conv4(1, 8), 8, ways=5, hidden=16, slots=10, width=6, heads=2)}
+    gen = torch.Generator().manual_seed(3)
+    for m in ms.values():
+        for bn in m.modules():
+            if isinstance(bn, nn.BatchNorm2d):
+                bn.running_mean.copy_(torch.randn(bn.running_mean.shape, generator=gen) * 0.1)
+                bn.running_var.copy_(torch.rand(bn.running_var.shape, generator=gen) + 0.5)
+    return ms
+
+
+@pytest.mark.parametrize("name", list(embedding_methods()))
+def test_evaluation_encoding_each_distinct_image_once_matches_predict(store, name):
+    """The evaluation shortcut (encode each distinct image once, then the head per episode) gives the
+    per-episode accuracies of calling predict on every episode's pixels."""
+    from metalearn.engine.evaluate import encode_distinct
+    from metalearn.episodes import episode_labels
+
+    torch.manual_seed(0)
+    m = embedding_methods()[name].eval()
+    assert m.encodes_each_image_alone()
+    plans = EpisodeSampler(store, "test", TaskSpec(5, 1, 3), 4).plans(0, 6)
+    b = gather(store, plans)
+    codes, rows = encode_distinct(m, store, plans.image_ids(), torch.device("cpu"))
+    assert codes.shape[0] == len(np.unique(plans.image_ids())) < plans.image_ids().size
+    z = codes[rows]
+    with torch.no_grad():
+        torch.manual_seed(1)
+        direct = m.predict(b.support, b.support_labels, b.query, b.ways)
+        torch.manual_seed(1)
+        cached = m.head(z[:, :5], episode_labels(6, 5, 1), z[:, 5:], 5)
+    assert torch.allclose(direct, cached, atol=1e-4, rtol=1e-4)
+    r = evaluate(m, store, "test", TaskSpec(5, 1, 3), 6, 4, torch.device("cpu"), batch=4)
+    assert np.array_equal(r.per_episode, (direct.argmax(-1) == b.query_labels).float().mean(1).numpy())
+
+
+def test_batch_statistics_turn_the_evaluation_shortcut_off():
+    assert not ProtoNet(Conv4(1, 8)).train().encodes_each_image_alone()  # batch statistics in training
+    assert not ProtoNet(Conv4(1, 8, bn_running_stats=False)).eval().encodes_each_image_alone()  # transductive
+    assert ProtoNet(Conv4(1, 8)).eval().encodes_each_image_alone()
+
+
 def test_matching_probabilities_are_attention_over_support_labels(store):
     m = methods()["matching"].eval()
     b = episodes(store, tasks=1)

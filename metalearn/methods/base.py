@@ -73,3 +73,32 @@ class Method(nn.Module):
                 ways: int) -> torch.Tensor:
         """support [T, S, C, H, W] (or [S, C, H, W] for one task) -> query logits [T, Q, ways] (or [Q, ways])."""
         raise NotImplementedError
+
+
+class EmbeddingMethod(Method):
+    """A method whose prediction is ``head(encode(support), encode(query))``, the encoder seeing
+    each image on its own (ProtoNet, Matching, Relation, Siamese, the baselines, MANN, pixel NN).
+
+    Why a class of its own: evaluation can then encode each distinct image of its fixed episodes
+    once instead of once per episode (600 5-way episodes with 15 queries touch 48,000 images but
+    only the few thousand a test split holds); see ``metalearn.engine.evaluate``.
+    """
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        """Images [B, C, H, W] -> codes [B, ...]."""
+        return self.backbone(x)
+
+    def head(self, zs: torch.Tensor, support_labels: torch.Tensor, zq: torch.Tensor, ways: int) -> torch.Tensor:
+        """Support codes [T, S, ...], labels [T, S], query codes [T, Q, ...] -> query logits [T, Q, ways]."""
+        raise NotImplementedError
+
+    @one_or_many_tasks
+    def predict(self, support, support_labels, query, ways):
+        zs, zq = embed(self.encode, support, query)
+        return self.head(zs, support_labels, zq, ways)
+
+    def encodes_each_image_alone(self) -> bool:
+        """True when, in the current train/eval mode, an image's code does not depend on the other
+        images of its batch: no batch-norm layer normalises by batch statistics."""
+        return not any(m.training or not m.track_running_stats or m.running_mean is None  # incl. BatchStatNorm2d
+                       for m in self.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm))

@@ -22,7 +22,7 @@ import math
 import torch
 from torch import nn
 
-from metalearn.methods.base import Method, embed, fp32, one_or_many_tasks
+from metalearn.methods.base import EmbeddingMethod, fp32
 from metalearn.training_data import LabelledBatch
 
 
@@ -38,7 +38,7 @@ def head_logits(z: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
     return z @ weight.transpose(-1, -2) + bias[..., None, :]
 
 
-class Baseline(Method):
+class Baseline(EmbeddingMethod):
     train_data = "labelled"
     adapts_at_test = True
 
@@ -79,10 +79,11 @@ class Baseline(Method):
             opt.step()
         return weight.detach(), None if bias is None else bias.detach()
 
-    @one_or_many_tasks
-    def predict(self, support, support_labels, query, ways):
-        with torch.no_grad():
-            zs, zq = embed(self.backbone, support, query)
+    def encode(self, x):
+        with torch.no_grad():  # the backbone is frozen at test time; only the new head learns
+            return self.backbone(x)
+
+    def head(self, zs, support_labels, zq, ways):
         with torch.enable_grad():
             weight, bias = self.fit_heads(zs, support_labels, ways)
         return head_logits(zq, weight, bias, self.cosine)

@@ -25,7 +25,7 @@ from torch import nn
 
 from metalearn.episodes import TaskSpec
 from metalearn.errors import MetalearnError
-from metalearn.methods.base import Method, embed, one_or_many_tasks
+from metalearn.methods.base import EmbeddingMethod
 
 
 @dataclass
@@ -71,7 +71,7 @@ class LRUMemory(nn.Module):
         return memory, usage, read, read @ memory
 
 
-class MANN(Method):
+class MANN(EmbeddingMethod):
     name = "mann"
 
     def __init__(self, encoder: nn.Module, input_dim: int, ways: int, hidden: int = 200, slots: int = 128,
@@ -122,10 +122,11 @@ class MANN(Method):
             label_in = ys[:, k]
         return torch.stack(outputs, 1), state
 
-    @one_or_many_tasks
-    def predict(self, support, support_labels, query, ways):
-        zs, zq = embed(self.encoder, support, query)
-        t, s, q = support.shape[0], support.shape[1], query.shape[1]
+    def encode(self, x):
+        return self.encoder(x)
+
+    def head(self, zs, support_labels, zq, ways):
+        t, s, q = zs.shape[0], zs.shape[1], zq.shape[1]
         order = self.sequence_order(s, zs.device)
         zs, ys = zs[:, order], nn.functional.one_hot(support_labels[:, order], self.ways).to(zs.dtype)
         _, state = self.run_sequence(zs, ys)

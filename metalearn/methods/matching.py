@@ -19,7 +19,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from metalearn.methods.base import Method, embed, one_or_many_tasks
+from metalearn.methods.base import EmbeddingMethod
 
 
 class SupportEncoder(nn.Module):
@@ -54,7 +54,7 @@ class QueryEncoder(nn.Module):
         return h.reshape(t, q, d)
 
 
-class MatchingNet(Method):
+class MatchingNet(EmbeddingMethod):
     name = "matching"
 
     def __init__(self, backbone: nn.Module, feature_dim: int, fce: bool = False, fce_steps: int = 5,
@@ -64,9 +64,7 @@ class MatchingNet(Method):
         self.support_encoder = SupportEncoder(feature_dim) if fce else None
         self.query_encoder = QueryEncoder(feature_dim, fce_steps) if fce else None
 
-    @one_or_many_tasks
-    def predict(self, support, support_labels, query, ways):
-        zs, zq = embed(self.backbone, support, query)
+    def head(self, zs, support_labels, zq, ways):
         if self.support_encoder is not None:
             zs = self.support_encoder(zs)
             zq = self.query_encoder(zq, zs)

@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import torch
 
-from metalearn.methods.base import Method, one_or_many_tasks
+from metalearn.methods.base import EmbeddingMethod
 
 
-class PixelNN(Method):
+class PixelNN(EmbeddingMethod):
     name = "pixel_nn"
 
-    @one_or_many_tasks
-    def predict(self, support, support_labels, query, ways):
-        d = torch.cdist(query.flatten(2).float(), support.flatten(2).float())  # [T, Q, S]
+    def encode(self, x):
+        return x.flatten(1).float()
+
+    def head(self, zs, support_labels, zq, ways):
+        d = torch.cdist(zq, zs)  # [T, Q, S]
         # a class's score is minus the distance to its nearest support image
         d = d[:, :, :, None].expand(-1, -1, -1, ways).masked_fill(
             torch.nn.functional.one_hot(support_labels, ways)[:, None].logical_not(), float("inf"))

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from torch import nn
 
-from metalearn.methods.base import Method, embed, one_or_many_tasks
+from metalearn.methods.base import EmbeddingMethod
 
 
-class ProtoNet(Method):
+class ProtoNet(EmbeddingMethod):
     """Prototypes are the mean support embedding of each class; logits are negative
     squared Euclidean distances (or scaled cosine similarities) to them."""
 
@@ -17,9 +17,7 @@ class ProtoNet(Method):
         super().__init__()
         self.backbone, self.distance = backbone, distance
 
-    @one_or_many_tasks
-    def predict(self, support, support_labels, query, ways):
-        zs, zq = embed(self.backbone, support, query)
+    def head(self, zs, support_labels, zq, ways):
         onehot = nn.functional.one_hot(support_labels, ways).to(zs.dtype)  # [T, S, ways]
         protos = onehot.transpose(1, 2) @ zs / onehot.sum(1)[:, :, None]
         if self.distance == "cosine":

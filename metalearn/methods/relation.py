@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from metalearn.episodes import EpisodeBatch
-from metalearn.methods.base import Method, embed, fp32, one_or_many_tasks
+from metalearn.methods.base import EmbeddingMethod, fp32
 
 
 class RelationModule(nn.Module):
@@ -38,7 +38,7 @@ class RelationModule(nn.Module):
         return self.fc(self.convs(pairs).flatten(1)).squeeze(-1)
 
 
-class RelationNet(Method):
+class RelationNet(EmbeddingMethod):
     name = "relation"
 
     def __init__(self, backbone: nn.Module, image_shape: tuple[int, int, int], hidden: int = 8, loss: str = "mse"):
@@ -50,10 +50,11 @@ class RelationNet(Method):
         backbone.train(was)
         self.relation = RelationModule(maps.shape[1], tuple(maps.shape[2:]), hidden)
 
-    @one_or_many_tasks
-    def predict(self, support, support_labels, query, ways):
-        zs, zq = embed(self.backbone.feature_maps, support, query)  # maps [T, S, C, h, w], [T, Q, C, h, w]
-        t, q, shape = support.shape[0], query.shape[1], zs.shape[2:]
+    def encode(self, x):
+        return self.backbone.feature_maps(x)  # [B, C, h, w]: the relation module compares maps
+
+    def head(self, zs, support_labels, zq, ways):
+        t, q, shape = zs.shape[0], zq.shape[1], zs.shape[2:]
         onehot = nn.functional.one_hot(support_labels, ways).to(zs.dtype)  # [T, S, ways]
         classes = (onehot.transpose(1, 2) @ zs.flatten(2)).reshape(t, ways, *shape)  # sum over each class's shots
         pairs = torch.cat([classes[:, None].expand(-1, q, -1, -1, -1, -1),

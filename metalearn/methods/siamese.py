@@ -17,11 +17,11 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from metalearn.methods.base import Method, embed, fp32, one_or_many_tasks
+from metalearn.methods.base import EmbeddingMethod, fp32
 from metalearn.training_data import PairBatch
 
 
-class Siamese(Method):
+class Siamese(EmbeddingMethod):
     name = "siamese"
     train_data = "pairs"
 
@@ -46,9 +46,7 @@ class Siamese(Method):
         acc = ((logits > 0).float() == batch.same).float().mean()
         return {"loss": float(loss.detach()), "accuracy": float(acc)}
 
-    @one_or_many_tasks
-    def predict(self, support, support_labels, query, ways):
-        zs, zq = embed(self.backbone, support, query)
+    def head(self, zs, support_labels, zq, ways):
         scores = self.pair_logits(zq[:, :, None], zs[:, None])  # [T, Q, S]
         member = nn.functional.one_hot(support_labels, ways).bool()[:, None]  # [T, 1, S, ways]
         if self.rule == "kernel":
