@@ -255,7 +255,7 @@ class AugmentConfig:
 
 @dataclass
 class ValConfig:
-    every: int = 250
+    every: int = 250  # validate every this many steps and at the last; 0: never (the last checkpoint is tested)
     episodes: int = 200
     seed: int = 1
 

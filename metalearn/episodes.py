@@ -134,7 +134,7 @@ def gather(store: ImageStore, plans: EpisodePlans, device: torch.device | str = 
     """Index the uint8 store, move to the device, convert and normalise there."""
     t, ways, shots = plans.support.shape
     queries = plans.query.shape[2]
-    x = store.images[torch.from_numpy(plans.image_ids()).reshape(-1)].to(device, non_blocking=True)
+    x = store.take(plans.image_ids()).to(device, non_blocking=True)
     x = store.normalize(x)
     x = x.reshape(t, ways * (shots + queries), *x.shape[1:])
     return EpisodeBatch(support=x[:, : ways * shots], support_labels=episode_labels(t, ways, shots, device),

@@ -16,6 +16,7 @@ import hydra
 from omegaconf import DictConfig
 
 from metalearn.config import config_dir, register
+from metalearn.help import answer_help
 
 register()
 
@@ -52,11 +53,17 @@ def run(cfg: DictConfig) -> dict:
 
 
 @hydra.main(version_base=None, config_path=config_dir(), config_name="eval")
-def main(cfg: DictConfig) -> None:
+def _hydra_main(cfg: DictConfig) -> None:
     from metalearn.cli import report_errors, setup_logging
 
     setup_logging()
     report_errors(lambda: run(cfg))
+
+
+def main() -> None:
+    """The console script: --help answered fast (metalearn.help), everything else by Hydra."""
+    if not answer_help("metalearn-eval", "eval", __doc__ or ""):
+        _hydra_main()
 
 
 if __name__ == "__main__":

@@ -51,8 +51,15 @@ def print_table(sweep_dir: Path) -> None:
     for r in results:
         acc = "—" if r.accuracy != r.accuracy else f"{100 * r.accuracy:.2f} ± {100 * r.ci95:.2f}%"
         table.add_row(r.run.name, r.method, r.tag, str(r.seed), r.status, acc)
+    tested = {r.run.name for r in results}
+    for row in collect(sweep_dir):  # failed jobs have no test result, but a row all the same
+        if row["job"] not in tested:
+            table.add_row(row["job"], row["method"] or "—", "—", str(row["seed"]), str(row["status"]), "—")
     console = Console()
     console.print(table)
+    best = sweep_dir / "optimization_results.yaml"
+    if best.is_file():  # an Optuna search (search=<family>)
+        console.print(f"search: best validation accuracy and parameters in {best}:\n{best.read_text()}")
     for s in across_seeds(results):
         if s["seeds"] > 1:
             console.print(f"{s['method']} {s['task']} [{s['config']}]: {100 * s['mean_accuracy']:.2f} ± "

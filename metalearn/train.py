@@ -17,6 +17,7 @@ import hydra
 from omegaconf import DictConfig
 
 from metalearn.config import config_dir, register
+from metalearn.help import answer_help
 
 register()
 
@@ -59,7 +60,10 @@ def run(cfg: DictConfig) -> dict | None:
         return train(cfg, folder)
 
     try:
-        return report_errors(go, multirun=multirun)
+        result = report_errors(go, multirun=multirun)
+        if result is None and multirun and ranks.main:  # a bad-input error: the job is recorded as failed
+            RunFolder(out).write_summary(cfg, status="failed")
+        return result
     except Exception:
         if multirun:  # a crashed job is recorded and the sweep goes on
             import logging
@@ -99,9 +103,40 @@ def _stop_on_sigterm() -> None:
 
 
 @hydra.main(version_base=None, config_path=config_dir(), config_name="train")
-def main(cfg: DictConfig) -> None:
+def _hydra_main(cfg: DictConfig) -> float:
     _stop_on_sigterm()
-    run(cfg)
+    return objective(run(cfg))
+
+
+def objective(summary: dict | None) -> float:
+    """What a hyperparameter search (search=<family>, the Optuna sweeper) maximises: the run's best
+    validation accuracy. A failed job scores 0.0, the worst accuracy, so the search steers away and
+    goes on (Optuna 2 stops a study on NaN); summary.csv still marks it failed."""
+    if summary is None:
+        return 0.0
+    best = summary.get("best_val") or {}
+    if "accuracy" not in best:
+        from hydra.core.hydra_config import HydraConfig
+
+        from metalearn.cli import report_errors
+        from metalearn.errors import MetalearnError
+
+        if HydraConfig.get().runtime.choices.get("hydra/sweeper") == "optuna":  # stop the search: all would fail
+            report_errors(lambda: _raise(MetalearnError(
+                "the search maximises validation accuracy, but this run has none: its dataset has no validation "
+                "split or val.every=0. Give it one (e.g. dataset.alphabets.val=[Greek] for omniglot_small).")))
+        return float("nan")
+    return float(best["accuracy"])
+
+
+def _raise(e: Exception):
+    raise e
+
+
+def main() -> None:
+    """The console script: --help answered fast (metalearn.help), everything else by Hydra."""
+    if not answer_help("metalearn-train", "train", __doc__ or ""):
+        _hydra_main()
 
 
 if __name__ == "__main__":

@@ -52,7 +52,7 @@ class LabelledBatch:
 
 
 def _store_images(store: ImageStore, index: np.ndarray, device: torch.device | str) -> torch.Tensor:
-    x = store.images[torch.from_numpy(index.reshape(-1))].to(device, non_blocking=True)
+    x = store.take(index).to(device, non_blocking=True)
     return store.normalize(x).reshape(*index.shape, *x.shape[1:])
 
 

@@ -109,8 +109,19 @@ def test_python_api_classifies_pil_images(trained):
 def test_help_lists_config_groups(tmp_path):
     r = cli("metalearn-train", "--help", cwd=tmp_path)
     assert r.returncode == 0
-    for group in ("dataset:", "method:", "sampler:", "hardware:", "experiment:", "debug:"):
+    for group in ("dataset:", "method:", "sampler:", "hardware:", "experiment:", "debug:", "launcher:"):
         assert group in r.stdout
+    assert "maml, mamlpp" in r.stdout and "name: protonet" in r.stdout  # options, and the composed config
+    assert not (tmp_path / "outputs").exists()  # help starts no run
+
+
+def test_help_shows_the_config_the_overrides_compose(tmp_path):
+    r = cli("metalearn-train", "method=maml", "shots=5", "-h", cwd=tmp_path)
+    assert r.returncode == 0 and "name: maml" in r.stdout and "inner_lr" in r.stdout and "shots: 5" in r.stdout
+    r = cli("metalearn-train", "method=nope", "--help", cwd=tmp_path)
+    assert r.returncode == 2 and "method/nope" in r.stderr and "Traceback" not in r.stderr
+    r = cli("metalearn-eval", "--help", cwd=tmp_path)
+    assert r.returncode == 0 and "metalearn-eval run=PATH" in r.stdout and "checkpoint:" in r.stdout
 
 
 def test_results_rows_script_copies_numbers_from_a_run(trained):
@@ -138,3 +149,29 @@ def test_joblib_launcher_runs_the_jobs_of_a_sweep_in_parallel_processes(tmp_path
     assert len(jobs) == 2 and all((j / "summary.json").is_file() for j in jobs)
     rows = (tmp_path / "sweep" / "summary.csv").read_text().splitlines()
     assert len(rows) == 3 and all("completed" in row for row in rows[1:])
+
+
+def test_optuna_search_maximises_validation_accuracy_and_survives_a_failed_trial(tmp_path):
+    """search=metric: Optuna's TPE proposes optimizer settings; each trial is a run reporting its best
+    validation accuracy. queries=500 cannot be sampled (20 images a class), so those trials fail,
+    score 0.0 and are recorded as failed, and the search goes on to name the best completed trial."""
+    from omegaconf import OmegaConf
+
+    r = cli("metalearn-train", "-m", "search=metric", "debug=smoke", "test.episodes=10", "hydra.sweeper.n_trials=4",
+            "queries=choice(3,500)", "hydra.sweep.dir=sweep", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-2000:]
+    rows = list(csv.DictReader((tmp_path / "sweep" / "summary.csv").read_text().splitlines()))
+    assert len(rows) == 4
+    done = [row for row in rows if row["status"] == "completed"]
+    failed = [row for row in rows if row["status"] == "failed"]
+    assert done and failed and all("queries=500" in row["job"] for row in failed)
+    best = OmegaConf.load(tmp_path / "sweep" / "optimization_results.yaml")
+    top = max(done, key=lambda row: float(row["best_val"]))
+    assert best.best_value == pytest.approx(float(top["best_val"]))
+    assert f"optimizer.lr={best.best_params['optimizer.lr']}" in top["job"]
+
+
+def test_a_search_needs_validation_accuracy(tmp_path):
+    r = cli("metalearn-train", "-m", "search=metric", "debug=smoke", "val.every=0", "hydra.sweeper.n_trials=2",
+            cwd=tmp_path)
+    assert r.returncode == 2 and "has no validation split or val.every=0" in r.stderr

@@ -107,7 +107,10 @@ class Trainer:
         self.store = build_store(cfg.dataset)
         log.info("%s", self.store.describe())
         self.val_plans = None
-        if len(self.store.splits.get("val", [])):
+        if cfg.val.every < 0 or cfg.val.episodes < 1:
+            raise MetalearnError(f"val.every must be >= 0 (0: no validation) and val.episodes >= 1, got "
+                                 f"val.every={cfg.val.every}, val.episodes={cfg.val.episodes}")
+        if cfg.val.every > 0 and len(self.store.splits.get("val", [])):
             self.val_plans = EpisodeSampler(self.store, "val", self.eval_spec, cfg.val.seed).plans(0, cfg.val.episodes)
         for spec in self.test_specs:  # fail now, not after an hour of training
             EpisodeSampler(self.store, "test", spec, cfg.test.seed)
