@@ -8,6 +8,7 @@ every method and run sees identically.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from dataclasses import dataclass
 
@@ -90,8 +91,10 @@ class EpisodeBatch:
         return EpisodeBatch(fn(self.support), self.support_labels, fn(self.query), self.query_labels, self.ways)
 
 
+@functools.lru_cache(maxsize=64)
 def episode_labels(tasks: int, ways: int, per_class: int, device: torch.device | str = "cpu") -> torch.Tensor:
-    """[tasks, ways*per_class] labels 0..ways-1, grouped by class as the images of a plan are."""
+    """[tasks, ways*per_class] labels 0..ways-1, grouped by class as the images of a plan are.
+    Cached: the same few shapes recur every step (an expanded view, so never written in place)."""
     return torch.arange(ways, device=device).repeat_interleave(per_class).expand(tasks, -1)
 
 
@@ -134,7 +137,9 @@ def gather(store: ImageStore, plans: EpisodePlans, device: torch.device | str = 
     """Index the uint8 store, move to the device, convert and normalise there."""
     t, ways, shots = plans.support.shape
     queries = plans.query.shape[2]
-    x = store.take(plans.image_ids()).to(device, non_blocking=True)
+    x = store.take(plans.image_ids())
+    if str(device) != "cpu":
+        x = x.to(device, non_blocking=True)
     x = store.normalize(x)
     x = x.reshape(t, ways * (shots + queries), *x.shape[1:])
     return EpisodeBatch(support=x[:, : ways * shots], support_labels=episode_labels(t, ways, shots, device),
