@@ -59,6 +59,8 @@ class OmniglotConfig(DatasetConfig):
     download: bool = False
     # splits whose characters also appear rotated by 90/180/270 degrees as new classes
     rotations: list[str] = field(default_factory=lambda: ["train", "val", "test"])
+    # splits whose classes (rotated ones included) also appear mirrored as new classes
+    reflections: list[str] = field(default_factory=list)
     split: str = "vinyals"  # vinyals | lake (standard, full archives) | character | alphabet (random, by seed)
     split_fractions: list[float] = field(default_factory=lambda: [0.7, 0.1, 0.2])
     split_seed: int = 0
@@ -175,6 +177,9 @@ class MANNConfig(MethodConfig):
     width: int = 40  # memory columns
     heads: int = 4  # read heads (each with its write weights)
     gamma: float = 0.95  # usage decay
+    # meta-training loss: sequence (the paper: support and query examples in one shuffled sequence,
+    # loss at every step) | queries (the test-time protocol: query loss after the support sequence)
+    loss_on: str = "sequence"
 
 
 @dataclass

@@ -11,6 +11,7 @@ Torch is imported inside main() so that --help answers fast.
 from __future__ import annotations
 
 import shutil
+import sys
 from pathlib import Path
 
 import hydra
@@ -136,7 +137,10 @@ def _raise(e: Exception):
 def main() -> None:
     """The console script: --help answered fast (metalearn.help), everything else by Hydra."""
     if not answer_help("metalearn-train", "train", __doc__ or ""):
-        _hydra_main()
+        try:
+            _hydra_main()
+        except KeyboardInterrupt:  # Ctrl-C or SIGTERM: the run said where it stopped; no traceback
+            sys.exit(130)
 
 
 if __name__ == "__main__":

@@ -92,6 +92,24 @@ def test_rotated_copies_stay_in_their_characters_split(omniglot, tmp_path):
     assert torch.equal(img(c), torch.rot90(img(b), 1, dims=(1, 2)))
 
 
+def test_reflections_add_mirrored_copies_of_every_class_in_their_split(omniglot, tmp_path):
+    store = build_omniglot(omni_cfg(omniglot, tmp_path, rotations=["train"], reflections=["train"],
+                                    alphabets=SMALL_SPLIT))
+    # 112 training characters x 4 rotations x 2 (mirrored): the eight symmetries of the square
+    assert len(store.splits["train"]) == 112 * 8
+    assert len(store.splits["val"]) == 24 and len(store.splits["test"]) == 106  # untouched
+    names = store.class_names
+    train = {names[c] for c in store.splits["train"]}
+    assert all(n + "/mirror" in train for n in train if not n.endswith("/mirror"))
+    assert not any("/mirror" in names[c] for s in ("val", "test") for c in store.splits[s])
+    img = lambda k: store.images[store.class_start[k]]  # noqa: E731
+    for base in (next(iter(sorted(train))), next(n for n in sorted(train) if n.endswith("/rot270"))):
+        m, b = names.index(base + "/mirror"), names.index(base)
+        assert torch.equal(img(m), torch.flip(img(b), dims=(2,)))
+    with pytest.raises(MetalearnError, match="dataset.reflections names unknown split"):
+        build_omniglot(omni_cfg(omniglot, tmp_path, reflections=["training"], alphabets=SMALL_SPLIT))
+
+
 def test_alphabet_split_keeps_alphabets_whole(omniglot, tmp_path):
     store = build_omniglot(omni_cfg(omniglot, tmp_path, split="alphabet", rotations=[]))
     per_split = {s: {store.class_names[c].split("/")[0] for c in ids} for s, ids in store.splits.items()}

@@ -143,3 +143,34 @@ def test_smoke_train_then_eval_through_the_cli(tmp_path, name, extra):
     assert summary["status"] == "completed" and summary["method_config"]["name"] == name
     bad = cli("metalearn-eval", "run=run", "ways=9", cwd=tmp_path)
     assert bad.returncode == 2 and "Traceback" not in bad.stderr and "sampler.train_ways=9" in bad.stderr
+
+
+def test_mann_sequence_loss_covers_every_example_once_and_returns_each_querys_own_step():
+    from metalearn.episodes import EpisodeBatch
+
+    m = tiny_mann().train()
+    t, ways, shots, queries = 2, 3, 1, 2
+    support = torch.randn(t, ways * shots, 1, 2, 4)
+    query = torch.randn(t, ways * queries, 1, 2, 4)
+    s_lab = torch.arange(ways).repeat_interleave(shots).expand(t, -1)
+    q_lab = torch.arange(ways).repeat_interleave(queries).expand(t, -1)
+    batch = EpisodeBatch(support, s_lab, query, q_lab, ways)
+    torch.manual_seed(5)
+    loss, q_logits = m.loss(batch)
+    torch.manual_seed(5)
+    order = torch.rand(t, ways * (shots + queries)).argsort(1)  # the order the method drew
+    assert q_logits.shape == (t, ways * queries, ways)
+    loss.backward()
+    assert m.controller.weight_ih.grad.abs().sum() > 0 and m.out.weight.grad.abs().sum() > 0
+    x_all = torch.cat([support, query], 1).flatten(2)
+    y_all = torch.cat([s_lab, q_lab], 1)
+    total = 0.0
+    with torch.no_grad():
+        for k in range(t):
+            xs, ys = x_all[k, order[k]][None], nn.functional.one_hot(y_all[k, order[k]], ways).float()[None]
+            logits, _ = m.run_sequence(xs, ys)
+            total += nn.functional.cross_entropy(logits[0], y_all[k, order[k]], reduction="sum")
+            for j in range(ways * queries):  # query j's logits are those of the step that showed it
+                pos = (order[k] == ways * shots + j).nonzero().item()
+                assert torch.allclose(q_logits[k, j], logits[0, pos], atol=1e-6)
+    assert torch.allclose(loss, total / y_all.numel(), atol=1e-6)  # every step of every sequence, once

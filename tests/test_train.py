@@ -75,15 +75,17 @@ def test_killed_run_resumes_to_the_same_result(tmp_path):
 
 def test_sigterm_marks_the_run_interrupted_and_it_resumes(tmp_path):
     exe = [sys.executable, "-m", "metalearn.train", *FAST, "run_dir=stopped"]
-    proc = subprocess.Popen(exe, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(exe, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     ckpt = tmp_path / "stopped" / "checkpoints" / "last.pt"
     deadline = time.time() + 120
     while not ckpt.exists() and time.time() < deadline and proc.poll() is None:
         time.sleep(0.02)
     proc.send_signal(signal.SIGTERM)
-    proc.wait()
+    _, err = proc.communicate()
     stopped = json.loads((tmp_path / "stopped" / "summary.json").read_text())
     assert stopped["status"] == "interrupted" and stopped["steps_done"] >= 1
+    assert proc.returncode == 130 and "Traceback" not in err  # one line says where it stopped and how to go on
+    assert f"resume=true run_dir={tmp_path / 'stopped'}" in err
     res = cli("metalearn-train", "resume=true", "run_dir=stopped", cwd=tmp_path)
     assert res.returncode == 0, res.stderr
     assert json.loads((tmp_path / "stopped" / "summary.json").read_text())["status"] == "completed"

@@ -195,23 +195,36 @@ def _split(cfg: OmniglotConfig, names: list[str], alphabets: list[str]) -> dict[
     raise MetalearnError(f"dataset.split={cfg.split!r} is not one of: vinyals, lake, character, alphabet")
 
 
-def _add_rotations(images: torch.Tensor, counts: np.ndarray, names: list[str], splits: dict[str, np.ndarray],
-                   rotate: list[str]) -> tuple[torch.Tensor, np.ndarray, list[str], dict[str, np.ndarray]]:
-    """Append 90/180/270-degree copies of the characters of the `rotate` splits as new classes."""
-    bad = [s for s in rotate if s not in SPLITS]
+Classes = tuple[torch.Tensor, np.ndarray, list[str], dict[str, np.ndarray]]
+_TRANSFORMS = {
+    "rotations": [(f"rot{90 * k}", lambda b, k=k: torch.rot90(b, k, dims=(2, 3))) for k in (1, 2, 3)],
+    "reflections": [("mirror", lambda b: torch.flip(b, dims=(3,)))],
+}
+
+
+def _add_transformed_classes(images: torch.Tensor, counts: np.ndarray, names: list[str],
+                             splits: dict[str, np.ndarray], kind: str, chosen: list[str]) -> Classes:
+    """Append transformed copies of every class of the `chosen` splits as new classes.
+
+    `kind` is "rotations" (90/180/270 degrees, Santoro et al.'s and Vinyals et al.'s class augmentation)
+    or "reflections" (a mirror image). A rotated or mirrored character is a character no split contains,
+    and each copy stays in its source class's split, so no split leaks into another. Reflections run
+    after rotations: a split with both gets all eight symmetries of the square.
+    """
+    bad = [s for s in chosen if s not in SPLITS]
     if bad:
-        raise MetalearnError(f"dataset.rotations names unknown split(s) {bad}; use a subset of {list(SPLITS)}")
+        raise MetalearnError(f"dataset.{kind} names unknown split(s) {bad}; use a subset of {list(SPLITS)}")
     starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
     new_images, new_counts, new_names = [images], list(counts), list(names)
     splits = {k: list(v) for k, v in splits.items()}
-    for split in rotate:
+    for split in chosen:
         for c in list(splits[split]):
             block = images[starts[c]: starts[c] + counts[c]]
-            for k in (1, 2, 3):
-                new_images.append(torch.rot90(block, k, dims=(2, 3)))
+            for suffix, transform in _TRANSFORMS[kind]:
+                new_images.append(transform(block))
                 splits[split].append(len(new_names))
                 new_counts.append(int(counts[c]))
-                new_names.append(f"{names[c]}/rot{90 * k}")
+                new_names.append(f"{names[c]}/{suffix}")
     return (torch.cat(new_images), np.array(new_counts), new_names,
             {k: np.array(sorted(v), dtype=np.int64) for k, v in splits.items()})
 
@@ -224,7 +237,9 @@ def build_omniglot(cfg: OmniglotConfig) -> ImageStore:
     data = cached(cfg.cache_dir, "omniglot", key, lambda: _load_characters(sources, cfg.image_size))
     counts = data["counts"].numpy()
     splits = _split(cfg, data["names"], data["alphabets"])
-    images, counts, names, splits = _add_rotations(data["images"], counts, data["names"], splits,
-                                                   list(cfg.rotations))
+    classes = (data["images"], counts, data["names"], splits)
+    for kind in ("rotations", "reflections"):
+        classes = _add_transformed_classes(*classes, kind=kind, chosen=list(getattr(cfg, kind)))
+    images, counts, names, splits = classes
     return ImageStore.from_classes(images, counts, names, splits, invert=True,
                                    meta={"name": "omniglot", "archives": [s.name for s in sources]})

@@ -250,6 +250,8 @@ def train(cfg: DictConfig, folder: RunFolder) -> dict:
         raise
     except KeyboardInterrupt:
         folder.write_summary(cfg, status="interrupted", state=trainer.state)
+        log.warning("interrupted at step %d; the last checkpoint is kept, continue with: "
+                    "metalearn-train resume=true run_dir=%s", trainer.state.step, folder.path)
         raise
     tests = trainer.test()
     summary = folder.write_summary(cfg, status="completed", state=trainer.state, test=tests,
