@@ -57,6 +57,8 @@ class OmniglotConfig(DatasetConfig):
     # a character already read from an earlier archive is not read twice.
     archives: list[str] = field(default_factory=lambda: ["images_background", "images_evaluation"])
     download: bool = False
+    # compare the original zips (images_background, images_evaluation, _small1, _small2) with their known MD5
+    check_md5: bool = True
     # splits whose characters also appear rotated by 90/180/270 degrees as new classes
     rotations: list[str] = field(default_factory=lambda: ["train", "val", "test"])
     # splits whose classes (rotated ones included) also appear mirrored as new classes

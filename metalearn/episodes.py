@@ -109,6 +109,8 @@ class EpisodeSampler:
         self.starts = store.class_start[self.classes]
         self.spec, self.seed, self.split = spec, seed, split
         n = len(self.classes)
+        self.uniform = bool(n) and int(self.counts.min()) == int(self.counts.max())  # Omniglot: 20 per class
+        self.columns = np.arange(int(self.counts.max()) if n else 0)[None, :]
         if spec.ways > n:
             raise MetalearnError(f"ways={spec.ways} but the {split} split of {store.meta.get('name', 'the dataset')} "
                                  f"has only {n} classes; use ways<={n} (or sampler.train_ways for training).")
@@ -123,24 +125,26 @@ class EpisodeSampler:
         ways, k = self.spec.ways, self.spec.shots + self.spec.queries
         classes = np.empty((count, ways), dtype=np.int64)
         idx = np.empty((count, ways, k), dtype=np.int64)
+        n = len(self.classes)
         for t in range(count):
             rng = np.random.default_rng([self.seed, start + t])
-            pick = rng.choice(len(self.classes), ways, replace=False)
-            keys = rng.random((ways, int(self.counts[pick].max())))
-            keys[np.arange(keys.shape[1])[None, :] >= self.counts[pick][:, None]] = 2.0  # past a class's images
+            pick = rng.choice(n, ways, replace=False)
+            if self.uniform:
+                keys = rng.random((ways, self.columns.shape[1]))
+            else:
+                counts = self.counts[pick]
+                keys = rng.random((ways, int(counts.max())))
+                keys[self.columns[:, : keys.shape[1]] >= counts[:, None]] = 2.0  # past a class's images
             classes[t] = self.classes[pick]
             idx[t] = self.starts[pick][:, None] + np.argsort(keys, axis=1)[:, :k]
         return EpisodePlans(classes, idx[:, :, : self.spec.shots], idx[:, :, self.spec.shots:])
 
 
 def gather(store: ImageStore, plans: EpisodePlans, device: torch.device | str = "cpu") -> EpisodeBatch:
-    """Index the uint8 store, move to the device, convert and normalise there."""
+    """The plans' images, normalised, on the device (ImageStore.load), as an EpisodeBatch."""
     t, ways, shots = plans.support.shape
     queries = plans.query.shape[2]
-    x = store.take(plans.image_ids())
-    if str(device) != "cpu":
-        x = x.to(device, non_blocking=True)
-    x = store.normalize(x)
+    x = store.load(plans.image_ids(), device)
     x = x.reshape(t, ways * (shots + queries), *x.shape[1:])
     return EpisodeBatch(support=x[:, : ways * shots], support_labels=episode_labels(t, ways, shots, device),
                         query=x[:, ways * shots:], query_labels=episode_labels(t, ways, queries, device), ways=ways)

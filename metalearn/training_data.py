@@ -52,8 +52,8 @@ class LabelledBatch:
 
 
 def _store_images(store: ImageStore, index: np.ndarray, device: torch.device | str) -> torch.Tensor:
-    x = store.take(index).to(device, non_blocking=True)
-    return store.normalize(x).reshape(*index.shape, *x.shape[1:])
+    x = store.load(index, device)
+    return x.reshape(*index.shape, *x.shape[1:])
 
 
 class EpisodeSource:

@@ -137,8 +137,25 @@ def test_missing_root_says_how_to_get_the_data(tmp_path):
 @pytest.mark.parametrize("content", [b"<!DOCTYPE html><html>Too many requests</html>", b"PK\x03\x04truncated"])
 def test_html_page_or_truncated_archive_is_named(tmp_path, content):
     (tmp_path / "images_background.zip").write_bytes(content)
-    with pytest.raises(MetalearnError, match="(HTML page|not a readable zip archive).*fetch (it|the file) again"):
+    with pytest.raises(MetalearnError, match="(HTML page|truncated, corrupt).*fetch (it|the file) again"):
         build_omniglot(OmniglotConfig(root=str(tmp_path), archives=["images_background"], cache_dir=str(tmp_path)))
+
+
+def test_an_archive_that_is_not_the_original_is_named_by_its_md5(tmp_path):
+    from PIL import Image
+
+    with zipfile.ZipFile(tmp_path / "images_background_small1.zip", "w") as z:  # a valid zip, but not the original
+        for c in (1, 2):
+            img = Image.new("L", (105, 105), 255)
+            with z.open(f"images_background_small1/Alpha/character{c:02d}/{c:04d}_01.png", "w") as f:
+                img.save(f, format="PNG")
+    cfg = dict(root=str(tmp_path), archives=["images_background_small1"], rotations=[], split="character",
+               split_fractions=[1.0, 0.0, 0.0])
+    with pytest.raises(MetalearnError, match=r"has MD5 \w+, not the e704a628b5459e08445c13499850abc4 .*"
+                                             r"dataset.check_md5=false"):
+        build_omniglot(OmniglotConfig(cache_dir=str(tmp_path / "a"), **cfg))
+    store = build_omniglot(OmniglotConfig(cache_dir=str(tmp_path / "b"), check_md5=False, **cfg))
+    assert store.num_classes == 2
 
 
 def test_unreadable_image_names_the_file(tmp_path):
@@ -194,7 +211,8 @@ def test_download_reads_what_torchvision_fetched(tmp_path, monkeypatch):
 # ------------------------------------------------------------------ omniglot standard splits
 def write_fake_full_omniglot(root, images_per_character=2, drop=None):
     """Both full archives in their real layout (zip of <archive>/<alphabet>/characterNN/*.png), with the
-    real alphabets and character counts; tiny blank images stand in for the drawings."""
+    real alphabets and character counts; tiny blank images stand in for the drawings (so their MD5 is
+    not the original's: readers of them pass check_md5=False)."""
     import io
     import zipfile
 
@@ -225,7 +243,7 @@ def full_omniglot(tmp_path_factory):
 
 
 def test_vinyals_split_has_the_standard_class_counts(full_omniglot, tmp_path):
-    cfg = OmniglotConfig(root=str(full_omniglot), cache_dir=str(tmp_path), split="vinyals")
+    cfg = OmniglotConfig(root=str(full_omniglot), cache_dir=str(tmp_path), split="vinyals", check_md5=False)
     store = build_omniglot(cfg)
     assert {s: len(v) for s, v in store.splits.items()} == {"train": 1028 * 4, "val": 172 * 4, "test": 423 * 4}
     names = store.class_names
@@ -236,13 +254,13 @@ def test_vinyals_split_has_the_standard_class_counts(full_omniglot, tmp_path):
 
 
 def test_lake_split_is_background_for_training_and_evaluation_for_test(full_omniglot, tmp_path):
-    cfg = OmniglotConfig(root=str(full_omniglot), cache_dir=str(tmp_path), split="lake", rotations=[])
+    cfg = OmniglotConfig(root=str(full_omniglot), cache_dir=str(tmp_path), split="lake", rotations=[], check_md5=False)
     store = build_omniglot(cfg)
     assert {s: len(v) for s, v in store.splits.items()} == {"train": 964, "val": 0, "test": 659}
 
 
 def test_standard_split_on_incomplete_archives_is_a_clear_error(tmp_path):
     write_fake_full_omniglot(tmp_path, images_per_character=1, drop="Tibetan")
-    cfg = OmniglotConfig(root=str(tmp_path), cache_dir=str(tmp_path / "c"), split="vinyals")
+    cfg = OmniglotConfig(root=str(tmp_path), cache_dir=str(tmp_path / "c"), split="vinyals", check_md5=False)
     with pytest.raises(MetalearnError, match=r"Tibetan \(0 of 42\).*dataset.split=character"):
         build_omniglot(cfg)

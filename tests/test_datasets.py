@@ -237,6 +237,10 @@ def test_tiered_imagenet_released_pickles_and_class_folders(tmp_path, caplog):
     assert a.class_names == b.class_names and torch.equal(a.images, b.images)
     assert_disjoint(a)
     assert "not the standard" in caplog.text  # a subset is reported, not silently taken for the benchmark
+    with open(pk / "val_images_png.pkl", "wb") as f:  # a truncated image file: fewer images than labels
+        pickle.dump(pngs[:1], f)
+    with pytest.raises(MetalearnError, match="val_images_png.pkl has 1 images but val_labels.pkl 4 labels"):
+        build_tiered_imagenet(MiniImageNetConfig(name="tiered_imagenet", root=str(pk), cache_dir=str(tmp_path / "d")))
 
 
 @pytest.mark.parametrize("name", ["mini_imagenet", "tiered_imagenet", "cifar_fs", "fc100", "image_folder"])

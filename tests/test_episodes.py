@@ -94,3 +94,17 @@ def test_unequal_class_sizes_are_sampled_correctly():
         for j, c in enumerate(plans.classes[t]):
             idx = np.concatenate([plans.support[t, j], plans.query[t, j]])
             assert ((idx >= starts[c]) & (idx < starts[c] + counts[c])).all()
+
+
+def test_load_is_take_then_normalize_with_or_without_the_float_copy(store, monkeypatch):
+    import metalearn.data.store as store_module
+
+    index = np.array([[3, 7, 7], [0, 59 * 12 + 11, 5]])
+    expected = store.normalize(store.take(index))
+    assert expected.shape == (6, *store.image_shape) and expected.dtype == torch.float32
+    store._normalized = None
+    assert torch.equal(store.load(index), expected)  # the float copy: bitwise the same values
+    assert store._normalized is not None
+    monkeypatch.setattr(store_module, "FLOAT_COPY_MAX_BYTES", 0)
+    store._normalized = None
+    assert torch.equal(store.load(index), expected) and store._normalized is None  # too big: no copy kept

@@ -56,29 +56,44 @@ def _layout(root: Path) -> str:
     raise MetalearnError(f"no miniImageNet files found in {root} (it holds: {found or 'nothing'}). {HOW_TO_GET}")
 
 
+def _read_cache_pickle(root: Path, s: str) -> tuple[np.ndarray, dict]:
+    """One split's cache pickle -> (image_data uint8 [N, 84, 84, 3], class_dict), checked."""
+    obj = load_pickle(root / f"mini-imagenet-cache-{s}.pkl", HOW_TO_GET)
+    if not (isinstance(obj, dict) and "image_data" in obj and "class_dict" in obj):
+        raise MetalearnError(f"{root / f'mini-imagenet-cache-{s}.pkl'} is not a miniImageNet cache pickle (a dict "
+                             f"with image_data and class_dict). {HOW_TO_GET}")
+    data, classes = np.asarray(obj["image_data"]), obj["class_dict"]
+    if data.ndim != 4 or data.shape[-1] != 3 or data.dtype != np.uint8:
+        raise MetalearnError(f"image_data in mini-imagenet-cache-{s}.pkl is {data.dtype} {data.shape}, expected "
+                             f"uint8 N x 84 x 84 x 3")
+    _check_classes(s, set(classes), standard_split()[s])
+    return data, classes
+
+
 def _from_pickles(root: Path, size: int) -> dict:
+    """Two passes over the pickles: the first counts each class's images, the second copies them into a
+    store allocated once, so building holds the store plus one split's pickle and nothing else
+    (scripts/memory.py measures it)."""
     split = standard_split()
-    parts, counts, names = [], [], []
+    counts: dict[str, int] = {}
     for s in SPLITS:
-        obj = load_pickle(root / f"mini-imagenet-cache-{s}.pkl", HOW_TO_GET)
-        if not (isinstance(obj, dict) and "image_data" in obj and "class_dict" in obj):
-            raise MetalearnError(f"{root / f'mini-imagenet-cache-{s}.pkl'} is not a miniImageNet cache pickle (a dict "
-                                 f"with image_data and class_dict). {HOW_TO_GET}")
-        data, classes = np.asarray(obj["image_data"]), obj["class_dict"]
-        if data.ndim != 4 or data.shape[-1] != 3 or data.dtype != np.uint8:
-            raise MetalearnError(f"image_data in mini-imagenet-cache-{s}.pkl is {data.dtype} {data.shape}, expected "
-                                 f"uint8 N x 84 x 84 x 3")
-        _check_classes(s, set(classes), split[s])
+        _, classes = _read_cache_pickle(root, s)
+        counts.update({w: len(classes[w]) for w in split[s]})
+    names = [w for s in SPLITS for w in split[s]]
+    images = torch.empty((sum(counts.values()), size, size, 3), dtype=torch.uint8)
+    i = 0
+    for s in SPLITS:
+        data, classes = _read_cache_pickle(root, s)
         for w in split[s]:
-            rows = np.asarray(sorted(classes[w]), dtype=np.int64)
-            block = data[rows]
-            if block.shape[1] != size:
-                block = np.stack([resize_array(a, size, 3) for a in block])
-            parts.append(torch.from_numpy(np.ascontiguousarray(block)))
-            counts.append(len(rows))
-            names.append(w)
-        del obj, data
-    return {"images": nchw(torch.cat(parts)), "counts": torch.tensor(counts), "names": names}
+            rows = sorted(classes[w])
+            if len(rows) != counts[w]:
+                raise MetalearnError(f"mini-imagenet-cache-{s}.pkl changed while it was read; run again")
+            for r in rows:
+                a = data[r]
+                images[i] = torch.from_numpy(a if a.shape[0] == size else resize_array(a, size, 3))
+                i += 1
+        del data, classes
+    return {"images": nchw(images), "counts": torch.tensor([counts[w] for w in names]), "names": names}
 
 
 def _from_csv(root: Path, size: int) -> dict:

@@ -25,11 +25,17 @@ from PIL import Image, UnidentifiedImageError
 
 from metalearn.config import OmniglotConfig
 from metalearn.data.cache import cached
-from metalearn.data.decode import check_not_html
+from metalearn.data.decode import check_md5, check_not_html
 from metalearn.data.store import SPLITS, ImageStore, split_by_fractions
 from metalearn.errors import MetalearnError
 
 FORMAT_VERSION = 1
+# MD5 of the original zips (brendenlake/omniglot, python/): the two full archives as torchvision
+# lists them, the two small ones as released (checked on ../shared/data/omniglot's copies)
+ARCHIVE_MD5 = {"images_background": "68d2efa1b9178cc56df9314c21c6e718",
+               "images_evaluation": "6b91aef0f799c5bb55b94e3f2daec811",
+               "images_background_small1": "e704a628b5459e08445c13499850abc4",
+               "images_background_small2": "b75a71a51d3b13f821f212756fe481fd"}
 HOW_TO_GET = ("Get the archives from the Omniglot repository (brendenlake/omniglot, folder python/: "
               "images_background.zip, images_evaluation.zip) and put them in dataset.root, "
               "or set dataset.download=true where the network allows.")
@@ -118,11 +124,14 @@ def _decode(read: Callable[[str], bytes], source: _Source, member: str, size: in
     return 255 - np.asarray(img, dtype=np.uint8)  # ink becomes bright
 
 
-def _load_characters(sources: list[_Source], size: int) -> dict:
+def _load_characters(sources: list[_Source], size: int, check: bool = True) -> dict:
     """Decode every character once: images sorted by character, with alphabet names."""
     seen: set[tuple[str, str]] = set()
     images, counts, names, alphabets = [], [], [], []
     for src in sources:
+        if check and src.path.is_file() and src.path.name == f"{src.name}.zip" and src.name in ARCHIVE_MD5:
+            check_md5(src.path, ARCHIVE_MD5[src.name],  # before decoding: a damaged zip is named as such
+                      f"(An archive you re-packed yourself: dataset.check_md5=false.) {HOW_TO_GET}")
         by_char: dict[tuple[str, str], list[str]] = {}
         for alphabet, char, member in src.files():
             by_char.setdefault((alphabet, char), []).append(member)
@@ -234,7 +243,7 @@ def build_omniglot(cfg: OmniglotConfig) -> ImageStore:
     key = {"v": FORMAT_VERSION, "size": cfg.image_size,
            "sources": [[str(s.path.resolve()), os.path.getsize(s.path) if s.path.is_file() else 0,
                         os.path.getmtime(s.path)] for s in sources]}
-    data = cached(cfg.cache_dir, "omniglot", key, lambda: _load_characters(sources, cfg.image_size))
+    data = cached(cfg.cache_dir, "omniglot", key, lambda: _load_characters(sources, cfg.image_size, cfg.check_md5))
     counts = data["counts"].numpy()
     splits = _split(cfg, data["names"], data["alphabets"])
     classes = (data["images"], counts, data["names"], splits)

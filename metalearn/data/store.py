@@ -11,6 +11,7 @@ import numpy as np
 import torch
 
 SPLITS = ("train", "val", "test")
+FLOAT_COPY_MAX_BYTES = 512 * 2**20  # ImageStore.load keeps a normalised float copy of stores up to this size
 
 
 @dataclass
@@ -24,6 +25,8 @@ class ImageStore:
     mean: float = 0.0
     std: float = 1.0
     meta: dict = field(default_factory=dict)
+    # the normalised float32 copy load() keeps on the CPU for a small store (built on first use)
+    _normalized: torch.Tensor | None = field(default=None, repr=False, compare=False)
 
     @classmethod
     def from_classes(cls, images: torch.Tensor, counts: list[int] | np.ndarray, names: list[str],
@@ -57,8 +60,9 @@ class ImageStore:
             raise ValueError("class counts do not add up to the number of images")
 
     def pixel_stats(self, split: str, max_images: int = 20_000) -> tuple[float, float]:
-        """Mean and std of the split's pixels (from up to `max_images` images spread over it, in chunks:
-        a float copy of a whole 84x84 RGB dataset would need 4x its uint8 size)."""
+        """Mean and std of the split's pixels (from up to `max_images` images spread over it, in chunks
+        of about a million pixels: a float copy of a whole 84x84 RGB dataset would need 8x its uint8
+        size, and even 1,000 such images at a time cost 340 MB; scripts/memory.py measures it)."""
         ids = self.splits.get(split)
         if ids is None or ids.size == 0:
             ids = np.arange(self.num_classes)
@@ -67,8 +71,9 @@ class ImageStore:
             index = index[np.linspace(0, len(index) - 1, max_images).astype(np.int64)]
         total = total_sq = 0.0
         count = 0
-        for start in range(0, len(index), 1000):
-            x = self.images[torch.from_numpy(index[start:start + 1000])].double() / 255.0
+        chunk = max(1, 2**20 // int(np.prod(self.images.shape[1:])))  # ~1M pixels: 8 MB as float64, any image size
+        for start in range(0, len(index), chunk):
+            x = self.images[torch.from_numpy(index[start:start + chunk])].double() / 255.0
             total, total_sq, count = total + float(x.sum()), total_sq + float((x * x).sum()), count + x.numel()
         mean = total / count
         return mean, max(float(np.sqrt(max(total_sq / count - mean * mean, 0.0))), 1e-6)
@@ -78,6 +83,24 @@ class ImageStore:
         for an episode's 80 glyphs it costs 11 µs instead of 230 µs (measured, 2 threads)."""
         index = torch.from_numpy(np.ascontiguousarray(index)) if isinstance(index, np.ndarray) else index
         return self.images.index_select(0, index.reshape(-1))
+
+    def load(self, index: np.ndarray | torch.Tensor, device: torch.device | str = "cpu") -> torch.Tensor:
+        """Normalised float32 images at these store indices (flattened), on `device`: what episodes,
+        training batches and evaluation read.
+
+        On the CPU, a store whose float copy fits in FLOAT_COPY_MAX_BYTES (Omniglot's small archives:
+        75 MB) keeps that copy, so a batch is one index_select instead of index, convert and scale
+        (bitwise the same values: the same elementwise arithmetic, done once per image). Larger
+        stores, and GPUs, index the uint8 store, move 4x fewer bytes, and normalise on arrival."""
+        if str(device) == "cpu" and self.images.numel() * 4 <= FLOAT_COPY_MAX_BYTES:
+            if self._normalized is None:
+                self._normalized = self.normalize(self.images)
+            index = torch.from_numpy(np.ascontiguousarray(index)) if isinstance(index, np.ndarray) else index
+            return self._normalized.index_select(0, index.reshape(-1))
+        x = self.take(index)
+        if str(device) != "cpu":
+            x = x.to(device, non_blocking=True)
+        return self.normalize(x)
 
     def normalize(self, x: torch.Tensor) -> torch.Tensor:
         """uint8 images -> float, scaled to [0, 1] then standardised with the train split's stats

@@ -14,17 +14,17 @@ are complete their class counts are the standard 351 / 97 / 160, and anything el
 
 from __future__ import annotations
 
-import functools
 import json
 import logging
 import os
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from metalearn.config import MiniImageNetConfig
 from metalearn.data.cache import cached
-from metalearn.data.decode import decode_classes, file_reader, image_files, load_pickle
+from metalearn.data.decode import decode_classes, decode_image, file_reader, image_files, load_pickle, nchw
 from metalearn.data.image_folder import class_folders
 from metalearn.data.store import SPLITS, ImageStore
 from metalearn.errors import MetalearnError
@@ -50,23 +50,30 @@ def _png_bytes(pngs: list, i: int) -> bytes:
 
 
 def _from_pickles(root: Path, size: int) -> dict:
-    classes, split_of = [], []
+    """The label files first (small) to size the store, then one split's PNG pickle at a time decoded
+    into it and dropped: building holds the store plus one split's PNG bytes."""
+    plan = []  # (split, class name, rows)
     for s in SPLITS:
         labels = load_pickle(root / f"{s}_labels.pkl", HOW_TO_GET)
-        pngs = load_pickle(root / f"{s}_images_png.pkl", HOW_TO_GET)
         y = np.asarray(labels["label_specific"])
         names = list(labels.get("label_specific_str") or [f"{s}_{i}" for i in range(int(y.max()) + 1)])
-        if len(pngs) != len(y):
-            raise MetalearnError(f"{s}_images_png.pkl has {len(pngs)} images but {s}_labels.pkl {len(y)} labels; one "
-                                 f"of them is truncated. {HOW_TO_GET}")
-        for c, name in enumerate(names):
-            rows = np.flatnonzero(y == c)
-            files = [(f"{s}_images_png.pkl[{i}]", functools.partial(_png_bytes, pngs, i)) for i in rows]
-            classes.append((str(name), files))
-            split_of.append(s)
-    data = decode_classes(classes, size, 3)
-    data["split"] = split_of
-    return data
+        plan += [(s, str(name), np.flatnonzero(y == c), len(y)) for c, name in enumerate(names)]
+    images = torch.empty((sum(len(rows) for *_, rows, _ in plan), size, size, 3), dtype=torch.uint8)
+    i = 0
+    for s in SPLITS:
+        pngs = load_pickle(root / f"{s}_images_png.pkl", HOW_TO_GET)
+        for split, _, rows, n_labels in plan:
+            if split != s:
+                continue
+            if len(pngs) != n_labels:
+                raise MetalearnError(f"{s}_images_png.pkl has {len(pngs)} images but {s}_labels.pkl {n_labels} labels; "
+                                     f"one of them is truncated. {HOW_TO_GET}")
+            for r in rows:
+                images[i] = torch.from_numpy(decode_image(_png_bytes(pngs, r), f"{s}_images_png.pkl[{r}]", size, 3))
+                i += 1
+        del pngs
+    return {"images": nchw(images), "counts": torch.tensor([len(rows) for *_, rows, _ in plan]),
+            "names": [name for _, name, _, _ in plan], "split": [s for s, *_ in plan]}
 
 
 def _from_folders(root: Path, size: int) -> dict:

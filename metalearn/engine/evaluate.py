@@ -82,8 +82,7 @@ def encode_distinct(method: EmbeddingMethod, store: ImageStore, ids: np.ndarray,
     codes = []
     with torch.no_grad():
         for i in range(0, len(distinct), chunk):
-            x = store.take(distinct[i:i + chunk]).to(device, non_blocking=True)
-            codes.append(fp32(method.encode(store.normalize(x))))
+            codes.append(fp32(method.encode(store.load(distinct[i:i + chunk], device))))
     return torch.cat(codes), torch.from_numpy(inverse.reshape(ids.shape)).to(device)
 
 
