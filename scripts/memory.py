@@ -3,7 +3,7 @@
 Writes a full-size miniImageNet (100 classes of the standard split x 600 images, 84x84 RGB, random
 pixels) in two real on-disk formats, the cache pickles and class folders of JPEGs, then measures,
 each in a fresh process, the peak resident memory above that of a process that has
-only imported torch and metalearn (VmHWM, Linux):
+only imported torch, metalearn and PIL's decoders (VmHWM, Linux):
 
 1. building the store from the pickles (first run: decode, write the cache);
 2. building it from the class folders;
@@ -39,6 +39,8 @@ import torch
 from metalearn.config import MiniImageNetConfig
 from metalearn.data.mini_imagenet import build_mini_imagenet
 from metalearn.episodes import EpisodeSampler, TaskSpec, gather
+from PIL import Image
+Image.init()  # the image decoders' code, loaded by any reader, is part of the baseline
 # VmHWM, this process's own high-water mark (ru_maxrss would include the parent's RSS at fork)
 peak = lambda: int(re.search(r"VmHWM:\s+(\d+) kB", open("/proc/self/status").read()).group(1)) * 1024
 mode, root, cache = sys.argv[1:4]

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import io
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -73,17 +72,23 @@ def nchw(images_nhwc: torch.Tensor) -> torch.Tensor:
     return images_nhwc.permute(0, 3, 1, 2)
 
 
-def decode_classes(classes: list[tuple[str, list[tuple[str, Callable[[], bytes]]]]], size: int,
-                   channels: int) -> dict:
-    """[(class name, [(file name, read bytes), ...]), ...] -> {"images": uint8 [N, C, size, size] sorted by
-    class, "counts", "names"}. Decoded one image at a time into a preallocated tensor, so a dataset
-    needs its uint8 size in memory and no more."""
+def decode_classes(classes: list[tuple[str, list[str]]], size: int, channels: int) -> dict:
+    """[(class name, [image file path, ...]), ...] -> {"images": uint8 [N, C, size, size] sorted by
+    class, "counts", "names"}. Decoded one image at a time into a preallocated tensor, and the file
+    lists are plain strings, so a dataset needs its uint8 size in memory and little more
+    (scripts/memory.py measures it on 60,000 84x84 JPEGs)."""
     total = sum(len(files) for _, files in classes)
     images = torch.empty((total, size, size, channels), dtype=torch.uint8)
     i = 0
     for _, files in classes:
-        for name, read in files:
-            images[i] = torch.from_numpy(decode_image(read(), name, size, channels))
+        for path in files:
+            try:
+                with open(path, "rb") as f:
+                    data = f.read()
+            except OSError as e:
+                raise MetalearnError(f"cannot read image {path}: {e.strerror}. Check that it exists and is readable, "
+                                     f"or remove it from the dataset folder.") from None
+            images[i] = torch.from_numpy(decode_image(data, path, size, channels))
             i += 1
     return {"images": nchw(images), "counts": torch.tensor([len(f) for _, f in classes]),
             "names": [c for c, _ in classes]}
@@ -92,10 +97,6 @@ def decode_classes(classes: list[tuple[str, list[tuple[str, Callable[[], bytes]]
 def image_files(folder: Path) -> list[Path]:
     """The image files directly inside `folder`, sorted by name."""
     return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
-
-
-def file_reader(path: Path) -> Callable[[], bytes]:
-    return path.read_bytes
 
 
 class _ArrayUnpickler:

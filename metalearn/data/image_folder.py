@@ -15,7 +15,7 @@ import numpy as np
 
 from metalearn.config import ImageFolderConfig
 from metalearn.data.cache import cached
-from metalearn.data.decode import decode_classes, file_reader, image_files
+from metalearn.data.decode import decode_classes, image_files
 from metalearn.data.store import SPLITS, ImageStore, split_by_fractions
 from metalearn.errors import MetalearnError
 
@@ -59,9 +59,9 @@ def build_image_folder(cfg: ImageFolderConfig) -> ImageStore:
     if len(folders) < 2:
         raise MetalearnError(f"{root} has {len(folders)} class folders with images; a few-shot dataset needs at least "
                              f"two (root/<class>/*.jpg)")
-    files = [(f.name, [(str(p), file_reader(p)) for p in image_files(f)]) for f in folders]
+    files = [(f.name, [str(p) for p in image_files(f)]) for f in folders]
     key = {"v": FORMAT_VERSION, "root": str(root.resolve()), "size": cfg.image_size, "channels": cfg.channels,
-           "files": [[name, len(fs), max(os.path.getmtime(n) for n, _ in fs)] for name, fs in files]}
+           "files": [[name, len(fs), max(os.path.getmtime(n) for n in fs)] for name, fs in files]}
     data = cached(cfg.cache_dir, "image_folder", key, lambda: decode_classes(files, cfg.image_size, cfg.channels))
     names = data["names"]
     if cfg.split_file:

@@ -26,7 +26,7 @@ import torch
 
 from metalearn.config import MiniImageNetConfig
 from metalearn.data.cache import cached
-from metalearn.data.decode import decode_classes, file_reader, image_files, load_pickle, nchw, resize_array
+from metalearn.data.decode import decode_classes, image_files, load_pickle, nchw, resize_array
 from metalearn.data.store import SPLITS, ImageStore
 from metalearn.errors import MetalearnError
 
@@ -111,7 +111,7 @@ def _from_csv(root: Path, size: int) -> dict:
             if missing:
                 raise MetalearnError(f"{s}.csv lists {len(missing)} images missing from {root / 'images'}, e.g. "
                                      f"{missing[0].name}. {HOW_TO_GET}")
-            classes.append((w, [(str(p), file_reader(p)) for p in paths]))
+            classes.append((w, [str(p) for p in paths]))
     return decode_classes(classes, size, 3)
 
 
@@ -124,7 +124,7 @@ def _from_folders(root: Path, size: int) -> dict:
             if folder is None:
                 raise MetalearnError(f"class folder {w} (a {s} class of Ravi & Larochelle's split) not found in {root} "
                                      f"or {root / s}. {HOW_TO_GET}")
-            classes.append((w, [(str(p), file_reader(p)) for p in image_files(folder)]))
+            classes.append((w, [str(p) for p in image_files(folder)]))
     return decode_classes(classes, size, 3)
 
 

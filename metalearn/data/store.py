@@ -61,7 +61,7 @@ class ImageStore:
 
     def pixel_stats(self, split: str, max_images: int = 20_000) -> tuple[float, float]:
         """Mean and std of the split's pixels (from up to `max_images` images spread over it, in chunks
-        of about a million pixels: a float copy of a whole 84x84 RGB dataset would need 8x its uint8
+        of about 256K pixels: a float copy of a whole 84x84 RGB dataset would need 8x its uint8
         size, and even 1,000 such images at a time cost 340 MB; scripts/memory.py measures it)."""
         ids = self.splits.get(split)
         if ids is None or ids.size == 0:
@@ -71,10 +71,10 @@ class ImageStore:
             index = index[np.linspace(0, len(index) - 1, max_images).astype(np.int64)]
         total = total_sq = 0.0
         count = 0
-        chunk = max(1, 2**20 // int(np.prod(self.images.shape[1:])))  # ~1M pixels: 8 MB as float64, any image size
+        chunk = max(1, 2**18 // int(np.prod(self.images.shape[1:])))  # ~256K pixels: 2 MB as float64
         for start in range(0, len(index), chunk):
-            x = self.images[torch.from_numpy(index[start:start + chunk])].double() / 255.0
-            total, total_sq, count = total + float(x.sum()), total_sq + float((x * x).sum()), count + x.numel()
+            x = self.images[torch.from_numpy(index[start:start + chunk])].double().div_(255.0).reshape(-1)
+            total, total_sq, count = total + float(x.sum()), total_sq + float(x @ x), count + x.numel()
         mean = total / count
         return mean, max(float(np.sqrt(max(total_sq / count - mean * mean, 0.0))), 1e-6)
 

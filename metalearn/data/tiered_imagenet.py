@@ -24,7 +24,7 @@ import torch
 
 from metalearn.config import MiniImageNetConfig
 from metalearn.data.cache import cached
-from metalearn.data.decode import decode_classes, decode_image, file_reader, image_files, load_pickle, nchw
+from metalearn.data.decode import decode_classes, decode_image, image_files, load_pickle, nchw
 from metalearn.data.image_folder import class_folders
 from metalearn.data.store import SPLITS, ImageStore
 from metalearn.errors import MetalearnError
@@ -80,7 +80,7 @@ def _from_folders(root: Path, size: int) -> dict:
     classes, split_of = [], []
     for s in SPLITS:
         for folder in class_folders(root / s):
-            classes.append((folder.name, [(str(p), file_reader(p)) for p in image_files(folder)]))
+            classes.append((folder.name, [str(p) for p in image_files(folder)]))
             split_of.append(s)
     data = decode_classes(classes, size, 3)
     data["split"] = split_of
