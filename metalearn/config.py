@@ -182,6 +182,9 @@ class MANNConfig(MethodConfig):
     # meta-training loss: sequence (the paper: support and query examples in one shuffled sequence,
     # loss at every step) | queries (the test-time protocol: query loss after the support sequence)
     loss_on: str = "sequence"
+    key_strength: bool = True  # the NTM's learned sharpening of each read (the paper: raw cosine softmax)
+    normalize_input: bool = True  # parameter-free LayerNorm on the encoder output (stops conv collapse)
+    write: str = "add"  # what is written to memory: add (a separate add vector, as the NTM) | key (the paper: k_t)
 
 
 @dataclass

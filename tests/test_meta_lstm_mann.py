@@ -174,3 +174,21 @@ def test_mann_sequence_loss_covers_every_example_once_and_returns_each_querys_ow
                 pos = (order[k] == ways * shots + j).nonzero().item()
                 assert torch.allclose(q_logits[k, j], logits[0, pos], atol=1e-6)
     assert torch.allclose(loss, total / y_all.numel(), atol=1e-6)  # every step of every sequence, once
+
+
+@pytest.mark.parametrize("write", ["add", "key"])
+def test_mann_writes_the_add_vector_or_the_papers_key(write):
+    torch.manual_seed(0)
+    mem = LRUMemory(hidden=16, slots=10, width=6, heads=2, write=write)
+    m = tiny_mann()
+    state = m.initial_state(3, torch.zeros(1))
+    state.memory = torch.randn(3, 10, 6)
+    h = torch.randn(3, 16)
+    memory, *_ = mem.step(h, state)
+    lu = least_used(state.usage, 2)
+    gate = torch.sigmoid(mem.alpha(h))[..., None]
+    written = (gate * state.read_weights + (1 - gate) * lu).transpose(1, 2)
+    vector = mem.key if write == "key" else mem.add
+    expected = state.memory * (1 - lu.amax(1))[..., None] + written @ torch.tanh(vector(h)).view(3, 2, 6)
+    assert torch.allclose(memory, expected, atol=1e-6)
+    assert (mem.add is None) == (write == "key")

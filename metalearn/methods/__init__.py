@@ -78,9 +78,11 @@ def build_method(cfg: Any, image_shape: tuple[int, int, int], ways: int, channel
 
         _check(cfg, "encoder", ("pixels", "conv"))
         _check(cfg, "loss_on", ("sequence", "queries"))
+        _check(cfg, "write", ("add", "key"))
         encoder = nn.Flatten() if cfg.encoder == "pixels" else build_backbone(cfg.backbone, image_shape[0], channels_last)
         dim = image_shape[0] * image_shape[1] * image_shape[2] if cfg.encoder == "pixels" else feature_dim(encoder, image_shape)
-        return MANN(encoder, dim, ways, cfg.hidden, cfg.slots, cfg.width, cfg.heads, cfg.gamma, cfg.loss_on)
+        return MANN(encoder, dim, ways, cfg.hidden, cfg.slots, cfg.width, cfg.heads, cfg.gamma, cfg.loss_on,
+                    cfg.key_strength, cfg.normalize_input, cfg.write)
     if name in MAML_FAMILY or name == "reptile":
         _check(cfg, "batch_norm", ("transductive", "running"))
         backbone = build_backbone(cfg.backbone, image_shape[0], channels_last, cfg.batch_norm == "running")

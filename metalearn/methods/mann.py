@@ -11,6 +11,13 @@ interpolate between the previous step's read weights and the least-used slot,
 
 and the least-used slot is erased before writing.
 
+Two departures from the paper's equations, each a switch (``write: key``, ``key_strength: false``
+restore it): a separate add vector a_t is written instead of the read key k_t, and each read is
+sharpened by a learned key strength beta >= 1 (the NTM's). Why, measured on a toy (5 classes x 6
+instances, random class vectors plus noise, meta-batch 16, Adam 1e-3): with a_t the 2nd-instance
+accuracy reaches 95% after 3,000 steps; writing k_t, the read that follows the write keeps
+finding the slot just written (its own key), and the model stays on label counts.
+
 Meta-training (``loss_on: sequence``, the paper's): all of an episode's examples, support and
 query, form one sequence in a random order per task, labels one step late, and the loss is the
 cross-entropy at every step. Classes recur in that sequence, so from the first step there is a
@@ -57,22 +64,31 @@ def least_used(usage: torch.Tensor, heads: int) -> torch.Tensor:
 
 
 class LRUMemory(nn.Module):
-    def __init__(self, hidden: int, slots: int = 128, width: int = 40, heads: int = 4, gamma: float = 0.95):
+    def __init__(self, hidden: int, slots: int = 128, width: int = 40, heads: int = 4, gamma: float = 0.95,
+                 key_strength: bool = True, write: str = "add"):
         super().__init__()
         self.slots, self.width, self.heads, self.gamma = slots, width, heads, gamma
         self.key = nn.Linear(hidden, heads * width)
+        # what is written: "key", the paper's read key k_t (then the read that follows the write finds
+        # the slot just written, itself), or "add", a separate add vector a_t as in the NTM
+        self.add = nn.Linear(hidden, heads * width) if write == "add" else None
         self.alpha = nn.Linear(hidden, heads)  # sigmoid(alpha): write to the last-read slot vs the least used
+        # the NTM's key strength beta >= 1 sharpening each read (the paper's softmax over raw cosines has none)
+        self.strength = nn.Linear(hidden, heads) if key_strength else None
 
     def step(self, h: torch.Tensor, s: MemoryState) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """One write-then-read step from controller output h [B, hidden]: new memory, usage, read weights, reads."""
         b = h.shape[0]
         keys = torch.tanh(self.key(h)).view(b, self.heads, self.width)
+        adds = keys if self.add is None else torch.tanh(self.add(h)).view(b, self.heads, self.width)
         gate = torch.sigmoid(self.alpha(h))[..., None]  # [B, heads, 1]
         lu = least_used(s.usage, self.heads)  # from the previous usage
         write = gate * s.read_weights + (1 - gate) * lu  # [B, heads, slots]
         erase = lu.amax(1)  # the least-used slots are zeroed before writing
-        memory = s.memory * (1 - erase)[..., None] + write.transpose(1, 2) @ keys
+        memory = s.memory * (1 - erase)[..., None] + write.transpose(1, 2) @ adds
         similarity = nn.functional.normalize(keys, dim=-1) @ nn.functional.normalize(memory, dim=-1).transpose(1, 2)
+        if self.strength is not None:
+            similarity = similarity * (1 + nn.functional.softplus(self.strength(h)))[..., None]
         read = torch.softmax(similarity, dim=-1)  # [B, heads, slots]
         usage = self.gamma * s.usage + read.sum(1) + write.sum(1)
         return memory, usage, read, read @ memory
@@ -82,11 +98,15 @@ class MANN(EmbeddingMethod):
     name = "mann"
 
     def __init__(self, encoder: nn.Module, input_dim: int, ways: int, hidden: int = 200, slots: int = 128,
-                 width: int = 40, heads: int = 4, gamma: float = 0.95, loss_on: str = "sequence"):
+                 width: int = 40, heads: int = 4, gamma: float = 0.95, loss_on: str = "sequence",
+                 key_strength: bool = True, normalize_input: bool = False, write: str = "add"):
         super().__init__()
         self.encoder, self.ways, self.loss_on = encoder, ways, loss_on
+        # a parameter-free LayerNorm on the encoder output: a conv encoder cannot collapse to zero
+        # output (measured without it: all-zero embeddings, the controller on label counts alone)
+        self.input_norm = nn.LayerNorm(input_dim, elementwise_affine=False) if normalize_input else nn.Identity()
         self.controller = nn.LSTMCell(input_dim + ways + heads * width, hidden)
-        self.memory = LRUMemory(hidden, slots, width, heads, gamma)
+        self.memory = LRUMemory(hidden, slots, width, heads, gamma, key_strength, write)
         self.out = nn.Linear(hidden + heads * width, ways)
         self.hidden = hidden
 
@@ -145,7 +165,7 @@ class MANN(EmbeddingMethod):
         return loss, logits.gather(1, at[..., None].expand(-1, -1, logits.shape[-1]))[..., : batch.ways]
 
     def encode(self, x):
-        return self.encoder(x)
+        return self.input_norm(self.encoder(x))
 
     def head(self, zs, support_labels, zq, ways):
         t, s, q = zs.shape[0], zs.shape[1], zq.shape[1]
