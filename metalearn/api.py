@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -15,10 +16,13 @@ import numpy as np
 import torch
 from omegaconf import OmegaConf
 
+from metalearn.config import complete_saved_config
 from metalearn.engine.checkpoint import load_checkpoint
 from metalearn.episodes import TaskSpec
 from metalearn.errors import MetalearnError
 from metalearn.methods import Method, build_method
+
+log = logging.getLogger("metalearn")
 
 
 def restore_method(run: str | Path, checkpoint: str = "best", device: str | torch.device = "cpu") -> tuple[Method, dict]:
@@ -33,6 +37,10 @@ def restore_method(run: str | Path, checkpoint: str = "best", device: str | torc
         path = run / "checkpoints" / "last.pt"
     ckpt = load_checkpoint(path)
     ckpt["checkpoint_name"] = path.stem
+    ckpt["config"], filled = complete_saved_config(ckpt["config"])
+    if filled:
+        log.warning("%s was written by an older metalearn; options it predates take today's defaults: %s",
+                    run, ", ".join(filled))
     cfg = OmegaConf.create(ckpt["config"])
     pre = ckpt["preprocess"]
     method = build_method(cfg.method, (pre["channels"], pre["image_size"], pre["image_size"]), cfg.sampler.train_ways,

@@ -317,6 +317,39 @@ class EvalConfig:
     hardware: HardwareConfig = field(default_factory=HardwareConfig)
 
 
+METHOD_SCHEMAS: dict[str, type] = {
+    "protonet": ProtoNetConfig, "matching": MatchingConfig, "relation": RelationConfig, "siamese": SiameseConfig,
+    "baseline": BaselineConfig, "baselinepp": BaselineConfig, "pixel_nn": PixelNNConfig, "meta_lstm": MetaLSTMConfig,
+    "mann": MANNConfig, "reptile": ReptileConfig, **{n: MAMLConfig for n in ("maml", "fomaml", "anil", "metasgd", "mamlpp")}}
+DATASET_SCHEMAS: dict[str, type] = {
+    "synthetic": SyntheticConfig, "omniglot": OmniglotConfig, "mini_imagenet": MiniImageNetConfig,
+    "tiered_imagenet": MiniImageNetConfig, "cifar_fs": CifarConfig, "fc100": CifarConfig, "image_folder": ImageFolderConfig}
+
+
+def complete_saved_config(saved: dict) -> tuple[dict, list[str]]:
+    """A run's saved config with the keys added to the schemas since it was written filled in with their
+    defaults, so runs made by an older metalearn still load; returns it and the dotted keys filled (to warn
+    about: a new option's default is not always the behaviour the old run had)."""
+    defaults = {"sampler": SamplerConfig, "hardware": HardwareConfig,
+                "method": METHOD_SCHEMAS.get(saved.get("method", {}).get("name")),
+                "dataset": DATASET_SCHEMAS.get(saved.get("dataset", {}).get("name"))}
+    base = {k: v for k, v in OmegaConf.to_container(OmegaConf.structured(TrainConfig)).items() if k not in defaults}
+    base.update({k: OmegaConf.to_container(OmegaConf.structured(cls)) for k, cls in defaults.items() if cls is not None})
+    filled: list[str] = []
+
+    def fill(into: dict, fresh: dict, prefix: str) -> dict:
+        out = dict(into)
+        for key, value in fresh.items():
+            if key not in out:
+                out[key] = value
+                filled.append(prefix + key)
+            elif isinstance(value, dict) and isinstance(out[key], dict):
+                out[key] = fill(out[key], value, f"{prefix}{key}.")
+        return out
+
+    return fill(saved, base, ""), filled
+
+
 def _run_dir(run_dir: str | None, resume: bool, task: str, default: str) -> str:
     """hydra.run.dir: the given run_dir, else (resume=true) the newest unfinished run, else a new folder."""
     if run_dir:

@@ -106,6 +106,28 @@ def test_python_api_classifies_pil_images(trained):
     assert torch.allclose(learner.preprocess(raw), store.normalize(raw), atol=1e-6)
 
 
+def test_a_run_written_before_an_option_existed_still_evaluates(trained, tmp_path, caplog):
+    """Checkpoints keep the config they were trained with; options added to metalearn later are filled in with
+    their defaults (and named in a warning) instead of failing deep inside the method's constructor."""
+    import shutil
+
+    import metalearn
+    from metalearn.engine.checkpoint import load_checkpoint, save_checkpoint
+
+    old = tmp_path / "old_run"
+    shutil.copytree(trained, old)
+    for path in (old / "checkpoints").glob("*.pt"):
+        ckpt = load_checkpoint(path)
+        del ckpt["config"]["method"]["distance"], ckpt["config"]["test"]["batch"]
+        save_checkpoint(path, ckpt)
+    with caplog.at_level("WARNING", logger="metalearn"):
+        learner = metalearn.load_run(old)
+    assert learner.method.distance == "sqeuclidean"
+    assert "method.distance" in caplog.text and "test.batch" in caplog.text
+    r = cli("metalearn-eval", f"run={old}", "episodes=10", cwd=tmp_path)
+    assert r.returncode == 0 and "protonet on synthetic test 5-way 1-shot" in r.stdout, r.stderr
+
+
 def test_help_lists_config_groups(tmp_path):
     r = cli("metalearn-train", "--help", cwd=tmp_path)
     assert r.returncode == 0

@@ -330,3 +330,24 @@ def test_vmap_path_runs_a_channels_last_backbone():
         out.append(torch.cat([p.grad.flatten() for p in m.parameters()]))
         assert backbone.channels_last == cl  # restored after the batched pass
     assert torch.allclose(out[0], out[1], rtol=1e-9, atol=1e-12)
+
+
+def test_batch_statistics_norm_fused_and_plain_agree_to_second_order():
+    """BatchStatNorm2d runs the fused kernel outside vmap and plain tensor ops under it: both must give
+    MAML the same first and second derivatives."""
+    from metalearn.backbones import BatchStatNorm2d
+
+    g = torch.Generator().manual_seed(0)
+    x0, r, v = (torch.randn(6, 3, 4, 4, generator=g, dtype=torch.float64) for _ in range(3))
+    out = []
+    for fused in (True, False):
+        torch.manual_seed(0)
+        bn = BatchStatNorm2d(3).double()
+        nn.init.normal_(bn.weight)
+        bn.fused = fused
+        x = x0.clone().requires_grad_()
+        (gx,) = torch.autograd.grad((bn(x) * r).sum(), x, create_graph=True)
+        out.append([gx, *torch.autograd.grad((gx * v).sum(), [x, bn.weight, bn.bias], allow_unused=True,
+                                             materialize_grads=True)])
+    assert out[0][0].abs().sum() > 0 and out[0][1].abs().sum() > 0
+    assert all(torch.allclose(a, c, rtol=1e-10, atol=1e-12) for a, c in zip(*out, strict=True))

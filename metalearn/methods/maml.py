@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from metalearn.backbones import vmap_safe
 from metalearn.episodes import EpisodeBatch, TaskSpec
 from metalearn.errors import MetalearnError
 from metalearn.methods.base import Method, fp32
@@ -146,15 +147,9 @@ class MAML(Method):
             logits = call(self.model, p, xq)
             return nn.functional.cross_entropy(fp32(logits), yq), logits
 
-        layout = [m for m in self.model.modules() if getattr(m, "channels_last", False)]
-        for m in layout:  # vmap cannot reorder memory inside its transform; the batched convolution is its own layout
-            m.channels_last = False
-        try:
+        with vmap_safe(self.model):
             return torch.func.vmap(task, in_dims=(None, 0, 0, 0, 0))(params, batch.support, batch.support_labels,
                                                                      batch.query, batch.query_labels)
-        finally:
-            for m in layout:
-                m.channels_last = True
 
     def _choose_batching(self, batch: EpisodeBatch) -> bool:
         """Whether to use vmap: as configured, or (auto) whichever of the two ran this meta-batch faster,
