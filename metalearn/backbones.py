@@ -25,9 +25,9 @@ class BatchStatNorm2d(nn.BatchNorm2d):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.fused:
             return nn.functional.batch_norm(x, None, None, self.weight, self.bias, True, 0.0, self.eps)
-        mean = x.mean(dim=(0, 2, 3), keepdim=True)
-        var = x.var(dim=(0, 2, 3), unbiased=False, keepdim=True)
-        return (x - mean) * torch.rsqrt(var + self.eps) * self.weight[:, None, None] + self.bias[:, None, None]
+        var, mean = torch.var_mean(x, dim=(0, 2, 3), correction=0)
+        scale = self.weight * torch.rsqrt(var + self.eps)  # per-channel, so one multiply-add on the big tensor
+        return torch.addcmul((self.bias - mean * scale)[:, None, None], x, scale[:, None, None])
 
 
 @contextmanager
