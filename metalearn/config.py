@@ -185,6 +185,9 @@ class MANNConfig(MethodConfig):
     key_strength: bool = True  # the NTM's learned sharpening of each read (the paper: raw cosine softmax)
     normalize_input: bool = True  # parameter-free LayerNorm on the encoder output (stops conv collapse)
     write: str = "add"  # what is written to memory: add (a separate add vector, as the NTM) | key (the paper: k_t)
+    # weight of an auxiliary prototypical loss on the encoder's codes of each training episode (0: the
+    # paper's MANN); trains an encoder whose codes separate classes, which the memory can then bind
+    aux_weight: float = 0.0
 
 
 @dataclass

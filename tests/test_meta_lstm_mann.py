@@ -192,3 +192,25 @@ def test_mann_writes_the_add_vector_or_the_papers_key(write):
     expected = state.memory * (1 - lu.amax(1))[..., None] + written @ torch.tanh(vector(h)).view(3, 2, 6)
     assert torch.allclose(memory, expected, atol=1e-6)
     assert (mem.add is None) == (write == "key")
+
+
+def test_mann_auxiliary_loss_is_the_weighted_prototypical_loss_and_trains_the_encoder():
+    from metalearn.methods.protonet import ProtoNet
+
+    batch = tiny_batch(tasks=2)
+    torch.manual_seed(0)
+    encoder = Conv4(1, 4)
+    plain = MANN(encoder, 4, 3, hidden=8, slots=6, width=5, heads=2, normalize_input=True).train()
+    torch.manual_seed(0)
+    aux = MANN(encoder, 4, 3, hidden=8, slots=6, width=5, heads=2, normalize_input=True, aux_weight=0.5).train()
+    aux.load_state_dict(plain.state_dict())
+    torch.manual_seed(1)
+    base, _ = plain.loss(batch)
+    torch.manual_seed(1)
+    total, _ = aux.loss(batch)
+    proto, _ = ProtoNet(encoder).train().loss(batch)  # same encoder, same images, same batch statistics
+    assert torch.allclose(total, base + 0.5 * proto, atol=1e-6)
+    # the prototypical term alone reaches the encoder (its gradient differs from the sequence loss's)
+    encoder.zero_grad()
+    (total - base).backward()
+    assert next(encoder.parameters()).grad.abs().sum() > 0

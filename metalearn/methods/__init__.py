@@ -79,10 +79,15 @@ def build_method(cfg: Any, image_shape: tuple[int, int, int], ways: int, channel
         _check(cfg, "encoder", ("pixels", "conv"))
         _check(cfg, "loss_on", ("sequence", "queries"))
         _check(cfg, "write", ("add", "key"))
+        if cfg.aux_weight < 0:
+            raise MetalearnError(f"method.aux_weight must be >= 0 (0: no auxiliary loss), got {cfg.aux_weight}")
+        if cfg.aux_weight > 0 and cfg.encoder == "pixels":
+            raise MetalearnError("method.aux_weight trains the encoder, and method.encoder=pixels has none; "
+                                 "use method.encoder=conv or method.aux_weight=0")
         encoder = nn.Flatten() if cfg.encoder == "pixels" else build_backbone(cfg.backbone, image_shape[0], channels_last)
         dim = image_shape[0] * image_shape[1] * image_shape[2] if cfg.encoder == "pixels" else feature_dim(encoder, image_shape)
         return MANN(encoder, dim, ways, cfg.hidden, cfg.slots, cfg.width, cfg.heads, cfg.gamma, cfg.loss_on,
-                    cfg.key_strength, cfg.normalize_input, cfg.write)
+                    cfg.key_strength, cfg.normalize_input, cfg.write, cfg.aux_weight)
     if name in MAML_FAMILY or name == "reptile":
         _check(cfg, "batch_norm", ("transductive", "running"))
         backbone = build_backbone(cfg.backbone, image_shape[0], channels_last, cfg.batch_norm == "running")

@@ -28,6 +28,11 @@ support examples are fed in a fixed order, labels one step late; then every quer
 from the state after the support sequence, in parallel, with the last support label as its label
 input, so queries never see each other. Inputs are flattened pixels (the paper) or, with
 ``encoder: conv``, Conv-4 embeddings.
+
+``aux_weight > 0`` adds a prototypical loss on the encoder's codes of each training episode (a
+jointly trained encoder). Why: on Omniglot the sequence loss alone never left the label-count
+plateau (the encoder's codes did not separate classes, and with random codes the memory has
+nothing to bind); on the toy, whose inputs separate classes from the start, it learns.
 """
 
 from __future__ import annotations
@@ -40,6 +45,7 @@ from torch import nn
 from metalearn.episodes import EpisodeBatch, TaskSpec
 from metalearn.errors import MetalearnError
 from metalearn.methods.base import EmbeddingMethod, embed, fp32
+from metalearn.methods.protonet import prototype_logits
 
 
 @dataclass
@@ -99,9 +105,10 @@ class MANN(EmbeddingMethod):
 
     def __init__(self, encoder: nn.Module, input_dim: int, ways: int, hidden: int = 200, slots: int = 128,
                  width: int = 40, heads: int = 4, gamma: float = 0.95, loss_on: str = "sequence",
-                 key_strength: bool = True, normalize_input: bool = False, write: str = "add"):
+                 key_strength: bool = True, normalize_input: bool = False, write: str = "add",
+                 aux_weight: float = 0.0):
         super().__init__()
-        self.encoder, self.ways, self.loss_on = encoder, ways, loss_on
+        self.encoder, self.ways, self.loss_on, self.aux_weight = encoder, ways, loss_on, aux_weight
         # a parameter-free LayerNorm on the encoder output: a conv encoder cannot collapse to zero
         # output (measured without it: all-zero embeddings, the controller on label counts alone)
         self.input_norm = nn.LayerNorm(input_dim, elementwise_affine=False) if normalize_input else nn.Identity()
@@ -151,18 +158,28 @@ class MANN(EmbeddingMethod):
 
     def loss(self, batch: EpisodeBatch) -> tuple[torch.Tensor, torch.Tensor]:
         """The paper's sequence loss (see the module docstring); returns the query positions' logits."""
+        codes_s, codes_q = embed(self.encoder, batch.support, batch.query)
+        zs, zq = self.input_norm(codes_s), self.input_norm(codes_q)
         if self.loss_on == "queries":
-            return super().loss(batch)
-        zs, zq = embed(self.encode, batch.support, batch.query)
+            logits = self.head(zs, batch.support_labels, zq, batch.ways)
+            loss = nn.functional.cross_entropy(fp32(logits.flatten(0, 1)), batch.query_labels.flatten())
+            return loss + self.aux_loss(codes_s, codes_q, batch), logits
         z = torch.cat([zs, zq], 1)
         y = torch.cat([batch.support_labels, batch.query_labels], 1)
         order = torch.rand(y.shape, device="cpu").argsort(1).to(y.device)  # a random order per task
         z = z.gather(1, order.view(*order.shape, *[1] * (z.dim() - 2)).expand_as(z))
         y = y.gather(1, order)
         logits, _ = self.run_sequence(z, nn.functional.one_hot(y, self.ways).to(z.dtype))
-        loss = nn.functional.cross_entropy(fp32(logits.flatten(0, 1)), y.flatten())
+        loss = nn.functional.cross_entropy(fp32(logits.flatten(0, 1)), y.flatten()) + self.aux_loss(codes_s, codes_q, batch)
         at = order.argsort(1)[:, zs.shape[1]:]  # where each query sits in its sequence
         return loss, logits.gather(1, at[..., None].expand(-1, -1, logits.shape[-1]))[..., : batch.ways]
+
+    def aux_loss(self, codes_s: torch.Tensor, codes_q: torch.Tensor, batch: EpisodeBatch) -> torch.Tensor:
+        """`aux_weight` times the prototypical loss of the episode's queries on the encoder's raw codes."""
+        if self.aux_weight == 0:
+            return codes_s.new_zeros(())
+        logits = prototype_logits(codes_s.flatten(2), batch.support_labels, codes_q.flatten(2), batch.ways)
+        return self.aux_weight * nn.functional.cross_entropy(fp32(logits.flatten(0, 1)), batch.query_labels.flatten())
 
     def encode(self, x):
         return self.input_norm(self.encoder(x))

@@ -2,9 +2,21 @@
 
 from __future__ import annotations
 
+import torch
 from torch import nn
 
 from metalearn.methods.base import EmbeddingMethod
+
+
+def prototype_logits(zs: torch.Tensor, support_labels: torch.Tensor, zq: torch.Tensor, ways: int,
+                     distance: str = "sqeuclidean") -> torch.Tensor:
+    """Support codes [T, S, D], labels [T, S], query codes [T, Q, D] -> logits [T, Q, ways]: negative
+    squared Euclidean distances (or scaled cosine similarities) to each class's mean support code."""
+    onehot = nn.functional.one_hot(support_labels, ways).to(zs.dtype)  # [T, S, ways]
+    protos = onehot.transpose(1, 2) @ zs / onehot.sum(1)[:, :, None]
+    if distance == "cosine":
+        return 10.0 * nn.functional.normalize(zq, dim=-1) @ nn.functional.normalize(protos, dim=-1).transpose(1, 2)
+    return -(zq[:, :, None] - protos[:, None]).pow(2).sum(-1)  # exact, and safe at distance 0
 
 
 class ProtoNet(EmbeddingMethod):
@@ -18,10 +30,4 @@ class ProtoNet(EmbeddingMethod):
         self.backbone, self.distance = backbone, distance
 
     def head(self, zs, support_labels, zq, ways):
-        onehot = nn.functional.one_hot(support_labels, ways).to(zs.dtype)  # [T, S, ways]
-        protos = onehot.transpose(1, 2) @ zs / onehot.sum(1)[:, :, None]
-        if self.distance == "cosine":
-            logits = 10.0 * nn.functional.normalize(zq, dim=-1) @ nn.functional.normalize(protos, dim=-1).transpose(1, 2)
-        else:
-            logits = -(zq[:, :, None] - protos[:, None]).pow(2).sum(-1)  # exact, and safe at distance 0
-        return logits
+        return prototype_logits(zs, support_labels, zq, ways, self.distance)
