@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from metalearn.backbones import vmap_safe
+from metalearn.engine.hardware import synchronize
 from metalearn.episodes import EpisodeBatch, TaskSpec
 from metalearn.errors import MetalearnError
 from metalearn.methods.base import Method, fp32
@@ -84,7 +85,8 @@ class MAML(Method):
         return call(self.model, params, x)
 
     def _first_order_now(self) -> bool:
-        return self.first_order or int(self.meta_steps) < self.plus.first_order_until
+        # the buffer is read only when annealing is on: reading a CUDA tensor waits for the device
+        return self.first_order or (self.plus.first_order_until > 0 and int(self.meta_steps) < self.plus.first_order_until)
 
     def msl_weights(self, steps: int) -> torch.Tensor | None:
         """MAML++'s per-step loss weights at the current meta-step, or None once MSL has ended."""
@@ -161,8 +163,10 @@ class MAML(Method):
         if int(self.uses_vmap) < 0:
             times = {}
             for use in (False, True, False, True):  # the first of each warms up
+                synchronize(batch.support.device)  # CUDA runs asynchronously: time the work, not its launch
                 start = time.perf_counter()
                 self._meta_gradient(batch, use)
+                synchronize(batch.support.device)
                 times[use] = time.perf_counter() - start
             for p in self.parameters():
                 p.grad = None
