@@ -225,6 +225,7 @@ class ReptileConfig(MethodConfig):
     inner_steps_eval: int = 50
     inner_batch: int = 10
     inner_optimizer: str = "adam"  # adam | sgd
+    inner_state: str = "persistent"  # persistent (the reference code: Adam's state carries over tasks) | fresh
     batch_norm: str = "transductive"
 
 

@@ -132,13 +132,64 @@ def test_reptile_outer_update_is_the_interpolation_formula():
     phis = []
     for t in range(2):
         x, y = torch.cat([b.support[t], b.query[t]]), torch.cat([b.support_labels[t], b.query_labels[t]])
-        phis.append(r.inner_train(x, y, 3))
+        phis.append(r.inner_train(x, y, 3)[0])
     torch.manual_seed(1)
     r.train_step(b, torch.optim.SGD(r.model.parameters(), lr=epsilon))
     for n, p in r.model.named_parameters():
         mean_phi = (phis[0][n] + phis[1][n]) / 2
         assert torch.allclose(p, theta[n] + epsilon * (mean_phi - theta[n]), atol=1e-12), n
         assert not torch.equal(p, theta[n])
+
+
+def test_reptile_inner_adam_is_torch_adam_with_beta1_zero():
+    torch.manual_seed(0)
+    r = Reptile(tiny_backbone(), 3, 2, inner_lr=0.01, inner_steps=4, inner_steps_eval=4, inner_batch=3).double()
+    b = tiny_batch()
+    x, y = torch.cat([b.support[0], b.query[0]]), torch.cat([b.support_labels[0], b.query_labels[0]])
+    phi, (v, t) = r.inner_train(x, y, 4, torch.Generator().manual_seed(5))
+    reference = {n: p.detach().clone().requires_grad_() for n, p in r.model.named_parameters()}
+    opt = torch.optim.Adam(reference.values(), lr=0.01, betas=(0.0, 0.999), eps=1e-8)
+    order = torch.randperm(x.shape[0], generator=torch.Generator().manual_seed(5))
+    for k in range(4):
+        idx = order[(torch.arange(3) + 3 * k) % x.shape[0]]
+        opt.zero_grad()
+        nn.functional.cross_entropy(functional_call(r.model, reference, (x[idx],)), y[idx]).backward()
+        opt.step()
+    assert t == 4
+    for n, p in reference.items():
+        assert torch.allclose(phi[n], p, atol=1e-12), n
+        assert torch.allclose(v[n], opt.state[p]["exp_avg_sq"], atol=1e-15), n
+
+
+@pytest.mark.parametrize("inner_state", ["persistent", "fresh"])
+def test_reptile_inner_adam_state_carries_over_only_when_persistent(inner_state):
+    torch.manual_seed(0)
+    r = Reptile(tiny_backbone(), 3, 2, inner_lr=0.01, inner_steps=3, inner_steps_eval=5, inner_batch=4,
+                inner_state=inner_state).double()
+    b = tiny_batch(tasks=2)
+    r.train_step(b, torch.optim.SGD(r.model.parameters(), lr=0.5))
+    saved = {n: t.clone() for n, t in r.named_buffers() if n.startswith("adam_")}
+    persistent = inner_state == "persistent"
+    assert int(saved["adam_t"]) == (6 if persistent else 0)  # 2 tasks x 3 steps, one optimiser throughout
+    assert any(bool(t.abs().sum() > 0) for n, t in saved.items() if n != "adam_t") == persistent
+    phi = r.adapt_for_test(b.support[0], b.support_labels[0])
+    for n, t in r.named_buffers():  # testing never writes the state back
+        if n.startswith("adam_"):
+            assert torch.equal(t, saved[n]), n
+    # the test adaptation starts from the saved state: the same as running it from there by hand
+    start = r._adam_state()
+    expected, _ = r.inner_train(b.support[0], b.support_labels[0], 5, torch.Generator().manual_seed(0), state=start)
+    fresh, _ = r.inner_train(b.support[0], b.support_labels[0], 5, torch.Generator().manual_seed(0))
+    for n in phi:
+        assert torch.equal(phi[n], expected[n])
+    assert any(not torch.allclose(phi[n], fresh[n]) for n in phi) == persistent
+    # the state is checkpointed: a module loaded from the state dict adapts identically (resume)
+    torch.manual_seed(1)
+    loaded = Reptile(tiny_backbone(), 3, 2, inner_lr=0.01, inner_steps=3, inner_steps_eval=5, inner_batch=4,
+                     inner_state=inner_state).double()
+    loaded.load_state_dict(r.state_dict())
+    again = loaded.adapt_for_test(b.support[0], b.support_labels[0])
+    assert all(torch.equal(phi[n], again[n]) for n in phi)
 
 
 def test_predict_adapts_and_returns_detached_logits():

@@ -99,8 +99,9 @@ def build_method(cfg: Any, image_shape: tuple[int, int, int], ways: int, channel
             from metalearn.methods.reptile import Reptile
 
             _check(cfg, "inner_optimizer", ("adam", "sgd"))
+            _check(cfg, "inner_state", ("persistent", "fresh"))
             return Reptile(backbone, dim, ways, cfg.inner_lr, cfg.inner_steps, cfg.inner_steps_eval, cfg.inner_batch,
-                           cfg.inner_optimizer)
+                           cfg.inner_optimizer, cfg.inner_state)
         from metalearn.methods.maml import MAML, MAMLPlusPlus
 
         _check(cfg, "adapt", ("all", "head"))

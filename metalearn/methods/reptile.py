@@ -6,6 +6,15 @@ optimiser, then move the weights towards the adapted ones,
 The outer move is expressed as a gradient, grad = theta - mean_i(phi_i), handed to the engine's
 optimiser: plain SGD with lr = epsilon gives exactly the formula above, and the engine's `linear`
 schedule anneals epsilon to zero (meta-step annealing), with checkpointing and resume for free.
+
+The inner Adam is written out (beta1 = 0, as the paper) so that its state can follow the
+reference code (openai/supervised-reptile): there the Adam moments and step count are graph
+variables that are never reset between tasks or meta-steps, and every test episode starts from
+the state training left. That is `inner_state="persistent"`; `"fresh"` starts a new optimiser
+on every task. The two behave very differently: a fresh Adam's first steps are sign-gradient
+steps of size lr on every weight, a persistent one scales each weight's step by a long-run
+estimate of its gradient's magnitude. The persistent state lives in buffers, so it is
+checkpointed and a resumed run continues exactly.
 """
 
 from __future__ import annotations
@@ -15,39 +24,73 @@ from torch import nn
 
 from metalearn.episodes import EpisodeBatch
 from metalearn.methods.inner_loop import Params, call
-from metalearn.methods.maml import MAML
+from metalearn.methods.maml import MAML, _key
+
+ADAM_BETA2, ADAM_EPS = 0.999, 1e-8
 
 
 class Reptile(MAML):
     def __init__(self, backbone: nn.Module, feature_dim: int, ways: int, inner_lr: float, inner_steps: int,
-                 inner_steps_eval: int, inner_batch: int, inner_optimizer: str = "adam"):
+                 inner_steps_eval: int, inner_batch: int, inner_optimizer: str = "adam",
+                 inner_state: str = "persistent"):
         super().__init__(backbone, feature_dim, ways, inner_lr, inner_steps, inner_steps_eval, first_order=True,
                          name="reptile")
-        self.inner_batch, self.inner_optimizer = inner_batch, inner_optimizer
+        self.inner_batch, self.inner_optimizer, self.inner_state = inner_batch, inner_optimizer, inner_state
+        for n, p in self.model.named_parameters():  # Adam's second moments, kept when inner_state=persistent
+            self.register_buffer(f"adam_v__{_key(n)}", torch.zeros_like(p))
+        self.register_buffer("adam_t", torch.zeros((), dtype=torch.long))
+        self.register_load_state_dict_pre_hook(_default_adam_state)  # checkpoints from before it existed
 
-    def inner_train(self, x: torch.Tensor, y: torch.Tensor, steps: int, generator: torch.Generator | None = None) -> Params:
-        """`steps` inner-optimiser steps on minibatches of (x, y), on a detached copy of the weights."""
+    # ------------------------------------------------------------ the inner optimiser
+    def _adam_state(self) -> tuple[Params, int]:
+        if self.inner_state == "fresh":
+            return {n: torch.zeros_like(p) for n, p in self.model.named_parameters()}, 0
+        return ({n: getattr(self, f"adam_v__{_key(n)}").clone() for n, _ in self.model.named_parameters()},
+                int(self.adam_t))
+
+    def _save_adam_state(self, v: Params, t: int) -> None:
+        if self.inner_state == "persistent":
+            for n, value in v.items():
+                getattr(self, f"adam_v__{_key(n)}").copy_(value)
+            self.adam_t.fill_(t)
+
+    def inner_train(self, x: torch.Tensor, y: torch.Tensor, steps: int, generator: torch.Generator | None = None,
+                    state: tuple[Params, int] | None = None) -> tuple[Params, tuple[Params, int]]:
+        """`steps` inner-optimiser steps on minibatches of (x, y), on a detached copy of the weights.
+
+        Returns the adapted weights and the optimiser state (Adam's second moments and step count)
+        after them; `state` is where that state starts (default: zero, a fresh optimiser).
+        """
         params = {n: p.detach().clone().requires_grad_() for n, p in self.model.named_parameters()}
-        opt = (torch.optim.Adam(params.values(), lr=self.inner_lr, betas=(0.0, 0.999))
-               if self.inner_optimizer == "adam" else torch.optim.SGD(params.values(), lr=self.inner_lr))
-        n = x.shape[0]
-        order = torch.randperm(n, generator=generator)
+        v, t = state if state is not None else ({n: torch.zeros_like(p) for n, p in params.items()}, 0)
+        n_examples = x.shape[0]
+        order = torch.randperm(n_examples, generator=generator)
         for k in range(steps):
-            idx = order[(torch.arange(self.inner_batch) + k * self.inner_batch) % n]
+            idx = order[(torch.arange(self.inner_batch) + k * self.inner_batch) % n_examples]
             loss = nn.functional.cross_entropy(call(self.model, params, x[idx]), y[idx])
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-        return {k: v.detach() for k, v in params.items()}
+            grads = torch.autograd.grad(loss, list(params.values()))
+            t += 1
+            with torch.no_grad():
+                for (name, p), g in zip(params.items(), grads, strict=True):
+                    if self.inner_optimizer == "sgd":
+                        p -= self.inner_lr * g
+                        continue
+                    v[name] = ADAM_BETA2 * v[name] + (1 - ADAM_BETA2) * g * g
+                    v_hat = v[name] / (1 - ADAM_BETA2 ** t)
+                    p -= self.inner_lr * g / (v_hat.sqrt() + ADAM_EPS)
+        return {k: p.detach() for k, p in params.items()}, (v, t)
 
+    # ------------------------------------------------------------ the method interface
     def train_step(self, batch: EpisodeBatch, optimizer: torch.optim.Optimizer) -> dict[str, float]:
         theta = dict(self.model.named_parameters())
         mean_phi = {n: torch.zeros_like(p) for n, p in theta.items()}
         losses, accs = [], []
+        state = self._adam_state()
         for t in range(batch.tasks):
             x = torch.cat([batch.support[t], batch.query[t]])  # Reptile learns from all of the task's examples
             y = torch.cat([batch.support_labels[t], batch.query_labels[t]])
-            phi = self.inner_train(x, y, self.inner_steps)
+            phi, state = self.inner_train(x, y, self.inner_steps,
+                                          state=state if self.inner_state == "persistent" else None)
             for n in mean_phi:
                 mean_phi[n] += phi[n] / batch.tasks
             with torch.no_grad():  # logged: the fit of the adapted weights to the task's query examples
@@ -59,8 +102,18 @@ class Reptile(MAML):
             p.grad = p.detach() - mean_phi[n]
         if all(torch.isfinite(g.grad).all() for g in theta.values()):
             optimizer.step()
+            self._save_adam_state(*state)
         return {"loss": float(torch.stack(losses).mean()), "accuracy": float(torch.stack(accs).mean())}
 
     def adapt_for_test(self, support: torch.Tensor, labels: torch.Tensor) -> Params:
-        # a fixed minibatch order, so an episode scores the same in any evaluation batch
-        return self.inner_train(support, labels, self.inner_steps_eval, torch.Generator().manual_seed(0))
+        # a fixed minibatch order, and the optimiser state training left (never written back), so an
+        # episode scores the same in any evaluation batch
+        phi, _ = self.inner_train(support, labels, self.inner_steps_eval, torch.Generator().manual_seed(0),
+                                  state=self._adam_state())
+        return phi
+
+
+def _default_adam_state(module: nn.Module, state_dict: dict, prefix: str, *args) -> None:
+    for name, buffer in module.named_buffers(recurse=False):
+        if name.startswith("adam_"):
+            state_dict.setdefault(prefix + name, torch.zeros_like(buffer))
