@@ -38,6 +38,7 @@ def methods():
     return {"protonet": ProtoNet(Conv4(1, 8)), "matching": MatchingNet(Conv4(1, 8), 8),
             "relation": RelationNet(RelationConv4(1, 8), (1, 28, 28)),
             "siamese": Siamese(Conv4(1, 8), 8), "siamese-kernel": Siamese(Conv4(1, 8), 8, rule="kernel"),
+            "siamese-fc": Siamese(RelationConv4(1, 8), 200, embedding=16),
             "pixel_nn": PixelNN()}
 
 
@@ -225,8 +226,11 @@ def test_baseline_pretraining_learns_the_training_classes(store, cosine):
 
 
 @pytest.mark.parametrize("name,extra", [("matching", []), ("matching", ["method.fce=true"]), ("relation", []),
-                                        ("siamese", []), ("baseline", []), ("baselinepp", []), ("pixel_nn", [])],
-                         ids=["matching", "matching-fce", "relation", "siamese", "baseline", "baselinepp", "pixel_nn"])
+                                        ("siamese", []),
+                                        ("siamese", ["method.embedding=32", "method.backbone.name=conv4_relation"]),
+                                        ("baseline", []), ("baselinepp", []), ("pixel_nn", [])],
+                         ids=["matching", "matching-fce", "relation", "siamese", "siamese-fc", "baseline", "baselinepp",
+                              "pixel_nn"])
 def test_smoke_train_then_eval_through_the_cli(tmp_path, name, extra):
     from conftest import cli
 

@@ -46,7 +46,9 @@ def build_method(cfg: Any, image_shape: tuple[int, int, int], ways: int, channel
 
         _check(cfg, "rule", ("max", "kernel"))
         backbone = build_backbone(cfg.backbone, image_shape[0], channels_last)
-        return Siamese(backbone, feature_dim(backbone, image_shape), cfg.rule)
+        if cfg.embedding < 0:
+            raise MetalearnError(f"method.embedding must be >= 0 (0: no fully connected layer), got {cfg.embedding}")
+        return Siamese(backbone, feature_dim(backbone, image_shape), cfg.rule, cfg.embedding)
     if name in ("baseline", "baselinepp"):
         from metalearn.methods.baseline import Baseline
 

@@ -5,7 +5,10 @@ A verification network is trained on balanced same/different pairs of training i
 
     p(same) = sigmoid(sum_j alpha_j |h1_j - h2_j| + b),
 
-trained with binary cross-entropy. At test time the network never sees a classification loss:
+trained with binary cross-entropy. With ``embedding > 0``, h is the paper's fully connected
+sigmoid layer on the flattened conv features (Koch et al.: 4096 units on a conv tower that keeps
+a spatial map; here e.g. ``backbone.name=conv4_relation``, 64 x 5 x 5), so the L1 distance compares
+learned bounded features rather than raw ReLU activations. At test time the network never sees a classification loss:
 
 - ``rule: max`` (the paper): a query takes the class of the support example it is most likely
   to match; a class's logit is its best support example's same-class score;
@@ -25,10 +28,11 @@ class Siamese(EmbeddingMethod):
     name = "siamese"
     train_data = "pairs"
 
-    def __init__(self, backbone: nn.Module, feature_dim: int, rule: str = "max"):
+    def __init__(self, backbone: nn.Module, feature_dim: int, rule: str = "max", embedding: int = 0):
         super().__init__()
-        self.backbone, self.rule = backbone, rule
-        self.distance = nn.Linear(feature_dim, 1)  # the weighted L1 distance: alpha and b
+        self.rule = rule
+        self.backbone = nn.Sequential(backbone, nn.Linear(feature_dim, embedding), nn.Sigmoid()) if embedding else backbone
+        self.distance = nn.Linear(embedding or feature_dim, 1)  # the weighted L1 distance: alpha and b
 
     def pair_logits(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         """Pre-sigmoid same-class scores of embeddings a [..., D] and b [..., D] (broadcast)."""
