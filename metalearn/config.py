@@ -151,6 +151,7 @@ class SiameseConfig(MethodConfig):
     pairs: int = 128  # verification pairs per training step, half same-class, half different
     rule: str = "max"  # max (the paper: the best-matching support example) | kernel (sum_i k(x, x_i) y_i)
     embedding: int = 0  # > 0: the paper's fully connected sigmoid layer of this width on the conv features
+    hard_negatives: float = 0.0  # fraction of different-class pairs from one group (Omniglot: one alphabet)
 
 
 @dataclass

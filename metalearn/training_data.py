@@ -72,11 +72,16 @@ class EpisodeSource:
 
 class PairSource:
     """Balanced verification pairs from the training split: the first half of each batch shows
-    two different images of one class, the second half images of two different classes."""
+    two different images of one class, the second half images of two different classes.
+
+    ``hard_negatives`` is the fraction of different-class pairs whose two classes share a group, the
+    part of the class name before its first "/" (Omniglot's alphabet; a rotated or mirrored copy of a
+    character stays in its alphabet). Why: two random Omniglot characters mostly differ at a glance,
+    while the one-shot test compares characters of one alphabet."""
 
     unit = "pairs"
 
-    def __init__(self, store: ImageStore, seed: int, pairs: int, split: str = "train"):
+    def __init__(self, store: ImageStore, seed: int, pairs: int, split: str = "train", hard_negatives: float = 0.0):
         if pairs < 2 or pairs % 2:
             raise MetalearnError(f"method.pairs must be an even number >= 2 (half same, half different), got {pairs}")
         self.classes = store.splits[split]
@@ -86,7 +91,32 @@ class PairSource:
         if int(self.counts.min()) < 2:
             raise MetalearnError(f"Siamese training needs 2 images per {split} class for same-class pairs; some "
                                  f"classes have {int(self.counts.min())}")
-        self.store, self.seed, self.per_step = store, seed, pairs
+        self.store, self.seed, self.per_step, self.hard = store, seed, pairs, hard_negatives
+        if not 0.0 <= hard_negatives <= 1.0:
+            raise MetalearnError(f"method.hard_negatives is a fraction of the different-class pairs, in [0, 1]; "
+                                 f"got {hard_negatives}")
+        if hard_negatives > 0:
+            self._index_groups([store.class_names[c] for c in self.classes], split)
+
+    def _index_groups(self, names: list[str], split: str) -> None:
+        """Classes sorted by group: class i's group-mates are order[start[i] : start[i] + size[i]]."""
+        group = np.array([n.split("/", 1)[0] if "/" in n else n for n in names])
+        self.order = np.argsort(group, kind="stable")
+        _, first, sizes = np.unique(group[self.order], return_index=True, return_counts=True)
+        _, inverse = np.unique(group, return_inverse=True)
+        self.group_start, self.group_size = first[inverse], sizes[inverse]
+        self.position = np.empty(len(names), dtype=np.int64)  # where class i sits in self.order
+        self.position[self.order] = np.arange(len(names))
+        if int(self.group_size.max()) < 2:
+            raise MetalearnError(f"method.hard_negatives needs classes that share a group (the name before '/', e.g. "
+                                 f"Omniglot's alphabet); no two {split} classes do. Set method.hard_negatives=0.")
+
+    def _group_mates(self, a: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        """For each class a, another class of its group, uniformly (a itself where it has no group-mate)."""
+        size = self.group_size[a]
+        r = (rng.random(len(a)) * np.maximum(size - 1, 1)).astype(np.int64)
+        r = r + (r >= self.position[a] - self.group_start[a])
+        return np.where(size > 1, self.order[self.group_start[a] + np.minimum(r, size - 1)], a)
 
     def plans(self, step: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Image indices [pairs, 2], each image's class id [pairs, 2], and same-class flags [pairs]."""
@@ -96,6 +126,10 @@ class PairSource:
         same = rng.integers(n, size=half)
         a, b = rng.integers(n, size=half), rng.integers(n - 1, size=half)
         b = b + (b >= a)  # a different class, uniformly
+        if self.hard > 0:  # extra draws only here, so hard_negatives=0 gives the pairs it always gave
+            hard = rng.random(half) < self.hard
+            mate = self._group_mates(a, rng)
+            b = np.where(hard & (mate != a), mate, b)
         cls = np.concatenate([np.stack([same, same], 1), np.stack([a, b], 1)])
         offset = np.empty_like(cls)
         first = (rng.random(self.per_step) * self.counts[cls[:, 0]]).astype(np.int64)

@@ -177,6 +177,35 @@ def test_pair_source_is_balanced_from_training_classes_only_and_reproducible(sto
     assert batch.first.shape == (64, 1, 28, 28) and batch.same.dtype == torch.float32
 
 
+def test_pair_source_hard_negatives_pair_classes_of_one_group(store):
+    from metalearn.data.store import ImageStore
+    groups = ["A"] * 4 + ["B"] * 3 + ["C"]  # C has no group-mate: its negatives stay random
+    names = [f"{g}/char{i}" for i, g in enumerate(groups)] + ["A/held_out"]
+    grouped = ImageStore.from_classes(torch.zeros(27, 1, 4, 4, dtype=torch.uint8), [3] * 9, names,
+                                      {"train": np.arange(8), "test": np.array([8])})
+    group = np.array([n.split("/")[0] for n in names])
+    plain, hard = PairSource(grouped, seed=1, pairs=400), PairSource(grouped, seed=1, pairs=400, hard_negatives=1.0)
+    same_group = {}
+    for name, src in (("plain", plain), ("hard", hard)):
+        _, classes, same = src.plans(0)
+        neg = classes[same == 0]
+        assert (neg[:, 0] != neg[:, 1]).all() and 8 not in neg  # still different classes, training split only
+        mates = group[neg[:, 0]] != "C"
+        same_group[name] = (group[neg[mates, 0]] == group[neg[mates, 1]]).mean()
+        assert (same.sum(), len(same)) == (200, 400)
+    assert same_group["hard"] == 1.0 and same_group["plain"] < 0.6
+    # every group-mate is drawn: class 0's hard negatives cover classes 1-3
+    _, classes, same = hard.plans(1)
+    assert set(classes[(same == 0) & (classes[:, 0] == 0), 1].tolist()) == {1, 2, 3}
+    # hard_negatives=0 keeps the pairs the sampler always gave
+    assert all((x == y).all() for x, y in zip(plain.plans(3), PairSource(grouped, seed=1, pairs=400,
+                                                                           hard_negatives=0.0).plans(3), strict=True))
+    with pytest.raises(Exception, match="share a group"):
+        PairSource(store, seed=0, pairs=8, hard_negatives=0.5)  # synthetic class names have no groups
+    with pytest.raises(Exception, match=r"in \[0, 1\]"):
+        PairSource(grouped, seed=0, pairs=8, hard_negatives=1.5)
+
+
 def test_pair_source_rejects_an_odd_pair_count(store):
     with pytest.raises(Exception, match="even number"):
         PairSource(store, seed=0, pairs=5)

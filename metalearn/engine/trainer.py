@@ -58,7 +58,7 @@ def build_schedule(cfg: Any, optimizer: torch.optim.Optimizer, steps: int) -> to
 def build_training_source(method: Method, store: ImageStore, cfg: DictConfig, spec: TaskSpec) -> TrainingSource:
     """The data the method's train_step takes: episodes, verification pairs or labelled minibatches."""
     if method.train_data == "pairs":
-        return PairSource(store, cfg.seed, cfg.method.pairs)
+        return PairSource(store, cfg.seed, cfg.method.pairs, hard_negatives=cfg.method.hard_negatives)
     if method.train_data == "labelled":
         return LabelledSource(store, cfg.seed, cfg.method.batch_size)
     return EpisodeSource(store, spec, cfg.seed, cfg.sampler.meta_batch)
