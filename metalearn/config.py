@@ -190,6 +190,9 @@ class MANNConfig(MethodConfig):
     # weight of an auxiliary prototypical loss on the encoder's codes of each training episode (0: the
     # paper's MANN); trains an encoder whose codes separate classes, which the memory can then bind
     aux_weight: float = 0.0
+    # width of the label input and output; 0: sampler.train_ways. Wider, each training episode's classes
+    # get random distinct labels of it, and the model can be tested up to that many ways
+    label_slots: int = 0
 
 
 @dataclass

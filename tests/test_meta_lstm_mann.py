@@ -176,6 +176,45 @@ def test_mann_sequence_loss_covers_every_example_once_and_returns_each_querys_ow
     assert torch.allclose(loss, total / y_all.numel(), atol=1e-6)  # every step of every sequence, once
 
 
+def test_mann_wider_label_layer_gives_each_task_random_distinct_labels_and_returns_class_order():
+    from metalearn.episodes import EpisodeBatch
+
+    m = MANN(nn.Flatten(), 8, ways=7, hidden=16, slots=10, width=6, heads=2).train()  # 7 labels, 3-way tasks
+    t, ways, queries = 4, 3, 2
+    support, query = torch.randn(t, ways, 1, 2, 4), torch.randn(t, ways * queries, 1, 2, 4)
+    s_lab, q_lab = torch.arange(ways).expand(t, -1), torch.arange(ways).repeat_interleave(queries).expand(t, -1)
+    batch = EpisodeBatch(support, s_lab, query, q_lab, ways)
+    seen = []
+    real = m.run_sequence
+
+    def spy(xs, ys):
+        seen.append(ys.argmax(-1))
+        return real(xs, ys)
+
+    m.run_sequence = spy
+    torch.manual_seed(3)
+    loss, q_logits = m.loss(batch)
+    torch.manual_seed(3)
+    order = torch.rand(t, ways * (1 + queries)).argsort(1)
+    slots = torch.rand(t, 7).argsort(1)[:, :ways]  # the labels the method drew, after the order
+    assert q_logits.shape == (t, ways * queries, ways) and torch.isfinite(loss)
+    y_all = torch.cat([s_lab, q_lab], 1)
+    for k in range(t):
+        assert len(set(slots[k].tolist())) == ways
+        assert torch.equal(seen[0][k], slots[k][y_all[k, order[k]]])  # class c shown as label slots[k, c]
+    assert len({tuple(r) for r in slots.tolist()}) > 1  # tasks differ
+    with torch.no_grad():  # query logits come back as column c = class c: the slot's column of its step
+        logits, _ = real(torch.cat([support, query], 1).flatten(2).gather(
+            1, order[..., None].expand(-1, -1, 8)), nn.functional.one_hot(seen[0], 7).float())
+    pos = order.argsort(1)[:, ways:]
+    for k in range(t):
+        for j in range(ways * queries):
+            assert torch.allclose(q_logits[k, j], logits[k, pos[k, j], slots[k]], atol=1e-6)
+    m.eval()  # at test a 3-way task uses labels 0..2 of the 7
+    out = m.predict(support[:, :3], s_lab, query, ways)
+    assert out.shape == (t, ways * queries, ways)
+
+
 @pytest.mark.parametrize("write", ["add", "key"])
 def test_mann_writes_the_add_vector_or_the_papers_key(write):
     torch.manual_seed(0)
@@ -214,3 +253,19 @@ def test_mann_auxiliary_loss_is_the_weighted_prototypical_loss_and_trains_the_en
     encoder.zero_grad()
     (total - base).backward()
     assert next(encoder.parameters()).grad.abs().sum() > 0
+
+
+def test_mann_label_slots_is_checked_and_sets_the_label_width():
+    from omegaconf import OmegaConf
+
+    from metalearn.config import MANNConfig
+    from metalearn.errors import MetalearnError
+    from metalearn.methods import build_method
+
+    cfg = lambda **kw: OmegaConf.merge(OmegaConf.structured(MANNConfig), kw)  # noqa: E731
+    assert build_method(cfg(label_slots=20), (1, 4, 4), ways=5).ways == 20
+    assert build_method(cfg(), (1, 4, 4), ways=5).ways == 5
+    with pytest.raises(MetalearnError, match="narrower than the 5-way"):
+        build_method(cfg(label_slots=3), (1, 4, 4), ways=5)
+    with pytest.raises(MetalearnError, match="loss_on=sequence"):
+        build_method(cfg(label_slots=20, loss_on="queries"), (1, 4, 4), ways=5)

@@ -86,6 +86,12 @@ def build_method(cfg: Any, image_shape: tuple[int, int, int], ways: int, channel
         if cfg.aux_weight > 0 and cfg.encoder == "pixels":
             raise MetalearnError("method.aux_weight trains the encoder, and method.encoder=pixels has none; "
                                  "use method.encoder=conv or method.aux_weight=0")
+        if cfg.label_slots and cfg.label_slots < ways:
+            raise MetalearnError(f"method.label_slots={cfg.label_slots} is narrower than the {ways}-way training tasks "
+                                 f"(sampler.train_ways); use 0 (as wide as the tasks) or >= {ways}")
+        if cfg.label_slots > ways and cfg.loss_on == "queries":
+            raise MetalearnError("method.label_slots wider than sampler.train_ways needs method.loss_on=sequence")
+        ways = cfg.label_slots or ways
         encoder = nn.Flatten() if cfg.encoder == "pixels" else build_backbone(cfg.backbone, image_shape[0], channels_last)
         dim = image_shape[0] * image_shape[1] * image_shape[2] if cfg.encoder == "pixels" else feature_dim(encoder, image_shape)
         return MANN(encoder, dim, ways, cfg.hidden, cfg.slots, cfg.width, cfg.heads, cfg.gamma, cfg.loss_on,

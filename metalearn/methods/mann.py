@@ -139,9 +139,10 @@ class MANN(EmbeddingMethod):
 
     def check_task(self, spec: TaskSpec) -> None:
         if spec.ways > self.ways:
-            raise MetalearnError(f"mann's label input and output have {self.ways} classes (sampler.train_ways), so it "
-                                 f"can be evaluated up to {self.ways}-way, not {spec.ways}-way; train with "
-                                 f"sampler.train_ways={spec.ways} for that.")
+            raise MetalearnError(f"mann's label input and output have {self.ways} classes (sampler.train_ways or "
+                                 f"method.label_slots), so it can be evaluated up to {self.ways}-way, not "
+                                 f"{spec.ways}-way; train with sampler.train_ways={spec.ways} or "
+                                 f"method.label_slots={spec.ways} for that.")
 
     def run_sequence(self, xs: torch.Tensor, ys: torch.Tensor) -> tuple[torch.Tensor, MemoryState]:
         """Examples xs [B, S, D] with one-hot labels ys [B, S, ways], each label given one step late ->
@@ -167,12 +168,23 @@ class MANN(EmbeddingMethod):
         z = torch.cat([zs, zq], 1)
         y = torch.cat([batch.support_labels, batch.query_labels], 1)
         order = torch.rand(y.shape, device="cpu").argsort(1).to(y.device)  # a random order per task
+        slots = self.label_slots_for(y.shape[0], batch.ways, y.device)  # class k of task t is label slots[t, k]
         z = z.gather(1, order.view(*order.shape, *[1] * (z.dim() - 2)).expand_as(z))
-        y = y.gather(1, order)
+        y = slots.gather(1, y.gather(1, order))
         logits, _ = self.run_sequence(z, nn.functional.one_hot(y, self.ways).to(z.dtype))
         loss = nn.functional.cross_entropy(fp32(logits.flatten(0, 1)), y.flatten()) + self.aux_loss(codes_s, codes_q, batch)
         at = order.argsort(1)[:, zs.shape[1]:]  # where each query sits in its sequence
-        return loss, logits.gather(1, at[..., None].expand(-1, -1, logits.shape[-1]))[..., : batch.ways]
+        q_logits = logits.gather(1, at[..., None].expand(-1, -1, logits.shape[-1]))
+        return loss, q_logits.gather(2, slots[:, None].expand(-1, at.shape[1], -1))  # columns back in class order
+
+    def label_slots_for(self, tasks: int, ways: int, device: torch.device) -> torch.Tensor:
+        """[tasks, ways]: the label each task's class k is given. Classes 0..ways-1 keep their labels when the
+        label width equals the task's ways; a wider label layer (``label_slots``) gets `ways` random distinct
+        labels per task, so every label is trained while the episodes stay small (why: at 20 ways the sequence
+        loss never left chance; 5-way episodes learn to bind)."""
+        if ways == self.ways:
+            return torch.arange(ways, device=device).expand(tasks, -1)
+        return torch.rand(tasks, self.ways, device="cpu").argsort(1)[:, :ways].to(device)
 
     def aux_loss(self, codes_s: torch.Tensor, codes_q: torch.Tensor, batch: EpisodeBatch) -> torch.Tensor:
         """`aux_weight` times the prototypical loss of the episode's queries on the encoder's raw codes."""
