@@ -280,6 +280,15 @@ class ValConfig:
 
 
 @dataclass
+class InitConfig:
+    """Start from another run's weights (pre-training, a curriculum) instead of a fresh initialisation."""
+
+    run: str | None = None  # a run folder or a checkpoint file (.pt); null: fresh weights
+    checkpoint: str = "best"  # best | last, for a run folder
+    only: list[str] = field(default_factory=list)  # name prefixes to take, e.g. [backbone]; empty: all shared
+
+
+@dataclass
 class TestConfig:
     episodes: int = 600
     seed: int = 2
@@ -309,6 +318,7 @@ class TrainConfig:
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     val: ValConfig = field(default_factory=ValConfig)
     test: TestConfig = field(default_factory=TestConfig)
+    init: InitConfig = field(default_factory=InitConfig)
 
 
 @dataclass

@@ -197,3 +197,15 @@ def test_a_search_needs_validation_accuracy(tmp_path):
     r = cli("metalearn-train", "-m", "search=metric", "debug=smoke", "val.every=0", "hydra.sweeper.n_trials=2",
             cwd=tmp_path)
     assert r.returncode == 2 and "has no validation split or val.every=0" in r.stderr
+
+
+def test_a_run_can_start_from_another_runs_weights(trained, tmp_path):
+    """Meta-Baseline style: matching meta-trained from the protonet run's backbone; init is recorded."""
+    r = cli("metalearn-train", "debug=smoke", "method=matching", f"init.run={trained}", "run_dir=m", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    s = json.loads((tmp_path / "m" / "summary.json").read_text())
+    assert s["status"] == "completed" and s["init"]["from"] == str(trained / "checkpoints" / "best.pt")
+    assert s["init"]["tensors"] == 28 and s["init"]["fresh"] == [] == s["init"]["unused"]
+    bad = cli("metalearn-train", "debug=smoke", "method=matching", "method.backbone.width=8", f"init.run={trained}",
+              cwd=tmp_path)
+    assert_clean_error(bad, "differ in shape", "(16, 1, 3, 3) vs (8, 1, 3, 3)")

@@ -76,7 +76,7 @@ class RunFolder:
         return json.loads(p.read_text()) if p.exists() else {}
 
     def write_summary(self, cfg: DictConfig, status: str, state: Any = None, test: dict | None = None,
-                      device: str | None = None) -> dict:
+                      device: str | None = None, init: dict | None = None) -> dict:
         s = self.summary()
         now = dt.datetime.now().isoformat(timespec="seconds")
         choices = json.loads((self.path / "overrides.json").read_text()) if (self.path / "overrides.json").exists() else {}
@@ -98,6 +98,8 @@ class RunFolder:
                                    if st["best_step"] >= 0 else None)})
         if test is not None:
             s["test"] = test
+        if init is not None:  # which weights the run started from (kept by later writes)
+            s["init"] = init
         if not self.read_only:
             _write_json(self.path / "summary.json", s)
         return s

@@ -1,0 +1,80 @@
+"""Initialise a run's method from another run's weights.
+
+Why: pre-train-then-meta-train recipes (a Baseline++ backbone under Matching
+Networks, as Chen et al. 2021's Meta-Baseline) and curricula (5-way, then
+20-way) need a run to start where another ended, with a fresh optimiser,
+schedule and step count. Only tensors with the same name and shape are
+copied; a shape clash is an error, never a silent skip, because it means the
+two runs' architectures differ.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from metalearn.engine.checkpoint import load_checkpoint
+from metalearn.errors import MetalearnError
+
+log = logging.getLogger("metalearn")
+
+
+def checkpoint_path(run: str | Path, checkpoint: str = "best") -> Path:
+    """The checkpoint file that `run` (a run folder or a .pt file) names."""
+    path = Path(run).expanduser()
+    if path.is_file():
+        return path
+    if not path.is_dir():
+        raise MetalearnError(f"init.run={str(run)!r} does not exist; give a finished run's folder "
+                             f"(outputs/train/<date>/<time>_...) or its checkpoints/best.pt")
+    if checkpoint not in ("best", "last"):
+        raise MetalearnError(f"init.checkpoint={checkpoint!r} is not one of: best, last")
+    file = path / "checkpoints" / f"{checkpoint}.pt"
+    if checkpoint == "best" and not file.is_file():  # runs without validation keep only `last`
+        file = path / "checkpoints" / "last.pt"
+    if not file.is_file():
+        raise MetalearnError(f"init.run={str(run)!r} holds no checkpoint ({file} is missing); is it a metalearn "
+                             f"run folder that reached its first checkpoint?")
+    return file
+
+
+def _selected(name: str, prefixes: list[str]) -> bool:
+    return not prefixes or any(name == p or name.startswith(p + ".") for p in prefixes)
+
+
+def initialize_from(method: torch.nn.Module, run: str | Path, checkpoint: str = "best",
+                    only: list[str] | None = None) -> dict[str, Any]:
+    """Copy the source run's tensors that `only` selects (all, when empty) and `method` also has; returns
+    what was done, for summary.json."""
+    prefixes = list(only or [])
+    file = checkpoint_path(run, checkpoint)
+    source: dict[str, torch.Tensor] = load_checkpoint(file)["method"]
+    target = method.state_dict()
+    for p in prefixes:
+        if not any(_selected(k, [p]) for k in source):
+            tops = sorted({k.split(".")[0] for k in source})
+            raise MetalearnError(f"init.only: no tensor of {file} is named {p!r} or {p}.*; its top-level names "
+                                 f"are: {', '.join(tops)}")
+    shared = [k for k in source if _selected(k, prefixes) and k in target]
+    clashes = [f"{k} {tuple(source[k].shape)} vs {tuple(target[k].shape)}" for k in shared
+               if source[k].shape != target[k].shape]
+    if clashes:
+        raise MetalearnError(f"init.run: {len(clashes)} tensor(s) of {file} differ in shape from this run's "
+                             f"method (checkpoint vs this run): {'; '.join(clashes[:4])}. Use the same backbone "
+                             f"(method.backbone.name / .width) or limit init.only to the parts that match.")
+    if not shared:
+        raise MetalearnError(f"init.run: {file} and this run's method share no tensor names"
+                             f"{' under ' + ', '.join(prefixes) if prefixes else ''}; the checkpoint has "
+                             f"{', '.join(sorted({k.split('.')[0] for k in source}))}, this method "
+                             f"{', '.join(sorted({k.split('.')[0] for k in target}))}")
+    with torch.no_grad():
+        for k in shared:
+            target[k].copy_(source[k])
+    fresh = [k for k in target if k not in shared]
+    unused = [k for k in source if k not in shared]
+    log.info("initialised %d of %d tensors from %s%s", len(shared), len(target), file,
+             f"; fresh: {', '.join(sorted({k.rsplit('.', 1)[0] for k in fresh}))}" if fresh else "")
+    return {"from": str(file), "tensors": len(shared), "fresh": fresh, "unused": unused}
