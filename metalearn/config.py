@@ -286,6 +286,7 @@ class InitConfig:
     run: str | None = None  # a run folder or a checkpoint file (.pt); null: fresh weights
     checkpoint: str = "best"  # best | last, for a run folder
     only: list[str] = field(default_factory=list)  # name prefixes to take, e.g. [backbone]; empty: all shared
+    rename: list[str] = field(default_factory=list)  # "source-prefix:this-prefix", e.g. [backbone:encoder]
 
 
 @dataclass

@@ -8,7 +8,7 @@ import torch
 from conftest import compose
 
 from metalearn.engine.checkpoint import save_checkpoint
-from metalearn.engine.init_weights import initialize_from
+from metalearn.engine.init_weights import initialize_from, parse_rename
 from metalearn.errors import MetalearnError
 from metalearn.methods import build_method
 
@@ -57,11 +57,26 @@ def test_only_limits_the_copy_to_the_named_prefixes(pretrained):
     assert report["unused"] == ["weight"]
 
 
+def test_rename_puts_a_pretrained_backbone_into_another_methods_encoder(pretrained):
+    run, src = pretrained
+    dst = method("mann", "method.encoder=conv")
+    controller = dst.state_dict()["controller.weight_ih"].clone()
+    report = initialize_from(dst, run, only=["backbone"], rename=parse_rename(["backbone:encoder"]))
+    state = dst.state_dict()
+    backbone = [k for k in src if k.startswith("backbone.")]
+    assert report["tensors"] == len(backbone) and report["unused"] == ["weight"]
+    for k in backbone:
+        assert torch.equal(state["encoder" + k[len("backbone"):]], src[k]), k
+    assert torch.equal(state["controller.weight_ih"], controller)
+    with pytest.raises(MetalearnError, match="no tensor of .* is named 'trunk'"):
+        initialize_from(dst, run, rename={"trunk": "encoder"})
+
+
 @pytest.mark.parametrize("make,only,phrases", [
     (lambda: method("matching", "method.backbone.width=32"), [], ["differ in shape", "(64, 1, 3, 3) vs (32, 1, 3, 3)"]),
     (lambda: method("baselinepp", train_classes=31), [], ["weight (30, 64) vs (31, 64)", "init.only"]),
     (lambda: method("matching"), ["head"], ["no tensor", "'head'", "backbone, weight"]),
-    (lambda: method("mann"), [], ["share no tensor names"]),
+    (lambda: method("mann"), [], ["share no tensor names", "init.rename=[backbone:encoder]"]),
 ])
 def test_mismatches_are_named(pretrained, make, only, phrases):
     run, _ = pretrained
@@ -77,3 +92,10 @@ def test_a_missing_source_says_what_to_give(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(MetalearnError, match="holds no checkpoint"):
         initialize_from(method("matching"), tmp_path / "empty")
+
+
+def test_rename_pairs_are_checked():
+    assert parse_rename(["backbone:encoder", "a.b:c"]) == {"backbone": "encoder", "a.b": "c"}
+    for bad in (["backbone"], ["backbone:"], ["a:b:c"]):
+        with pytest.raises(MetalearnError, match="source:target prefix pairs"):
+            parse_rename(bad)

@@ -23,7 +23,7 @@ from metalearn.engine.checkpoint import load_checkpoint, save_checkpoint
 from metalearn.engine.distributed import AveragingOptimizer, all_finite, check_divisible, init_from_env, local_device, shard
 from metalearn.engine.evaluate import evaluate
 from metalearn.engine.hardware import autocast, describe_device, setup_device
-from metalearn.engine.init_weights import initialize_from
+from metalearn.engine.init_weights import initialize_from, parse_rename
 from metalearn.engine.progress import Progress
 from metalearn.engine.rundir import RunFolder
 from metalearn.episodes import EpisodeSampler, TaskSpec
@@ -243,7 +243,8 @@ def train(cfg: DictConfig, folder: RunFolder) -> dict:
     if cfg.resume:  # the run's own checkpoint, which already holds any init.run weights
         trainer.restore()
     elif cfg.init.run:
-        init = initialize_from(trainer.method, cfg.init.run, cfg.init.checkpoint, list(cfg.init.only))
+        init = initialize_from(trainer.method, cfg.init.run, cfg.init.checkpoint, list(cfg.init.only),
+                               parse_rename(list(cfg.init.rename)))
     log.info("device: %s", describe_device(trainer.device))
     folder.write_summary(cfg, status="running", device=describe_device(trainer.device), init=init)
     try:
