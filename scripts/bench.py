@@ -7,7 +7,8 @@
 Figures (issue 7):
 1. sampler: 5-way 1+15 Omniglot episodes/s, ours vs learn2learn's TaskDataset on the same images;
 2. MAML (second order, Conv-4 strided 64, 5-way 1-shot, meta-batch 32, 1 inner step): tasks/s vs
-   learn2learn, with 15 and with 1 query per class; ours task by task, under vmap, and auto's pick;
+   learn2learn, with 15 and with 1 query per class; ours task by task, under vmap, and auto's pick
+   (and auto's pick under bf16 autocast, reported beside the fp32 figures, not instead of them);
 3. ProtoNet training step vs the bare forward+backward of the same images through the backbone;
 4. evaluation of 600 5-way 1-shot ProtoNet episodes on Omniglot (seconds);
 5. start-up: `metalearn-train --help` (seconds);
@@ -53,8 +54,11 @@ def run_python(code_or_args: list[str], env_extra: dict | None = None, timeout: 
 
 
 # ------------------------------------------------------------------ workers (run in their own process)
-def maml_worker(queries: int, batching: str, iters: int) -> None:
-    """Our MAML on the anchor's workload (random inputs, so the algorithm alone is timed)."""
+def maml_worker(queries: int, batching: str, iters: int, amp: str = "none") -> None:
+    """Our MAML on the anchor's workload (random inputs, so the algorithm alone is timed); amp=bf16
+    runs it under CPU bf16 autocast (`hardware.amp=bf16`), which is not the peer's fp32 arithmetic."""
+    import contextlib
+
     import torch
 
     from metalearn.backbones import Conv4
@@ -67,12 +71,14 @@ def maml_worker(queries: int, batching: str, iters: int) -> None:
     opt = torch.optim.Adam(m.parameters(), 1e-3)
     b = EpisodeBatch(torch.randn(32, 5, 1, 28, 28), torch.arange(5).expand(32, -1),
                      torch.randn(32, 5 * queries, 1, 28, 28), torch.arange(5).repeat_interleave(queries).expand(32, -1), 5)
-    m.train_step(b, opt)  # warm-up (and auto's timing)
+    cast = torch.autocast("cpu", dtype=torch.bfloat16) if amp == "bf16" else contextlib.nullcontext()
     times = []
-    for _ in range(iters):
-        start = time.perf_counter()
-        m.train_step(b, opt)
-        times.append(time.perf_counter() - start)
+    with cast:
+        m.train_step(b, opt)  # warm-up (and auto's timing)
+        for _ in range(iters):
+            start = time.perf_counter()
+            m.train_step(b, opt)
+            times.append(time.perf_counter() - start)
     path = "vmap" if (batching == "vmap" or (batching == "auto" and int(m.uses_vmap) == 1)) else "loop"
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(json.dumps({"tasks_per_s": 32 / statistics.median(times), "path": path, "peak_rss_mb": rss}))
@@ -125,6 +131,8 @@ def bench_maml(l2l: Path | None, iters: int) -> dict:
         for batching in ("loop", "vmap", "auto"):
             r = json.loads(run_python([__file__, "--worker", "maml", str(q), batching, str(iters)]).strip().splitlines()[-1])
             out[f"q{q}_{batching}"] = r
+        r = json.loads(run_python([__file__, "--worker", "maml", str(q), "auto", str(iters), "bf16"]).strip().splitlines()[-1])
+        out[f"q{q}_auto_bf16"] = r
         if l2l is not None:
             text = run_python([__file__, "--worker", "l2l", str(SHARED / "bench" / "anchor_l2l_maml.py"), str(q),
                                str(iters)], {"PYTHONPATH": str(l2l)})
@@ -205,6 +213,9 @@ def report(results: dict) -> str:
         row(f"MAML {q} queries/class, auto ({best['path']})", best["tasks_per_s"], peer, "tasks/s", ">= 2x")
         for path in ("loop", "vmap"):
             row(f"  MAML {q} queries/class, {path}", mm[f"q{q}_{path}"]["tasks_per_s"], peer, "tasks/s", "")
+        bf16 = mm[f"q{q}_auto_bf16"]
+        row(f"  MAML {q} queries/class, auto ({bf16['path']}), bf16 autocast (not fp32 like the peer)",
+            bf16["tasks_per_s"], peer, "tasks/s", "")
         peer_rss = mm.get(f"q{q}_l2l", {}).get("peak_rss_mb")
         row(f"MAML {q} queries/class, peak RSS", best["peak_rss_mb"], peer_rss, "MB", "report", higher_better=False)
     p = results["protonet"]
@@ -228,7 +239,7 @@ def main() -> None:
     if args.worker:
         kind, *rest = args.worker
         if kind == "maml":
-            maml_worker(int(rest[0]), rest[1], int(rest[2]))
+            maml_worker(int(rest[0]), rest[1], int(rest[2]), *rest[3:])
         else:
             l2l_worker(rest[0], rest[1:])
         return

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from metalearn.backbones import Conv4
+from metalearn.backbones import Conv4, RelationConv4
 from metalearn.config import SyntheticConfig
 from metalearn.data.synthetic import build_synthetic
 from metalearn.engine.evaluate import evaluate
@@ -37,6 +37,23 @@ def test_channels_last_gives_the_same_embedding():
     x = torch.randn(4, 1, 28, 28)
     assert torch.allclose(a(x), b(x), atol=1e-5)
 
+
+
+@pytest.mark.parametrize("make", [lambda: Conv4(1, 8, "stride", channels_last=True),
+                                  lambda: RelationConv4(1, 8, channels_last=True)])
+def test_channels_last_holds_after_a_one_channel_input(make):
+    """A 1-channel image looks NCHW to the first convolution; every later activation must still be
+    channels_last, or the backward passes mix layouts (ReLU's backward then runs ~50x slower)."""
+    model = make().to(memory_format=torch.channels_last)
+    seen = []
+    for m in model.modules():
+        if isinstance(m, (torch.nn.ReLU, torch.nn.BatchNorm2d)):
+            m.register_forward_hook(lambda mod, inp, out: seen.append(
+                inp[0].is_contiguous(memory_format=torch.channels_last) and not inp[0].is_contiguous()))
+    # adapted weights (as in MAML's inner loop) come out in the default layout
+    params = {k: v.clone(memory_format=torch.contiguous_format) for k, v in model.named_parameters()}
+    torch.func.functional_call(model, params, (torch.randn(4, 1, 28, 28),)).sum().backward()
+    assert len(seen) == 8 and all(seen)
 
 def test_protonet_logits_are_negative_squared_distances_to_class_means(store):
     torch.manual_seed(0)
