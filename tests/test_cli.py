@@ -209,3 +209,16 @@ def test_a_run_can_start_from_another_runs_weights(trained, tmp_path):
     bad = cli("metalearn-train", "debug=smoke", "method=matching", "method.backbone.width=8", f"init.run={trained}",
               cwd=tmp_path)
     assert_clean_error(bad, "differ in shape", "(16, 1, 3, 3) vs (8, 1, 3, 3)")
+
+
+def test_cpu_bf16_profile_trains_maml_under_autocast(tmp_path):
+    """hardware=cpu_bf16: MAML's second-order step runs under CPU bf16 autocast, losses stay finite
+    and the run records the profile it ran with."""
+    r = cli("metalearn-train", "method=maml", "debug=smoke", "hardware=cpu_bf16", "run_dir=run", "test.episodes=10",
+            cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "amp: bf16" in (tmp_path / "run" / "config.yaml").read_text()
+    lines = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    losses = [x["loss"] for x in lines if x["kind"] == "train"]
+    assert losses and all(0 < v < 10 for v in losses)
+    assert json.loads((tmp_path / "run" / "summary.json").read_text())["status"] == "completed"
