@@ -193,6 +193,9 @@ class MANNConfig(MethodConfig):
     # width of the label input and output; 0: sampler.train_ways. Wider, each training episode's classes
     # get random distinct labels of it, and the model can be tested up to that many ways
     label_slots: int = 0
+    # > 0: a learned linear map of the (normalised) encoder output to this many features before the
+    # controller (a wide embedding, e.g. conv4_relation's 1,600, otherwise swamps the 5-wide label input)
+    project: int = 0
 
 
 @dataclass
@@ -219,7 +222,7 @@ class MAMLConfig(MethodConfig):
     learn_inner_lr: bool = False  # Meta-SGD: a learned learning rate per parameter entry
     batch_norm: str = "transductive"  # transductive (batch statistics, as the reference code) | running
     plus: MAMLPlusPlusConfig = field(default_factory=MAMLPlusPlusConfig)
-    task_batching: str = "auto"  # loop (task by task) | vmap (torch.func.vmap over the meta-batch) | auto (timed)
+    task_batching: str = "auto"  # loop (task by task) | vmap (torch.func.vmap over the meta-batch) | split | auto (timed)
 
 
 @dataclass
@@ -245,6 +248,7 @@ class HardwareConfig:
     threads: int | None = None  # CPU threads; null = torch's default
     amp: str = "none"  # none | bf16 (autocast)
     channels_last: bool = True
+    keep_freed_memory: bool = True  # glibc: reuse freed activation memory instead of fresh pages (see hardware.py)
 
 
 @dataclass

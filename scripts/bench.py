@@ -2,13 +2,15 @@
 
     python scripts/bench.py                       # ours, plus learn2learn where it is installed
     python scripts/bench.py --l2l /tmp/l2l        # learn2learn's folder (../shared/bench/install_learn2learn.sh)
+    python scripts/bench.py --l2l /tmp/l2l --iters 15 --repeats 3   # the README's table: medians of 3 alternating runs
     python scripts/bench.py --omniglot ../shared/data/omniglot --json bench.json
 
 Figures (issue 7):
 1. sampler: 5-way 1+15 Omniglot episodes/s, ours vs learn2learn's TaskDataset on the same images;
 2. MAML (second order, Conv-4 strided 64, 5-way 1-shot, meta-batch 32, 1 inner step): tasks/s vs
-   learn2learn, with 15 and with 1 query per class; ours task by task, under vmap, and auto's pick
-   (and auto's pick under bf16 autocast, reported beside the fp32 figures, not instead of them);
+   learn2learn, with 15 and with 1 query per class; ours task by task, under vmap, split, and auto's
+   pick (and auto's pick under bf16 autocast, reported beside the fp32 figures, not instead of them);
+   the peer also once more with our allocator setting (hardware.keep_freed_memory), for fairness;
 3. ProtoNet training step vs the bare forward+backward of the same images through the backbone;
 4. evaluation of 600 5-way 1-shot ProtoNet episodes on Omniglot (seconds);
 5. start-up: `metalearn-train --help` (seconds);
@@ -62,9 +64,11 @@ def maml_worker(queries: int, batching: str, iters: int, amp: str = "none") -> N
     import torch
 
     from metalearn.backbones import Conv4
+    from metalearn.engine.hardware import keep_freed_memory
     from metalearn.episodes import EpisodeBatch
     from metalearn.methods.maml import MAML
 
+    keep_freed_memory()  # as every metalearn run does (hardware.keep_freed_memory, on by default)
     torch.manual_seed(0)
     backbone = Conv4(1, 64, "stride", channels_last=True, bn_running_stats=False).to(memory_format=torch.channels_last)
     m = MAML(backbone, 64, 5, 0.4, 1, 3, task_batching=batching)
@@ -79,14 +83,22 @@ def maml_worker(queries: int, batching: str, iters: int, amp: str = "none") -> N
             start = time.perf_counter()
             m.train_step(b, opt)
             times.append(time.perf_counter() - start)
-    path = "vmap" if (batching == "vmap" or (batching == "auto" and int(m.uses_vmap) == 1)) else "loop"
+    path = m._choose_batching(b)
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(json.dumps({"tasks_per_s": 32 / statistics.median(times), "path": path, "peak_rss_mb": rss}))
 
 
 def l2l_worker(script: str, args: list[str]) -> None:
-    """Run a learn2learn anchor script, then report this process's peak RSS."""
+    """Run a learn2learn anchor script, then report this process's peak RSS. With a first argument
+    `keep-freed-memory` the process gets our allocator setting first (a fairness check: how much of
+    the ratio is the allocator rather than the MAML code)."""
     import runpy
+
+    if args and args[0] == "keep-freed-memory":
+        from metalearn.engine.hardware import keep_freed_memory
+
+        keep_freed_memory()
+        args = args[1:]
 
     sys.argv = [script, *args]
     runpy.run_path(script, run_name="__main__")
@@ -125,19 +137,34 @@ def bench_sampler(omniglot: Path, l2l: Path | None, folder: Path) -> dict:
     return out
 
 
-def bench_maml(l2l: Path | None, iters: int) -> dict:
+def bench_maml(l2l: Path | None, iters: int, repeats: int) -> dict:
+    """Every MAML configuration, ours and the peer's, `repeats` times in alternation (so a slow spell
+    of the machine hits all of them alike); each figure is the median over the repeats."""
+    anchor = str(SHARED / "bench" / "anchor_l2l_maml.py")
+    runs: dict[str, list[dict]] = {}
+    for _ in range(repeats):
+        for q in (15, 1):
+            for batching in ("loop", "vmap", "split", "auto"):
+                r = run_python([__file__, "--worker", "maml", str(q), batching, str(iters)])
+                runs.setdefault(f"q{q}_{batching}", []).append(json.loads(r.strip().splitlines()[-1]))
+            r = run_python([__file__, "--worker", "maml", str(q), "auto", str(iters), "bf16"])
+            runs.setdefault(f"q{q}_auto_bf16", []).append(json.loads(r.strip().splitlines()[-1]))
+            if l2l is None:
+                continue
+            lines = run_python([__file__, "--worker", "l2l", anchor, str(q), str(iters)],
+                               {"PYTHONPATH": str(l2l)}).strip().splitlines()
+            runs.setdefault(f"q{q}_l2l", []).append({"tasks_per_s": float(lines[-2].split()[-1]), **json.loads(lines[-1])})
+            lines = run_python([__file__, "--worker", "l2l", anchor, "keep-freed-memory", str(q), str(iters)],
+                               {"PYTHONPATH": f"{l2l}{os.pathsep}{REPO}"}).strip().splitlines()
+            runs.setdefault(f"q{q}_l2l_kept", []).append({"tasks_per_s": float(lines[-2].split()[-1])})
     out = {}
-    for q in (15, 1):
-        for batching in ("loop", "vmap", "auto"):
-            r = json.loads(run_python([__file__, "--worker", "maml", str(q), batching, str(iters)]).strip().splitlines()[-1])
-            out[f"q{q}_{batching}"] = r
-        r = json.loads(run_python([__file__, "--worker", "maml", str(q), "auto", str(iters), "bf16"]).strip().splitlines()[-1])
-        out[f"q{q}_auto_bf16"] = r
-        if l2l is not None:
-            text = run_python([__file__, "--worker", "l2l", str(SHARED / "bench" / "anchor_l2l_maml.py"), str(q),
-                               str(iters)], {"PYTHONPATH": str(l2l)})
-            lines = text.strip().splitlines()
-            out[f"q{q}_l2l"] = {"tasks_per_s": float(lines[-2].split()[-1]), **json.loads(lines[-1])}
+    for key, rs in runs.items():
+        speeds = [r["tasks_per_s"] for r in rs]
+        out[key] = {**rs[0], "tasks_per_s": statistics.median(speeds), "all_tasks_per_s": speeds}
+        if "peak_rss_mb" in rs[0]:
+            out[key]["peak_rss_mb"] = max(r["peak_rss_mb"] for r in rs)
+        if "path" in rs[0]:
+            out[key]["path"] = "/".join(sorted({r["path"] for r in rs}))  # auto's pick(s)
     return out
 
 
@@ -211,8 +238,12 @@ def report(results: dict) -> str:
         best = mm[f"q{q}_auto"]
         peer = mm.get(f"q{q}_l2l", {}).get("tasks_per_s")
         row(f"MAML {q} queries/class, auto ({best['path']})", best["tasks_per_s"], peer, "tasks/s", ">= 2x")
-        for path in ("loop", "vmap"):
+        for path in ("loop", "vmap", "split"):
             row(f"  MAML {q} queries/class, {path}", mm[f"q{q}_{path}"]["tasks_per_s"], peer, "tasks/s", "")
+        kept = mm.get(f"q{q}_l2l_kept", {}).get("tasks_per_s")
+        if kept is not None:
+            row(f"  MAML {q} queries/class, auto, vs the peer with our allocator setting (keep_freed_memory)",
+                best["tasks_per_s"], kept, "tasks/s", "")
         bf16 = mm[f"q{q}_auto_bf16"]
         row(f"  MAML {q} queries/class, auto ({bf16['path']}), bf16 autocast (not fp32 like the peer)",
             bf16["tasks_per_s"], peer, "tasks/s", "")
@@ -233,6 +264,8 @@ def main() -> None:
     ap.add_argument("--omniglot", type=Path, default=SHARED / "data" / "omniglot")
     ap.add_argument("--l2l", type=Path, default=None, help="folder learn2learn was installed into")
     ap.add_argument("--iters", type=int, default=6, help="timed MAML meta-batches per configuration")
+    ap.add_argument("--repeats", type=int, default=1,
+                    help="runs of every MAML configuration, alternating ours and the peer's; medians are reported")
     ap.add_argument("--json", type=Path, default=None, help="also write the raw figures here")
     ap.add_argument("--worker", nargs="*", help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -258,10 +291,11 @@ def main() -> None:
         folder = Path(tmp)
         results = {"machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
                               f"torch {torch.__version__}", "date": time.strftime("%Y-%m-%d"),
-                   "sampler": bench_sampler(args.omniglot, l2l, folder), "maml": bench_maml(l2l, args.iters),
+                   "sampler": bench_sampler(args.omniglot, l2l, folder), "maml": bench_maml(l2l, args.iters, args.repeats),
                    "protonet": bench_protonet_step(), "eval": bench_eval(args.omniglot, folder),
                    "startup": bench_startup()}
-    print(f"metalearn benchmarks, {results['machine']}, {results['date']}")
+    print(f"metalearn benchmarks, {results['machine']}, {results['date']}, MAML: {args.iters} timed meta-batches, "
+          f"median of {args.repeats} alternating run(s) per configuration")
     print(report(results))
     if args.json:
         args.json.write_text(json.dumps(results, indent=1))

@@ -321,19 +321,22 @@ def conv_batch(tasks: int = 3) -> EpisodeBatch:
 @pytest.mark.parametrize("kw", [{}, {"first_order": True}, {"adapt_head_only": True}, {"learn_inner_lr": True},
                                 {"plus": MAMLPlusPlus(per_layer_per_step_lr=True)}],
                          ids=["maml", "fomaml", "anil", "metasgd", "lslr"])
-def test_vmap_over_the_meta_batch_gives_the_loop_meta_gradient(kw):
-    """The batched path (torch.func.grad inside torch.func.vmap, batch-norm on batch statistics) is the
-    same computation as the task-by-task one, first and second order."""
+def test_vmap_and_split_over_the_meta_batch_give_the_loop_meta_gradient(kw):
+    """The batched paths (torch.func.grad inside torch.func.vmap, batch-norm on batch statistics; split:
+    only the inner loop batched) are the same computation as the task-by-task one, first and second
+    order, with the same loss and accuracy."""
     b = conv_batch()
-    grads = []
-    for batching in ("loop", "vmap"):
+    grads, stats = [], []
+    for batching in ("loop", "vmap", "split"):
         m = conv_maml(task_batching=batching, **kw)
         opt = torch.optim.SGD(m.parameters(), lr=0.0)
-        stats = m.train_step(b, opt)
+        stats.append(m.train_step(b, opt))
         grads.append([p.grad.clone() for p in m.parameters()])
-        assert int(m.uses_vmap) == -1  # a configured path is not recorded as an auto choice
-    assert all(torch.allclose(a, c, rtol=1e-9, atol=1e-12) for a, c in zip(*grads, strict=True))
-    assert 0.0 <= stats["accuracy"] <= 1.0
+        assert int(m.batching_path) == -1  # a configured path is not recorded as an auto choice
+    for other in grads[1:]:
+        assert all(torch.allclose(a, c, rtol=1e-9, atol=1e-12) for a, c in zip(grads[0], other, strict=True))
+    assert stats[0] == pytest.approx(stats[1]) and stats[0] == pytest.approx(stats[2])
+    assert 0.0 <= stats[0]["accuracy"] <= 1.0
 
 
 def test_first_order_under_vmap_differs_from_second_order():
@@ -346,17 +349,22 @@ def test_first_order_under_vmap_differs_from_second_order():
     assert not torch.allclose(out[0], out[1])
 
 
-def test_auto_batching_times_both_paths_once_and_keeps_its_choice():
+def test_auto_batching_times_the_paths_once_and_keeps_its_choice():
     m = conv_maml(task_batching="auto")
     opt = torch.optim.SGD(m.parameters(), lr=0.01)
     m.train_step(conv_batch(), opt)
-    choice = int(m.uses_vmap)
-    assert choice in (0, 1)
+    choice = int(m.batching_path)
+    assert choice in (0, 1, 2)
     restored = conv_maml(task_batching="auto")
     restored.load_state_dict(m.state_dict())  # a resumed run takes the same path
-    assert int(restored.uses_vmap) == choice
-    old = {k: v for k, v in m.state_dict().items() if k != "uses_vmap"}
-    conv_maml().load_state_dict(old)  # checkpoints from before the switch still load
+    assert int(restored.batching_path) == choice
+    state = {k: v for k, v in m.state_dict().items() if k != "batching_path"}
+    older = conv_maml(task_batching="auto")
+    older.load_state_dict({**state, "uses_vmap": torch.tensor(1)})  # the buffer's old name: 1 was vmap
+    assert older._choose_batching(conv_batch()) == "vmap"
+    none = conv_maml(task_batching="auto")
+    none.load_state_dict(state)  # checkpoints from before the switch still load
+    assert int(none.batching_path) == -1
 
 
 def test_msl_and_running_statistics_fall_back_to_the_loop():
@@ -381,6 +389,46 @@ def test_vmap_path_runs_a_channels_last_backbone():
         out.append(torch.cat([p.grad.flatten() for p in m.parameters()]))
         assert backbone.channels_last == cl  # restored after the batched pass
     assert torch.allclose(out[0], out[1], rtol=1e-9, atol=1e-12)
+
+
+def test_channels_last_loop_gives_the_plain_meta_gradient():
+    """With channels_last the 1-channel first convolution runs as patches x weight (`patch_conv`):
+    MAML's second-order meta-gradient must be the one of the plain convolution."""
+    from metalearn.backbones import Conv4
+
+    b = conv_batch()
+    out = []
+    for cl in (False, True):
+        torch.manual_seed(0)
+        backbone = Conv4(1, 4, "stride", channels_last=cl, bn_running_stats=False)
+        m = MAML(backbone.to(memory_format=torch.channels_last) if cl else backbone, 4, 3, INNER_LR, STEPS, STEPS,
+                 task_batching="loop").double()
+        m.train_step(b, torch.optim.SGD(m.parameters(), lr=0.0))
+        out.append(torch.cat([p.grad.flatten() for p in m.parameters()]))
+    assert torch.allclose(out[0], out[1], rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.parametrize("kw", [dict(stride=2, padding=1), dict(padding=0, bias=False), dict(padding=(1, 2), dilation=2)])
+def test_patch_conv_is_the_convolution_to_second_order(kw):
+    """First and second derivatives (the ones MAML's meta-gradient uses) of `patch_conv` and conv2d agree."""
+    from metalearn.backbones import patch_conv
+
+    torch.manual_seed(0)
+    conv = nn.Conv2d(1, 3, 3, **kw).double()
+    x = torch.randn(2, 1, 7, 6, dtype=torch.float64, requires_grad=True)
+    leaves = [x, *conv.parameters()]
+    derivatives = []
+    for f in (conv, lambda inp: patch_conv(conv, inp)):
+        out = f(x)
+        r = torch.randn(out.shape, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+        first = torch.autograd.grad((out * r).sum(), leaves, create_graph=True)
+        second = torch.autograd.grad(sum((g * g).sum() for g in first), leaves, allow_unused=True)
+        derivatives.append((out, first, second))
+    assert derivatives[1][0].is_contiguous(memory_format=torch.channels_last)
+    (out_a, first_a, second_a), (out_b, first_b, second_b) = derivatives
+    assert torch.allclose(out_a, out_b, atol=1e-12)
+    for a, b in zip([*first_a, *second_a], [*first_b, *second_b], strict=True):
+        assert (a is None and b is None) or torch.allclose(a, b, atol=1e-10)
 
 
 def test_batch_statistics_norm_fused_and_plain_agree_to_second_order():

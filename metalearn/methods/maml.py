@@ -27,6 +27,10 @@ from metalearn.methods.inner_loop import Params, adapt, call
 
 log = logging.getLogger("metalearn")
 
+# How the tasks of a meta-batch run: one by one; all at once under torch.func.vmap; or split, the
+# support side (inner loop) under vmap and the query side one by one. `auto` picks by timing.
+BATCHING = ("loop", "vmap", "split")
+
 
 @dataclass
 class MAMLPlusPlus:
@@ -52,9 +56,9 @@ class MAML(Method):
                  task_batching: str = "auto"):
         super().__init__()
         self.name, self.plus = name, plus or MAMLPlusPlus()
-        self.task_batching = task_batching  # loop | vmap | auto (timed on the first meta-batch)
-        self.register_buffer("uses_vmap", torch.tensor(-1))  # the choice auto made: -1 not yet, 0 loop, 1 vmap
-        self.register_load_state_dict_pre_hook(_default_uses_vmap)  # checkpoints from before the buffer existed
+        self.task_batching = task_batching  # loop | vmap | split | auto (timed on the first meta-batch)
+        self.register_buffer("batching_path", torch.tensor(-1))  # the path auto chose: -1 not yet, else BATCHING[i]
+        self.register_load_state_dict_pre_hook(_older_batching_buffer)  # checkpoints from older versions
         self.model = nn.Sequential(backbone, nn.Linear(feature_dim, ways))
         self.ways, self.inner_lr, self.first_order = ways, inner_lr, first_order
         self.inner_steps, self.inner_steps_eval = inner_steps, inner_steps_eval
@@ -132,52 +136,90 @@ class MAML(Method):
         running = any(getattr(m, "track_running_stats", False) for m in self.model.modules())
         return self.step_bn is None and not running and self.msl_weights(self.inner_steps) is None
 
-    def batched_task_losses(self, batch: EpisodeBatch) -> tuple[torch.Tensor, torch.Tensor]:
-        """Query losses [T] and logits [T, Q, ways] of every task at once: the inner loop written with
-        torch.func.grad, mapped over the meta-batch with torch.func.vmap (the convolutions of all tasks
-        become one grouped convolution)."""
-        params = dict(self.model.named_parameters())
+    def _adapt_fn(self):
+        """The inner loop as a pure function (params, support images, labels) -> adapted params, for vmap."""
         names, steps, first_order = self.adapted, self.inner_steps, self._first_order_now()
 
-        def task(p: Params, xs: torch.Tensor, ys: torch.Tensor, xq: torch.Tensor, yq: torch.Tensor):
+        def adapted(p: Params, xs: torch.Tensor, ys: torch.Tensor) -> Params:
             for k in range(steps):
                 def inner_loss(sub: Params, p: Params = p) -> torch.Tensor:
                     return nn.functional.cross_entropy(fp32(call(self.model, {**p, **sub}, xs)), ys)
 
                 g = torch.func.grad(inner_loss)({n: p[n] for n in names})
                 p = {**p, **{n: p[n] - self._lr(n, k) * (g[n].detach() if first_order else g[n]) for n in names}}
-            logits = call(self.model, p, xq)
+            return p
+
+        return adapted
+
+    def batched_task_losses(self, batch: EpisodeBatch) -> tuple[torch.Tensor, torch.Tensor]:
+        """Query losses [T] and logits [T, Q, ways] of every task at once: the inner loop written with
+        torch.func.grad, mapped over the meta-batch with torch.func.vmap (the convolutions of all tasks
+        become one grouped convolution)."""
+        params, adapted = dict(self.model.named_parameters()), self._adapt_fn()
+
+        def task(p: Params, xs: torch.Tensor, ys: torch.Tensor, xq: torch.Tensor, yq: torch.Tensor):
+            logits = call(self.model, adapted(p, xs, ys), xq)
             return nn.functional.cross_entropy(fp32(logits), yq), logits
 
         with vmap_safe(self.model):
             return torch.func.vmap(task, in_dims=(None, 0, 0, 0, 0))(params, batch.support, batch.support_labels,
                                                                      batch.query, batch.query_labels)
 
-    def _choose_batching(self, batch: EpisodeBatch) -> bool:
-        """Whether to use vmap: as configured, or (auto) whichever of the two ran this meta-batch faster,
-        measured once and kept in a buffer so a resumed run takes the same path."""
+    def _split_meta_gradient(self, batch: EpisodeBatch) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """The support side of every task at once, the query side task by task. Why: the inner loop and
+        its second derivatives work on a few support images per task, too little to keep the cores busy
+        one task at a time (measured: a third of the loop path's time with 15 queries per class), while
+        the query pass, batched, becomes a grouped convolution slower than the tasks' own. So the
+        adapted weights of all tasks come from one vmap; each task's query loss is back-propagated to
+        its adapted weights alone (one query graph alive at a time); then one backward pass carries
+        those gradients through the batched inner loop to the meta-parameters."""
+        params = dict(self.model.named_parameters())
+        with vmap_safe(self.model):
+            adapted = torch.func.vmap(self._adapt_fn(), in_dims=(None, 0, 0))(params, batch.support,
+                                                                               batch.support_labels)
+        adapted = {n: adapted[n] for n in self.adapted}
+        outer = {n: torch.zeros_like(v) for n, v in adapted.items()}  # d(query loss) / d(adapted weights)
+        losses, accs = [], []
+        for t in range(batch.tasks):
+            leaves = {n: v[t].detach().requires_grad_() for n, v in adapted.items()}
+            logits = self._forward({**params, **leaves}, batch.query[t], self.inner_steps)
+            loss = nn.functional.cross_entropy(fp32(logits), batch.query_labels[t])
+            if torch.isfinite(loss):  # the body's weights, when not adapted (ANIL), get their .grad here
+                (loss / batch.tasks).backward()
+                for n, leaf in leaves.items():
+                    outer[n][t] = leaf.grad
+            losses.append(loss.detach())
+            accs.append((logits.argmax(-1) == batch.query_labels[t]).float().mean())
+        torch.autograd.backward(list(adapted.values()), list(outer.values()))
+        return torch.stack(losses).mean(), accs
+
+    def _choose_batching(self, batch: EpisodeBatch) -> str:
+        """The path for the meta-batch: as configured, or (auto) whichever of loop, vmap and split ran this
+        meta-batch fastest, measured once and kept in a buffer so a resumed run takes the same path."""
         if self.task_batching == "loop" or not self.vmap_supported():
-            return False
-        if self.task_batching == "vmap":
-            return True
-        if int(self.uses_vmap) < 0:
+            return "loop"
+        if self.task_batching != "auto":
+            return self.task_batching
+        if int(self.batching_path) < 0:
             times = {}
-            for use in (False, True, False, True):  # the first of each warms up
+            for path in BATCHING * 2:  # the first of each warms up
                 synchronize(batch.support.device)  # CUDA runs asynchronously: time the work, not its launch
                 start = time.perf_counter()
-                self._meta_gradient(batch, use)
+                self._meta_gradient(batch, path)
                 synchronize(batch.support.device)
-                times[use] = time.perf_counter() - start
+                times[path] = time.perf_counter() - start
             for p in self.parameters():
                 p.grad = None
-            self.uses_vmap.fill_(int(times[True] < times[False]))
-            log.info("%s: tasks of the meta-batch run %s (%.2f s vmap vs %.2f s one by one per meta-batch)",
-                     self.name, "under vmap" if int(self.uses_vmap) else "one by one", times[True], times[False])
-        return bool(int(self.uses_vmap))
+            self.batching_path.fill_(BATCHING.index(min(times, key=times.get)))
+            log.info("%s: tasks of the meta-batch run %s (s per meta-batch: %s)", self.name,
+                     BATCHING[int(self.batching_path)], ", ".join(f"{p} {t:.2f}" for p, t in times.items()))
+        return BATCHING[int(self.batching_path)]
 
-    def _meta_gradient(self, batch: EpisodeBatch, use_vmap: bool) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    def _meta_gradient(self, batch: EpisodeBatch, path: str) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """Accumulate the meta-gradient of the mean query loss; returns the mean loss and per-task accuracies."""
-        if use_vmap:
+        if path == "split":
+            return self._split_meta_gradient(batch)
+        if path == "vmap":
             losses, logits = self.batched_task_losses(batch)
             loss = losses.mean()
             if torch.isfinite(loss):
@@ -194,9 +236,9 @@ class MAML(Method):
 
     def train_step(self, batch: EpisodeBatch, optimizer: torch.optim.Optimizer) -> dict[str, float]:
         """One outer step for the meta-batch: tasks one by one (one graph alive at a time) or under vmap."""
-        use_vmap = self._choose_batching(batch)
+        path = self._choose_batching(batch)
         optimizer.zero_grad(set_to_none=True)
-        loss, accs = self._meta_gradient(batch, use_vmap)
+        loss, accs = self._meta_gradient(batch, path)
         if torch.isfinite(loss):
             optimizer.step()
         self.meta_steps += 1
@@ -218,8 +260,10 @@ class MAML(Method):
         return torch.stack(out)
 
 
-def _default_uses_vmap(module, state_dict, prefix, *args) -> None:
-    state_dict.setdefault(prefix + "uses_vmap", torch.tensor(-1))
+def _older_batching_buffer(module, state_dict, prefix, *args) -> None:
+    """Checkpoints from before the split path named the buffer `uses_vmap` (0 loop, 1 vmap: the same
+    indices), and older ones have none (auto then times the paths again)."""
+    state_dict.setdefault(prefix + "batching_path", state_dict.pop(prefix + "uses_vmap", torch.tensor(-1)))
 
 
 class _PerStepBatchNorm(nn.Module):

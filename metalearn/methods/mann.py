@@ -106,12 +106,16 @@ class MANN(EmbeddingMethod):
     def __init__(self, encoder: nn.Module, input_dim: int, ways: int, hidden: int = 200, slots: int = 128,
                  width: int = 40, heads: int = 4, gamma: float = 0.95, loss_on: str = "sequence",
                  key_strength: bool = True, normalize_input: bool = False, write: str = "add",
-                 aux_weight: float = 0.0):
+                 aux_weight: float = 0.0, project: int = 0):
         super().__init__()
         self.encoder, self.ways, self.loss_on, self.aux_weight = encoder, ways, loss_on, aux_weight
         # a parameter-free LayerNorm on the encoder output: a conv encoder cannot collapse to zero
         # output (measured without it: all-zero embeddings, the controller on label counts alone)
-        self.input_norm = nn.LayerNorm(input_dim, elementwise_affine=False) if normalize_input else nn.Identity()
+        norm = nn.LayerNorm(input_dim, elementwise_affine=False) if normalize_input else nn.Identity()
+        # optionally a learned linear map to `project` features: the controller's input is the example
+        # and its 5-wide label side by side, and 1,600 unit-variance features drown the label
+        self.input_map = nn.Sequential(norm, nn.Linear(input_dim, project)) if project > 0 else norm
+        input_dim = project if project > 0 else input_dim
         self.controller = nn.LSTMCell(input_dim + ways + heads * width, hidden)
         self.memory = LRUMemory(hidden, slots, width, heads, gamma, key_strength, write)
         self.out = nn.Linear(hidden + heads * width, ways)
@@ -160,7 +164,7 @@ class MANN(EmbeddingMethod):
     def loss(self, batch: EpisodeBatch) -> tuple[torch.Tensor, torch.Tensor]:
         """The paper's sequence loss (see the module docstring); returns the query positions' logits."""
         codes_s, codes_q = embed(self.encoder, batch.support, batch.query)
-        zs, zq = self.input_norm(codes_s), self.input_norm(codes_q)
+        zs, zq = self.input_map(codes_s), self.input_map(codes_q)
         if self.loss_on == "queries":
             logits = self.head(zs, batch.support_labels, zq, batch.ways)
             loss = nn.functional.cross_entropy(fp32(logits.flatten(0, 1)), batch.query_labels.flatten())
@@ -194,7 +198,7 @@ class MANN(EmbeddingMethod):
         return self.aux_weight * nn.functional.cross_entropy(fp32(logits.flatten(0, 1)), batch.query_labels.flatten())
 
     def encode(self, x):
-        return self.input_norm(self.encoder(x))
+        return self.input_map(self.encoder(x))
 
     def head(self, zs, support_labels, zq, ways):
         t, s, q = zs.shape[0], zs.shape[1], zq.shape[1]
