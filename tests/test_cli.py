@@ -39,6 +39,7 @@ def assert_clean_error(r, *phrases: str) -> None:
     (["hardware=cuda"], ["no CUDA device", "hardware=cpu"]),
     (["dataset.num_clases=3"], ["num_clases"]),
     (["shots=one"], ["shots", "one"]),
+    (["test.episodes=-1"], ["test.episodes must be >= 0", "metalearn-eval"]),
 ])
 def test_bad_input_gets_a_clear_message(tmp_path, args, phrases):
     import torch
@@ -46,6 +47,15 @@ def test_bad_input_gets_a_clear_message(tmp_path, args, phrases):
     if args == ["hardware=cuda"] and torch.cuda.is_available():
         pytest.skip("a CUDA device is present")
     assert_clean_error(cli("metalearn-train", "debug=smoke", *args, cwd=tmp_path), *phrases)
+
+
+def test_test_episodes_zero_skips_the_test_and_eval_refuses_zero_episodes(tmp_path):
+    r = cli("metalearn-train", "debug=smoke", "test.episodes=0", "run_dir=run", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-2000:]
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["status"] == "completed" and not summary.get("test")
+    assert "test skipped (test.episodes=0)" in r.stderr + r.stdout
+    assert_clean_error(cli("metalearn-eval", "run=run", "episodes=0", cwd=tmp_path), "evaluation episodes must be >= 1")
 
 
 def test_eval_scores_a_finished_run_on_fixed_episodes(trained):

@@ -12,6 +12,7 @@ import torch
 
 from metalearn.data.store import ImageStore
 from metalearn.episodes import EpisodePlans, EpisodeSampler, TaskSpec, episode_labels, gather
+from metalearn.errors import MetalearnError
 from metalearn.methods.base import EmbeddingMethod, Method, fp32
 
 
@@ -52,6 +53,8 @@ def evaluate(method: Method, store: ImageStore, split: str, spec: TaskSpec, epis
              device: torch.device, batch: int = 50, autocast: contextlib.AbstractContextManager | None = None,
              plans: EpisodePlans | None = None) -> EvalResult:
     """Accuracy of `method` on `episodes` episodes of `split`, drawn from `seed` (or the given plans)."""
+    if plans is None and episodes < 1:
+        raise MetalearnError(f"the number of evaluation episodes must be >= 1, got {episodes}")
     if plans is None:
         plans = EpisodeSampler(store, split, spec, seed).plans(0, episodes)
     was_training = method.training

@@ -113,6 +113,10 @@ class Trainer:
                                  f"val.every={cfg.val.every}, val.episodes={cfg.val.episodes}")
         if cfg.val.every > 0 and len(self.store.splits.get("val", [])):
             self.val_plans = EpisodeSampler(self.store, "val", self.eval_spec, cfg.val.seed).plans(0, cfg.val.episodes)
+        if cfg.test.episodes < 0 or cfg.test.batch < 1:
+            raise MetalearnError(f"test.episodes must be >= 0 (0: no test after training; `metalearn-eval run=...` "
+                                 f"tests later) and test.batch >= 1, got test.episodes={cfg.test.episodes}, "
+                                 f"test.batch={cfg.test.batch}")
         for spec in self.test_specs:  # fail now, not after an hour of training
             EpisodeSampler(self.store, "test", spec, cfg.test.seed)
         channels_last = cfg.hardware.channels_last and self.device.type in ("cpu", "cuda")
@@ -222,6 +226,9 @@ class Trainer:
 
     def test(self) -> dict:
         """Test on the fixed test episodes with the best checkpoint (the last one when there is no validation)."""
+        if self.cfg.test.episodes == 0:
+            log.info("test skipped (test.episodes=0); test later with: metalearn-eval run=%s", self.folder.path)
+            return {}
         which = "best" if self.folder.checkpoint("best").is_file() else "last"
         self.method.load_state_dict(load_checkpoint(self.folder.checkpoint(which))["method"])
         results = {}
