@@ -37,10 +37,13 @@ def vmap_safe(model: nn.Module) -> Iterator[None]:
     the batched convolution picks its own layout)."""
     layout = [m for m in model.modules() if getattr(m, "channels_last", False)]
     norms = [m for m in model.modules() if isinstance(m, BatchStatNorm2d)]
+    backbones = [m for m in model.modules() if hasattr(m, "under_vmap")]
     for m in layout:
         m.channels_last = False
     for m in norms:
         m.fused = False
+    for m in backbones:
+        m.under_vmap = True
     try:
         yield
     finally:
@@ -48,6 +51,23 @@ def vmap_safe(model: nn.Module) -> Iterator[None]:
             m.channels_last = True
         for m in norms:
             m.fused = True
+        for m in backbones:
+            m.under_vmap = False
+
+
+def run_layers(features: nn.Sequential, x: torch.Tensor, channels_last: bool, under_vmap: bool) -> torch.Tensor:
+    """The conv tower's layers in the layout asked for. Under vmap on the CPU the 1-channel first
+    convolution runs as patches x weight (`patch_conv`): the tasks' batched weights then make one
+    batched matrix product instead of a grouped convolution (measured, MAML 1 query/class under vmap,
+    2 threads: 142-151 to 160-179 tasks/s)."""
+    if channels_last:
+        return run_channels_last(features, x)
+    if not (under_vmap and x.device.type == "cpu"):
+        return features(x)
+    for layer in features:
+        patch = isinstance(layer, nn.Conv2d) and layer.in_channels == 1 and patch_conv_applies(layer)
+        x = patch_conv(layer, x) if patch else layer(x)
+    return x
 
 
 def run_channels_last(features: nn.Sequential, x: torch.Tensor) -> torch.Tensor:
@@ -110,10 +130,10 @@ class Conv4(nn.Module):
             else:
                 blocks += [nn.Conv2d(c_in, width, 3, stride=2, padding=1), bn(width), nn.ReLU()]
         self.features = nn.Sequential(*blocks)
-        self.pool, self.channels_last = pool, channels_last
+        self.pool, self.channels_last, self.under_vmap = pool, channels_last, False
 
     def feature_maps(self, x: torch.Tensor) -> torch.Tensor:
-        return run_channels_last(self.features, x) if self.channels_last else self.features(x)
+        return run_layers(self.features, x, self.channels_last, self.under_vmap)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.feature_maps(x)
@@ -134,10 +154,10 @@ class RelationConv4(nn.Module):
             if i < 2:
                 blocks.append(nn.MaxPool2d(2))
         self.features = nn.Sequential(*blocks)
-        self.channels_last = channels_last
+        self.channels_last, self.under_vmap = channels_last, False
 
     def feature_maps(self, x: torch.Tensor) -> torch.Tensor:
-        return run_channels_last(self.features, x) if self.channels_last else self.features(x)
+        return run_layers(self.features, x, self.channels_last, self.under_vmap)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.feature_maps(x).flatten(1)
