@@ -13,6 +13,7 @@ from __future__ import annotations
 import shutil
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import hydra
 from omegaconf import DictConfig
@@ -20,7 +21,31 @@ from omegaconf import DictConfig
 from metalearn.config import config_dir, register
 from metalearn.help import answer_help
 
+if TYPE_CHECKING:
+    from metalearn.engine.rundir import RunFolder
+
 register()
+
+
+def refuse_to_overwrite(folder: RunFolder, run_dir: str | None) -> None:
+    """A new run never starts in a folder that holds another run's checkpoint: it would overwrite it
+    (and its metrics) from step 0, where the user most likely meant to continue it."""
+    from metalearn.engine.checkpoint import load_checkpoint
+    from metalearn.errors import MetalearnError
+
+    if not folder.checkpoint("last").is_file():
+        return
+    status = folder.summary().get("status", "unfinished")
+    try:
+        ckpt = load_checkpoint(folder.checkpoint("last"))
+        held = f"a {status} run of {ckpt['config']['method']['name']} (checkpoint at step {ckpt['step']})"
+    except (MetalearnError, KeyError, TypeError):
+        held = f"a {status} run"
+    raise MetalearnError(
+        f"run_dir={run_dir} already holds {held}. A new run "
+        f"would overwrite it. Continue it with `metalearn-train resume=true run_dir={run_dir}`, start the new "
+        f"run in another folder (a new run_dir=, or none for a fresh folder under outputs/train/), or delete "
+        f"{folder.path} first to start over there.")
 
 
 def run(cfg: DictConfig) -> dict | None:
@@ -57,6 +82,7 @@ def run(cfg: DictConfig) -> dict | None:
             saved = folder.saved_config()
             saved.resume = True
             return train(saved, folder)
+        refuse_to_overwrite(folder, cfg.run_dir)
         folder.write_config(cfg, list(hc.overrides.task), dict(hc.runtime.choices))
         return train(cfg, folder)
 

@@ -41,6 +41,13 @@ def test_run_folder_holds_everything(tmp_path):
     rows = load_metrics(run)
     assert {"step", "loss", "accuracy", "lr"} <= set(rows[0]) and rows[-1]["step"] == 20
     assert (run / "learning_curve.png").read_bytes()[:4] == b"\x89PNG"
+    # a second new run into the same folder is refused before it touches the first run's files
+    kept = {name: (run / name).read_bytes() for name in ("config.yaml", "metrics.jsonl", "checkpoints/last.pt")}
+    again = cli("metalearn-train", "debug=smoke", "method=matching", "run_dir=run", cwd=tmp_path)
+    assert again.returncode == 2 and "Traceback" not in again.stderr, again.stderr
+    assert "already holds a completed run of protonet (checkpoint at step 20)" in again.stderr
+    assert "metalearn-train resume=true run_dir=run" in again.stderr
+    assert kept == {name: (run / name).read_bytes() for name in kept}
 
 
 def test_killed_run_resumes_to_the_same_result(tmp_path):
