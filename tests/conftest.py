@@ -37,6 +37,16 @@ def cli(tool: str, *args: str, cwd: Path, timeout: float = 300) -> subprocess.Co
                           env={**os.environ, "PYTHONWARNINGS": "ignore"})
 
 
+def smoke_train_then_eval(tmp_path: Path, name: str, extra: list[str], *eval_args: str) -> subprocess.CompletedProcess:
+    """`debug=smoke` training of method `name` into tmp_path/run, then metalearn-eval of it on 10 episodes
+    (both must succeed); returns the eval's result, whose stdout names the method and the task."""
+    r = cli("metalearn-train", f"method={name}", "debug=smoke", "run_dir=run", "test.episodes=10", *extra, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-2000:]
+    e = cli("metalearn-eval", "run=run", "episodes=10", *eval_args, cwd=tmp_path)
+    assert e.returncode == 0, e.stderr[-2000:]
+    return e
+
+
 def compose(*overrides: str, config: str = "train"):
     """The config a CLI call with these overrides would get, composed in-process."""
     from hydra import compose as hydra_compose

@@ -288,12 +288,9 @@ def test_meta_step_counter_is_checkpointed():
                                         ("maml", ["method.batch_norm=running"]), ("mamlpp", [])],
                          ids=["maml", "fomaml", "anil", "metasgd", "reptile", "maml-running-bn", "mamlpp"])
 def test_smoke_train_then_eval_through_the_cli(tmp_path, name, extra):
-    from conftest import cli
+    from conftest import cli, smoke_train_then_eval
 
-    r = cli("metalearn-train", f"method={name}", "debug=smoke", "run_dir=run", "test.episodes=10", *extra, cwd=tmp_path)
-    assert r.returncode == 0, r.stderr[-2000:]
-    e = cli("metalearn-eval", "run=run", "episodes=10", cwd=tmp_path)
-    assert e.returncode == 0, e.stderr[-2000:]
+    e = smoke_train_then_eval(tmp_path, name, extra)
     assert f"{name} on synthetic test 5-way 1-shot" in e.stdout
     if name == "maml" and not extra:  # the head fixes the way count: another is a clear error, not a crash
         bad = cli("metalearn-eval", "run=run", "ways=7", cwd=tmp_path)

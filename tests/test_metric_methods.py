@@ -261,12 +261,9 @@ def test_baseline_pretraining_learns_the_training_classes(store, cosine):
                          ids=["matching", "matching-fce", "relation", "siamese", "siamese-fc", "baseline", "baselinepp",
                               "pixel_nn"])
 def test_smoke_train_then_eval_through_the_cli(tmp_path, name, extra):
-    from conftest import cli
+    from conftest import smoke_train_then_eval
 
-    r = cli("metalearn-train", f"method={name}", "debug=smoke", "run_dir=run", "test.episodes=10", *extra, cwd=tmp_path)
-    assert r.returncode == 0, r.stderr[-2000:]
-    e = cli("metalearn-eval", "run=run", "episodes=10", "ways=7", cwd=tmp_path)
-    assert e.returncode == 0, e.stderr[-2000:]
+    e = smoke_train_then_eval(tmp_path, name, extra, "ways=7")
     assert f"{name} on synthetic test 7-way 1-shot" in e.stdout
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert summary["status"] == "completed" and summary["method_config"]["name"] == name
