@@ -196,6 +196,9 @@ class MANNConfig(MethodConfig):
     # > 0: a learned linear map of the (normalised) encoder output to this many features before the
     # controller (a wide embedding, e.g. conv4_relation's 1,600, otherwise swamps the 5-wide label input)
     project: int = 0
+    # > 0: Gaussian noise of this standard deviation on the controller's input codes in meta-training (a
+    # regulariser: the controller otherwise fits the tight code clusters of the training classes)
+    input_noise: float = 0.0
 
 
 @dataclass

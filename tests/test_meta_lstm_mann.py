@@ -266,3 +266,28 @@ def test_mann_label_slots_is_checked_and_sets_the_label_width():
         build_method(cfg(label_slots=3), (1, 4, 4), ways=5)
     with pytest.raises(MetalearnError, match="loss_on=sequence"):
         build_method(cfg(label_slots=20, loss_on="queries"), (1, 4, 4), ways=5)
+
+
+def test_mann_input_noise_perturbs_training_codes_only():
+    from metalearn.errors import MetalearnError
+
+    batch = tiny_batch(tasks=2)
+    torch.manual_seed(0)
+    plain = MANN(nn.Flatten(), 256, 3, hidden=8, slots=6, width=5, heads=2)
+    noisy = MANN(nn.Flatten(), 256, 3, hidden=8, slots=6, width=5, heads=2, input_noise=0.5)
+    noisy.load_state_dict(plain.state_dict())
+    z = torch.randn(4, 256)
+    torch.manual_seed(1)
+    added = noisy.train().noisy(z) - z
+    torch.manual_seed(1)
+    assert torch.allclose(added, 0.5 * torch.randn(4, 256), atol=1e-6)  # N(0, 0.5^2), fresh per code
+    torch.manual_seed(2)
+    base, _ = plain.train().loss(batch)
+    torch.manual_seed(2)
+    perturbed, _ = noisy.loss(batch)
+    assert not torch.allclose(base, perturbed)
+    plain.eval(), noisy.eval()  # prediction never sees noise
+    args = (batch.support[0], batch.support_labels[0], batch.query[0], 3)
+    assert torch.equal(plain.predict(*args), noisy.predict(*args))
+    with pytest.raises(MetalearnError, match="input_noise"):
+        MANN(nn.Flatten(), 256, 3, input_noise=-0.1)

@@ -95,7 +95,8 @@ def build_method(cfg: Any, image_shape: tuple[int, int, int], ways: int, channel
         encoder = nn.Flatten() if cfg.encoder == "pixels" else build_backbone(cfg.backbone, image_shape[0], channels_last)
         dim = image_shape[0] * image_shape[1] * image_shape[2] if cfg.encoder == "pixels" else feature_dim(encoder, image_shape)
         return MANN(encoder, dim, ways, cfg.hidden, cfg.slots, cfg.width, cfg.heads, cfg.gamma, cfg.loss_on,
-                    cfg.key_strength, cfg.normalize_input, cfg.write, cfg.aux_weight, cfg.project)
+                    cfg.key_strength, cfg.normalize_input, cfg.write, cfg.aux_weight, cfg.project,
+                    cfg.input_noise)
     if name in MAML_FAMILY or name == "reptile":
         _check(cfg, "batch_norm", ("transductive", "running"))
         backbone = build_backbone(cfg.backbone, image_shape[0], channels_last, cfg.batch_norm == "running")

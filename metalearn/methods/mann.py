@@ -106,9 +106,12 @@ class MANN(EmbeddingMethod):
     def __init__(self, encoder: nn.Module, input_dim: int, ways: int, hidden: int = 200, slots: int = 128,
                  width: int = 40, heads: int = 4, gamma: float = 0.95, loss_on: str = "sequence",
                  key_strength: bool = True, normalize_input: bool = False, write: str = "add",
-                 aux_weight: float = 0.0, project: int = 0):
+                 aux_weight: float = 0.0, project: int = 0, input_noise: float = 0.0):
         super().__init__()
+        if input_noise < 0:
+            raise MetalearnError(f"method.input_noise is a standard deviation, >= 0; got {input_noise}")
         self.encoder, self.ways, self.loss_on, self.aux_weight = encoder, ways, loss_on, aux_weight
+        self.input_noise = input_noise
         # a parameter-free LayerNorm on the encoder output: a conv encoder cannot collapse to zero
         # output (measured without it: all-zero embeddings, the controller on label counts alone)
         norm = nn.LayerNorm(input_dim, elementwise_affine=False) if normalize_input else nn.Identity()
@@ -164,7 +167,7 @@ class MANN(EmbeddingMethod):
     def loss(self, batch: EpisodeBatch) -> tuple[torch.Tensor, torch.Tensor]:
         """The paper's sequence loss (see the module docstring); returns the query positions' logits."""
         codes_s, codes_q = embed(self.encoder, batch.support, batch.query)
-        zs, zq = self.input_map(codes_s), self.input_map(codes_q)
+        zs, zq = self.noisy(self.input_map(codes_s)), self.noisy(self.input_map(codes_q))
         if self.loss_on == "queries":
             logits = self.head(zs, batch.support_labels, zq, batch.ways)
             loss = nn.functional.cross_entropy(fp32(logits.flatten(0, 1)), batch.query_labels.flatten())
@@ -180,6 +183,14 @@ class MANN(EmbeddingMethod):
         at = order.argsort(1)[:, zs.shape[1]:]  # where each query sits in its sequence
         q_logits = logits.gather(1, at[..., None].expand(-1, -1, logits.shape[-1]))
         return loss, q_logits.gather(2, slots[:, None].expand(-1, at.shape[1], -1))  # columns back in class order
+
+    def noisy(self, z: torch.Tensor) -> torch.Tensor:
+        """z plus N(0, input_noise^2) in training. Why: the codes of the training classes form tight clusters
+        (prototype accuracy 99.3% on them vs 95.3% on the test classes, measured), so the controller's reads
+        fit them: 90.5% under the test protocol on training classes, 73% on test classes."""
+        if not self.training or self.input_noise == 0:
+            return z
+        return z + self.input_noise * torch.randn_like(z)
 
     def label_slots_for(self, tasks: int, ways: int, device: torch.device) -> torch.Tensor:
         """[tasks, ways]: the label each task's class k is given. Classes 0..ways-1 keep their labels when the
