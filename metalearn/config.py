@@ -125,13 +125,22 @@ class MethodConfig:
 
 
 @dataclass
-class ProtoNetConfig(MethodConfig):
+class EmbeddingMethodConfig(MethodConfig):
+    """Methods that embed each image and compare codes (see metalearn.methods.base.EmbeddingMethod)."""
+
+    # test-time batch-norm statistics: running (tracked in training) | support (each task's support set's,
+    # MetaBN) | transductive (the task's support and queries together); see metalearn.methods.task_norm
+    batch_norm: str = "running"
+
+
+@dataclass
+class ProtoNetConfig(EmbeddingMethodConfig):
     name: str = "protonet"
     distance: str = "sqeuclidean"  # sqeuclidean | cosine
 
 
 @dataclass
-class MatchingConfig(MethodConfig):
+class MatchingConfig(EmbeddingMethodConfig):
     name: str = "matching"
     fce: bool = False  # full-context embeddings: a BiLSTM over the support set, an attention LSTM per query
     fce_steps: int = 5  # processing steps of the query's attention LSTM
@@ -139,14 +148,14 @@ class MatchingConfig(MethodConfig):
 
 
 @dataclass
-class RelationConfig(MethodConfig):
+class RelationConfig(EmbeddingMethodConfig):
     name: str = "relation"
     loss: str = "mse"  # mse (the paper: sigmoid scores regressed onto one-hot labels) | ce
     hidden: int = 8  # width of the relation module's hidden linear layer
 
 
 @dataclass
-class SiameseConfig(MethodConfig):
+class SiameseConfig(EmbeddingMethodConfig):
     name: str = "siamese"
     pairs: int = 128  # verification pairs per training step, half same-class, half different
     rule: str = "max"  # max (the paper: the best-matching support example) | kernel (sum_i k(x, x_i) y_i)
@@ -155,7 +164,7 @@ class SiameseConfig(MethodConfig):
 
 
 @dataclass
-class BaselineConfig(MethodConfig):
+class BaselineConfig(EmbeddingMethodConfig):
     """baseline (linear head) and baselinepp (cosine head): supervised pre-training, then a new head per task."""
 
     name: str = "baseline"
@@ -173,7 +182,7 @@ class MetaLSTMConfig(MethodConfig):
 
 
 @dataclass
-class MANNConfig(MethodConfig):
+class MANNConfig(EmbeddingMethodConfig):
     name: str = "mann"
     encoder: str = "pixels"  # pixels (the paper: flattened images) | conv (the backbone's embedding)
     hidden: int = 200  # LSTM controller
@@ -341,6 +350,7 @@ class EvalConfig:
     queries: int | None = None
     batch: int = 50
     dataset_root: str | None = None  # when the data moved since training
+    batch_norm: str | None = None  # test-time batch-norm statistics of an embedding method; null = the run's own
     hardware: HardwareConfig = field(default_factory=HardwareConfig)
 
 

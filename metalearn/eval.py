@@ -37,6 +37,8 @@ def run(cfg: DictConfig) -> dict:
     device = setup_device(cfg.hardware)
     method, ckpt = restore_method(folder, cfg.checkpoint, device)
     saved = ckpt["config"]
+    if cfg.batch_norm is not None:
+        set_policy(method, saved["method"]["name"], cfg.batch_norm)
     dataset = dict(saved["dataset"])
     if cfg.dataset_root is not None:
         dataset["root"] = cfg.dataset_root
@@ -45,11 +47,24 @@ def run(cfg: DictConfig) -> dict:
     method.check_task(spec)
     r = evaluate(method, store, cfg.split, spec, cfg.episodes, cfg.seed, device, cfg.batch,
                  autocast(device, cfg.hardware.amp))
-    path = r.save(folder / "eval", f"{cfg.split}_{spec.tag}_q{spec.queries}_seed{cfg.seed}_{ckpt['checkpoint_name']}")
+    bn = "" if cfg.batch_norm is None else f"_bn-{cfg.batch_norm}"
+    path = r.save(folder / "eval", f"{cfg.split}_{spec.tag}_q{spec.queries}_seed{cfg.seed}_{ckpt['checkpoint_name']}{bn}")
     print(f"{saved['method']['name']} on {saved['dataset']['name']} {cfg.split} {spec.ways}-way {spec.shots}-shot: "
           f"{100 * r.accuracy:.2f} ± {100 * r.ci95:.2f}% (95% CI, {len(r.per_episode)} episodes, "
-          f"episodes {r.plans.digest()}) -> {path}")
+          f"episodes {r.plans.digest()}{'' if r.batch_norm is None else ', batch norm: ' + r.batch_norm}) -> {path}")
     return r.summary()
+
+
+def set_policy(method, name: str, policy: str) -> None:
+    """batch_norm=...: score a trained embedding method with other test-time batch-norm statistics."""
+    from metalearn.errors import MetalearnError
+    from metalearn.methods import set_test_batch_norm
+    from metalearn.methods.base import EmbeddingMethod
+
+    if not isinstance(method, EmbeddingMethod):
+        raise MetalearnError(f"batch_norm={policy} sets an embedding method's test-time batch-norm statistics; {name} "
+                             f"fixes its policy in training (method.batch_norm there); drop batch_norm=")
+    set_test_batch_norm(method, policy, key="batch_norm")
 
 
 @hydra.main(version_base=None, config_path=config_dir(), config_name="eval")

@@ -14,6 +14,7 @@ from metalearn.data.store import ImageStore
 from metalearn.episodes import EpisodePlans, EpisodeSampler, TaskSpec, episode_labels, gather
 from metalearn.errors import MetalearnError
 from metalearn.methods.base import EmbeddingMethod, Method, fp32
+from metalearn.methods.task_norm import batch_norm_layers
 
 
 @dataclass
@@ -23,6 +24,7 @@ class EvalResult:
     seed: int
     per_episode: np.ndarray  # accuracy of each episode, in plan order
     plans: EpisodePlans
+    batch_norm: str | None = None  # an embedding method's test-time batch-norm statistics (None: no such layers)
 
     @property
     def accuracy(self) -> float:
@@ -36,7 +38,7 @@ class EvalResult:
     def summary(self) -> dict:
         return {"split": self.split, "ways": self.spec.ways, "shots": self.spec.shots, "queries": self.spec.queries,
                 "episodes": len(self.per_episode), "seed": self.seed, "accuracy": self.accuracy, "ci95": self.ci95,
-                "episodes_digest": self.plans.digest()}
+                "episodes_digest": self.plans.digest(), **({"batch_norm": self.batch_norm} if self.batch_norm else {})}
 
     def save(self, folder: Path, name: str) -> Path:
         """<name>.json (summary + per-episode accuracies) and <name>_episodes.npz (the plans)."""
@@ -70,7 +72,8 @@ def evaluate(method: Method, store: ImageStore, split: str, spec: TaskSpec, epis
                 logits = method.predict(b.support, b.support_labels, b.query, b.ways)
                 accs.append((logits.argmax(-1) == b.query_labels).float().mean(1).cpu())
     method.train(was_training)
-    return EvalResult(split, spec, seed, torch.cat(accs).numpy().astype(np.float64), plans)
+    bn = method.batch_norm if isinstance(method, EmbeddingMethod) and batch_norm_layers(method) else None
+    return EvalResult(split, spec, seed, torch.cat(accs).numpy().astype(np.float64), plans, bn)
 
 
 def encode_distinct(method: EmbeddingMethod, store: ImageStore, ids: np.ndarray,

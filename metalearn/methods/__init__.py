@@ -7,7 +7,8 @@ from typing import Any
 
 from metalearn.backbones import build_backbone, feature_dim
 from metalearn.errors import MetalearnError
-from metalearn.methods.base import Method
+from metalearn.methods.base import EmbeddingMethod, Method
+from metalearn.methods.task_norm import BN_POLICIES
 
 METHODS = ("protonet", "matching", "relation", "siamese", "baseline", "baselinepp", "pixel_nn",
            "maml", "fomaml", "anil", "metasgd", "mamlpp", "reptile", "meta_lstm", "mann")
@@ -23,6 +24,22 @@ def build_method(cfg: Any, image_shape: tuple[int, int, int], ways: int, channel
                  train_classes: int | None = None) -> Method:
     """`ways`: the training episodes' way count; `train_classes`: the training split's class count
     (the pre-training head of the transfer baselines)."""
+    method = _build(cfg, image_shape, ways, channels_last, train_classes)
+    if "batch_norm" in cfg and isinstance(method, EmbeddingMethod):
+        set_test_batch_norm(method, cfg.batch_norm)
+    return method
+
+
+def set_test_batch_norm(method: EmbeddingMethod, policy: str, key: str = "method.batch_norm") -> None:
+    """The batch-norm statistics `method` normalises with at test time (metalearn.methods.task_norm);
+    `key`: the option's name in the error for a bad policy."""
+    if policy not in BN_POLICIES:
+        raise MetalearnError(f"{key}={policy!r} is not one of: {', '.join(BN_POLICIES)}")
+    method.batch_norm = policy
+
+
+def _build(cfg: Any, image_shape: tuple[int, int, int], ways: int, channels_last: bool,
+           train_classes: int | None) -> Method:
     name = cfg.name
     if name == "protonet":
         from metalearn.methods.protonet import ProtoNet

@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from metalearn.episodes import EpisodeBatch, TaskSpec
+from metalearn.methods.task_norm import batch_norm_layers, embed_with_task_statistics
 
 
 def fp32(x: torch.Tensor) -> torch.Tensor:
@@ -84,6 +85,8 @@ class EmbeddingMethod(Method):
     only the few thousand a test split holds); see ``metalearn.engine.evaluate``.
     """
 
+    batch_norm = "running"  # the test-time batch-norm statistics: see metalearn.methods.task_norm
+
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         """Images [B, C, H, W] -> codes [B, ...]."""
         return self.backbone(x)
@@ -94,11 +97,16 @@ class EmbeddingMethod(Method):
 
     @one_or_many_tasks
     def predict(self, support, support_labels, query, ways):
-        zs, zq = embed(self.encode, support, query)
+        if self.training or self.batch_norm == "running" or not batch_norm_layers(self):
+            zs, zq = embed(self.encode, support, query)
+        else:
+            zs, zq = embed_with_task_statistics(lambda x: fp32(self.encode(x)), self, self.batch_norm, support, query)
         return self.head(zs, support_labels, zq, ways)
 
     def encodes_each_image_alone(self) -> bool:
         """True when, in the current train/eval mode, an image's code does not depend on the other
         images of its batch: no batch-norm layer normalises by batch statistics."""
+        if self.batch_norm != "running" and batch_norm_layers(self):
+            return False
         return not any(m.training or not m.track_running_stats or m.running_mean is None  # incl. BatchStatNorm2d
                        for m in self.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm))

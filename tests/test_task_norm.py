@@ -1,0 +1,148 @@
+"""Test-time batch-norm statistics of embedding methods (method.batch_norm: running | support | transductive)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from torch import nn
+
+from metalearn.backbones import Conv4, RelationConv4
+from metalearn.config import SyntheticConfig
+from metalearn.data.synthetic import build_synthetic
+from metalearn.engine.evaluate import evaluate
+from metalearn.episodes import EpisodeSampler, TaskSpec, gather
+from metalearn.errors import MetalearnError
+from metalearn.methods import set_test_batch_norm
+from metalearn.methods.protonet import ProtoNet
+from metalearn.methods.siamese import Siamese
+from metalearn.methods.task_norm import embed_with_task_statistics
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    return build_synthetic(SyntheticConfig(num_classes=60, images_per_class=10,
+                                           cache_dir=str(tmp_path_factory.mktemp("c"))))
+
+
+class OneBN(ProtoNet):
+    """conv -> batch norm -> flatten: small enough to normalise by hand."""
+
+    def __init__(self):
+        super().__init__(nn.Sequential(nn.Conv2d(1, 3, 3, stride=4), nn.BatchNorm2d(3), nn.Flatten()))
+        bn = self.backbone[1]
+        bn.running_mean.fill_(5.0)
+        bn.running_var.fill_(9.0)  # far from any batch's statistics: a policy that ignores them shows
+        nn.init.normal_(bn.weight)
+        nn.init.normal_(bn.bias)
+
+
+def by_hand(m: OneBN, x: torch.Tensor, mean: torch.Tensor, var: torch.Tensor) -> torch.Tensor:
+    conv, bn = m.backbone[0], m.backbone[1]
+    return nn.functional.batch_norm(conv(x), mean, var, bn.weight, bn.bias, False, 0.0, bn.eps).flatten(1)
+
+
+def stats(m: OneBN, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    h = m.backbone[0](x)
+    return h.mean((0, 2, 3)), h.var((0, 2, 3), unbiased=False)
+
+
+def test_support_statistics_normalise_support_and_queries_with_the_support_sets_moments(store):
+    torch.manual_seed(0)
+    m = OneBN().eval()
+    set_test_batch_norm(m, "support")
+    b = gather(store, EpisodeSampler(store, "test", TaskSpec(5, 2, 3), 0).plans(0, 2))
+    from metalearn.methods.protonet import prototype_logits
+
+    with torch.no_grad():
+        got = m.predict(b.support, b.support_labels, b.query, b.ways)
+        for t in range(2):
+            mean, var = stats(m, b.support[t])
+            zs, zq = by_hand(m, b.support[t], mean, var), by_hand(m, b.query[t], mean, var)
+            want = prototype_logits(zs[None], b.support_labels[t][None], zq[None], 5)[0]
+            assert torch.allclose(got[t], want, atol=1e-4)
+        set_test_batch_norm(m, "running")
+        running = m.predict(b.support, b.support_labels, b.query, b.ways)
+    assert not torch.allclose(got, running, atol=1e-2)  # the running statistics are far off: policies differ
+    assert all(x.running_mean.eq(5.0).all() for x in m.modules() if isinstance(x, nn.BatchNorm2d))  # untouched
+
+
+def test_transductive_statistics_take_the_support_and_all_queries_together(store):
+    torch.manual_seed(0)
+    m = OneBN().eval()
+    b = gather(store, EpisodeSampler(store, "test", TaskSpec(5, 1, 3), 0).plans(0, 1))
+    with torch.no_grad():
+        zs, zq = embed_with_task_statistics(m.encode, m, "transductive", b.support, b.query)
+        everything = torch.cat([b.support[0], b.query[0]])
+        want = by_hand(m, everything, *stats(m, everything))
+    assert torch.allclose(torch.cat([zs[0], zq[0]]), want, atol=1e-4)
+
+
+@pytest.mark.parametrize("policy", ["running", "support"])
+def test_a_query_is_classified_from_the_support_set_and_itself_alone(store, policy):
+    """Not transductive: replacing the other queries leaves a query's logits unchanged (and with
+    transductive statistics it does not)."""
+    torch.manual_seed(0)
+    m = Siamese(RelationConv4(1, 8), 200, embedding=16).eval()
+    for bn in m.modules():
+        if isinstance(bn, nn.BatchNorm2d):
+            bn.running_mean.normal_()
+            bn.running_var.uniform_(0.5, 2)
+    b = gather(store, EpisodeSampler(store, "test", TaskSpec(5, 1, 4), 0).plans(0, 1))
+    other = b.query.clone()
+    other[0, 1:] = torch.rand_like(other[0, 1:])
+    with torch.no_grad():
+        for p, alone in ((policy, True), ("transductive", False)):
+            set_test_batch_norm(m, p)
+            a = m.predict(b.support, b.support_labels, b.query, b.ways)[0, 0]
+            c = m.predict(b.support, b.support_labels, other, b.ways)[0, 0]
+            assert torch.allclose(a, c, atol=1e-5) == alone, p
+
+
+def test_support_statistics_keep_predictions_invariant_to_support_order(store):
+    torch.manual_seed(0)
+    m = ProtoNet(Conv4(1, 8)).eval()
+    set_test_batch_norm(m, "support")
+    b = gather(store, EpisodeSampler(store, "test", TaskSpec(5, 2, 3), 0).plans(0, 1))
+    perm = torch.randperm(10, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        a = m.predict(b.support[0], b.support_labels[0], b.query[0], b.ways)
+        c = m.predict(b.support[0][perm], b.support_labels[0][perm], b.query[0], b.ways)
+    assert torch.allclose(a, c, atol=1e-5)
+
+
+def test_evaluation_under_task_statistics_equals_predict_on_every_episode(store):
+    """Codes depend on the task, so evaluation must not take the encode-each-image-once shortcut."""
+    torch.manual_seed(0)
+    m = ProtoNet(Conv4(1, 8)).eval()
+    assert m.encodes_each_image_alone()
+    set_test_batch_norm(m, "support")
+    assert not m.encodes_each_image_alone()
+    plans = EpisodeSampler(store, "test", TaskSpec(5, 1, 3), 4).plans(0, 6)
+    b = gather(store, plans)
+    with torch.no_grad():
+        direct = (m.predict(b.support, b.support_labels, b.query, b.ways).argmax(-1) == b.query_labels).float().mean(1)
+    r = evaluate(m, store, "test", TaskSpec(5, 1, 3), 6, 4, torch.device("cpu"), batch=4)
+    assert torch.equal(torch.from_numpy(r.per_episode).float(), direct)
+    assert r.summary()["batch_norm"] == "support"
+
+
+def test_a_bad_policy_names_the_key_and_the_choices():
+    with pytest.raises(MetalearnError, match=r"method.batch_norm='tasknorm'.*running, support, transductive"):
+        set_test_batch_norm(ProtoNet(Conv4(1, 8)), "tasknorm")
+
+
+def test_the_policy_is_a_config_key_and_a_metalearn_eval_override(tmp_path):
+    from conftest import cli, smoke_train_then_eval
+
+    e = smoke_train_then_eval(tmp_path, "protonet", ["method.batch_norm=support"], "batch_norm=transductive")
+    assert "batch norm: transductive" in e.stdout
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["method_config"]["batch_norm"] == "support"
+    assert summary["test"]["5w1s"]["batch_norm"] == "support"
+    saved = json.loads(next((tmp_path / "run" / "eval").glob("*_bn-transductive.json")).read_text())
+    assert saved["batch_norm"] == "transductive"
+    bad = cli("metalearn-eval", "run=run", "episodes=10", "batch_norm=whatever", cwd=tmp_path)
+    assert bad.returncode != 0 and "batch_norm='whatever' is not one of: running, support, transductive" in bad.stderr
+    assert "Traceback" not in bad.stderr
