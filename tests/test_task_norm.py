@@ -146,3 +146,11 @@ def test_the_policy_is_a_config_key_and_a_metalearn_eval_override(tmp_path):
     bad = cli("metalearn-eval", "run=run", "episodes=10", "batch_norm=whatever", cwd=tmp_path)
     assert bad.returncode != 0 and "batch_norm='whatever' is not one of: running, support, transductive" in bad.stderr
     assert "Traceback" not in bad.stderr
+
+
+def test_metalearn_eval_refuses_a_policy_for_a_method_that_fixes_it_in_training():
+    from metalearn.eval import set_policy
+    from metalearn.methods.maml import MAML
+
+    with pytest.raises(MetalearnError, match=r"maml fixes its policy in training \(method.batch_norm there\)"):
+        set_policy(MAML(Conv4(1, 8), 8, 5, inner_lr=0.4, inner_steps=1, inner_steps_eval=1), "maml", "support")
