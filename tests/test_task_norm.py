@@ -16,6 +16,7 @@ from metalearn.episodes import EpisodeSampler, TaskSpec, gather
 from metalearn.errors import MetalearnError
 from metalearn.methods import set_test_batch_norm
 from metalearn.methods.protonet import ProtoNet
+from metalearn.methods.relation import RelationNet
 from metalearn.methods.siamese import Siamese
 from metalearn.methods.task_norm import embed_with_task_statistics
 
@@ -71,12 +72,13 @@ def test_support_statistics_normalise_support_and_queries_with_the_support_sets_
 def test_transductive_statistics_take_the_support_and_all_queries_together(store):
     torch.manual_seed(0)
     m = OneBN().eval()
-    b = gather(store, EpisodeSampler(store, "test", TaskSpec(5, 1, 3), 0).plans(0, 1))
+    b = gather(store, EpisodeSampler(store, "test", TaskSpec(5, 1, 3), 0).plans(0, 3))
     with torch.no_grad():
         zs, zq = embed_with_task_statistics(m.encode, m, "transductive", b.support, b.query)
-        everything = torch.cat([b.support[0], b.query[0]])
-        want = by_hand(m, everything, *stats(m, everything))
-    assert torch.allclose(torch.cat([zs[0], zq[0]]), want, atol=1e-4)
+        for t in range(3):
+            everything = torch.cat([b.support[t], b.query[t]])
+            want = by_hand(m, everything, *stats(m, everything))
+            assert torch.allclose(torch.cat([zs[t], zq[t]]), want, atol=1e-4)
 
 
 @pytest.mark.parametrize("policy", ["running", "support"])
@@ -154,3 +156,17 @@ def test_metalearn_eval_refuses_a_policy_for_a_method_that_fixes_it_in_training(
 
     with pytest.raises(MetalearnError, match=r"maml fixes its policy in training \(method.batch_norm there\)"):
         set_policy(MAML(Conv4(1, 8), 8, 5, inner_lr=0.4, inner_steps=1, inner_steps_eval=1), "maml", "support")
+
+
+@pytest.mark.parametrize("policy", ["support", "transductive"])
+def test_each_task_of_a_batch_gets_the_codes_it_gets_alone(store, policy):
+    """A relation network (multi-dimensional codes, batch norm in its head too) under channels_last."""
+    torch.manual_seed(0)
+    m = RelationNet(RelationConv4(1, 8, channels_last=True), (1, 28, 28)).eval()
+    set_test_batch_norm(m, policy)
+    b = gather(store, EpisodeSampler(store, "test", TaskSpec(5, 1, 3), 0).plans(0, 4))
+    with torch.no_grad():
+        together = m.predict(b.support, b.support_labels, b.query, b.ways)
+        for t in range(4):
+            alone = m.predict(b.support[t], b.support_labels[t], b.query[t], b.ways)
+            assert torch.allclose(together[t], alone, atol=1e-5)

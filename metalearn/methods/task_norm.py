@@ -64,7 +64,8 @@ def embed_with_task_statistics(encode: Callable[[torch.Tensor], torch.Tensor], m
                                support: torch.Tensor, query: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Support [T, S, ...] and query [T, Q, ...] -> codes [T, S, D], [T, Q, D], task by task, each task's
     batch-norm statistics taken from its support set (``support``) or its support and queries together
-    (``transductive``)."""
+    (``transductive``). Why task by task: one pass over all tasks with per-task statistics gives up
+    batch norm's fused kernel and measured 2x slower (200 Siamese episodes on 1 thread: 40-47 s vs 19-23 s)."""
     zs, zq = [], []
     s = support.shape[1]
     with TaskStatistics(module) as stats:
