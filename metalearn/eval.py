@@ -2,6 +2,7 @@
 
     metalearn-eval run=outputs/train/<date>/<run>                    # the run's own task, 600 test episodes
     metalearn-eval run=... ways=20 shots=1 episodes=1000 checkpoint=last
+    metalearn-eval run=... batch_norm=support      # other test-time batch-norm statistics (embedding methods)
 
 The episodes are drawn from `seed` on the run's test split, so every method
 trained on the same dataset config is scored on identical episodes; the

@@ -4,7 +4,8 @@
 
 Writes to --out: leaderboard.md and leaderboard.csv (test accuracy ± 95% CI of every run, per
 dataset and task, best first, with the paired difference to the leader where both were scored on
-the same episodes), seeds.csv (runs that differ only in `seed`, averaged: mean ± 1.96·std/√k
+the same episodes, and the test-time batch-norm statistics of each embedding method, so that a
+comparison across policies shows), seeds.csv (runs that differ only in `seed`, averaged: mean ± 1.96·std/√k
 across seeds), learning_curves.png and accuracy_vs_shots.png.
 
 A paired difference uses the per-episode accuracies both runs saved (eval/test_<tag>.json): the
@@ -66,7 +67,8 @@ def load_results(run: Path) -> list[Result]:
             per = np.asarray(json.loads(path.read_text())["per_episode"], dtype=np.float64)
         out.append(Result(run, s.get("method", "?"), dataset, tag, t["ways"], t["shots"], t["accuracy"],
                           t["ci95"], t.get("episodes_digest"), per, " ".join(sorted(overrides)), s.get("seed", 0),
-                          s.get("status", "?"), {"wall_time_s": s.get("wall_time_s"), "steps": s.get("steps_done")}))
+                          s.get("status", "?"), {"wall_time_s": s.get("wall_time_s"), "steps": s.get("steps_done"),
+                                                  "batch_norm": t.get("batch_norm")}))
     if not out:  # failed or unfinished runs still appear, so nothing is silently dropped
         out.append(Result(run, s.get("method", "?"), dataset, "-", 0, 0, math.nan, math.nan, None, None,
                           " ".join(sorted(overrides)), s.get("seed", 0), s.get("status", "?"),
@@ -97,7 +99,8 @@ def leaderboard(results: list[Result]) -> list[dict]:
             rows.append({"dataset": dataset, "task": tag, "rank": rank, "method": r.method,
                          "accuracy": r.accuracy, "ci95": r.ci95, "vs_leader": diff, "seed": r.seed,
                          "status": r.status, "config": r.config, "run": str(r.run),
-                         "wall_time_s": r.extra.get("wall_time_s"), "episodes": r.digest})
+                         "wall_time_s": r.extra.get("wall_time_s"), "episodes": r.digest,
+                         "test_batch_norm": r.extra.get("batch_norm") or ""})
     return rows
 
 
@@ -122,11 +125,12 @@ def _pct(x: float) -> str:
 def markdown(rows: list[dict], seeds: list[dict]) -> str:
     lines = ["# metalearn leaderboard", ""]
     for key in sorted({(r["dataset"], r["task"]) for r in rows}):
-        lines += [f"## {key[0]}, {key[1]}", "", "| # | method | accuracy (95% CI) | vs leader, paired | seed | status | "
-                  "config | run |", "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+        lines += [f"## {key[0]}, {key[1]}", "", "| # | method | accuracy (95% CI) | vs leader, paired | test batch norm | "
+                  "seed | status | config | run |", "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
         for r in (r for r in rows if (r["dataset"], r["task"]) == key):
             lines.append(f"| {r['rank']} | {r['method']} | {_pct(r['accuracy'])} ± {_pct(r['ci95'])}% | "
-                         f"{r['vs_leader']} | {r['seed']} | {r['status']} | `{r['config']}` | {Path(r['run']).name} |")
+                         f"{r['vs_leader']} | {r['test_batch_norm'] or '—'} | {r['seed']} | {r['status']} | "
+                         f"`{r['config']}` | {Path(r['run']).name} |")
         lines.append("")
     multi = [s for s in seeds if s["seeds"] > 1]
     if multi:

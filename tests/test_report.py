@@ -35,6 +35,9 @@ def test_report_from_real_runs(tmp_path):
     assert [int(r["rank"]) for r in ranked] == [1, 2, 3]
     assert float(ranked[0]["accuracy"]) >= float(ranked[-1]["accuracy"])
     assert ranked[0]["vs_leader"] == "" and all(r["vs_leader"].startswith(("+", "-")) for r in ranked[1:])
+    # the test-time batch-norm statistics show, so that runs scored under different policies stand out
+    assert {r["method"]: r["test_batch_norm"] for r in ranked} == {"protonet": "running", "pixel_nn": ""}
+    assert "| running |" in md
     seeds = list(csv.DictReader((out / "seeds.csv").read_text().splitlines()))
     proto = [s for s in seeds if s["method"] == "protonet"]
     assert len(proto) == 1 and proto[0]["seeds"] == "2"  # the two seeds of one configuration, averaged
