@@ -8,8 +8,9 @@
 Figures (issue 7):
 1. sampler: 5-way 1+15 Omniglot episodes/s, ours vs learn2learn's TaskDataset on the same images;
 2. MAML (second order, Conv-4 strided 64, 5-way 1-shot, meta-batch 32, 1 inner step): tasks/s vs
-   learn2learn, with 15 and with 1 query per class; ours task by task, under vmap, split, and auto's
-   pick (and auto's pick under bf16 autocast, reported beside the fp32 figures, not instead of them);
+   learn2learn, with 15 and with 1 query per class; ours task by task, under vmap, split (its query
+   side in a thread per core, and in one thread), and auto's pick (and auto's pick under bf16
+   autocast, reported beside the fp32 figures, not instead of them);
    the peer also once more with our allocator setting (hardware.keep_freed_memory), for fairness;
 3. ProtoNet training step vs the bare forward+backward of the same images through the backbone;
 4. evaluation of 600 5-way 1-shot ProtoNet episodes on Omniglot (seconds);
@@ -71,7 +72,9 @@ def maml_worker(queries: int, batching: str, iters: int, amp: str = "none") -> N
     keep_freed_memory()  # as every metalearn run does (hardware.keep_freed_memory, on by default)
     torch.manual_seed(0)
     backbone = Conv4(1, 64, "stride", channels_last=True, bn_running_stats=False).to(memory_format=torch.channels_last)
-    m = MAML(backbone, 64, 5, 0.4, 1, 3, task_batching=batching)
+    m = MAML(backbone, 64, 5, 0.4, 1, 3, task_batching="split" if batching == "split1" else batching)
+    if batching == "split1":
+        m.query_threads = 1  # split with its query side in one thread: what the query threads add
     opt = torch.optim.Adam(m.parameters(), 1e-3)
     b = EpisodeBatch(torch.randn(32, 5, 1, 28, 28), torch.arange(5).expand(32, -1),
                      torch.randn(32, 5 * queries, 1, 28, 28), torch.arange(5).repeat_interleave(queries).expand(32, -1), 5)
@@ -144,7 +147,7 @@ def bench_maml(l2l: Path | None, iters: int, repeats: int) -> dict:
     runs: dict[str, list[dict]] = {}
     for _ in range(repeats):
         for q in (15, 1):
-            for batching in ("loop", "vmap", "split", "auto"):
+            for batching in ("loop", "vmap", "split", "split1", "auto"):
                 r = run_python([__file__, "--worker", "maml", str(q), batching, str(iters)])
                 runs.setdefault(f"q{q}_{batching}", []).append(json.loads(r.strip().splitlines()[-1]))
             r = run_python([__file__, "--worker", "maml", str(q), "auto", str(iters), "bf16"])
@@ -238,8 +241,9 @@ def report(results: dict) -> str:
         best = mm[f"q{q}_auto"]
         peer = mm.get(f"q{q}_l2l", {}).get("tasks_per_s")
         row(f"MAML {q} queries/class, auto ({best['path']})", best["tasks_per_s"], peer, "tasks/s", ">= 2x")
-        for path in ("loop", "vmap", "split"):
-            row(f"  MAML {q} queries/class, {path}", mm[f"q{q}_{path}"]["tasks_per_s"], peer, "tasks/s", "")
+        for path, label in (("loop", "loop"), ("vmap", "vmap"), ("split", "split"),
+                            ("split1", "split, query side in one thread")):
+            row(f"  MAML {q} queries/class, {label}", mm[f"q{q}_{path}"]["tasks_per_s"], peer, "tasks/s", "")
         kept = mm.get(f"q{q}_l2l_kept", {}).get("tasks_per_s")
         if kept is not None:
             row(f"  MAML {q} queries/class, auto, vs the peer with our allocator setting (keep_freed_memory)",

@@ -320,19 +320,24 @@ def conv_batch(tasks: int = 3) -> EpisodeBatch:
                          ids=["maml", "fomaml", "anil", "metasgd", "lslr"])
 def test_vmap_and_split_over_the_meta_batch_give_the_loop_meta_gradient(kw):
     """The batched paths (torch.func.grad inside torch.func.vmap, batch-norm on batch statistics; split:
-    only the inner loop batched) are the same computation as the task-by-task one, first and second
-    order, with the same loss and accuracy."""
-    b = conv_batch()
+    only the inner loop batched, its query side in one thread or in several) are the same computation
+    as the task-by-task one, first and second order, with the same loss and accuracy."""
+    b = conv_batch(tasks=5)  # 5 tasks over 3 query threads: the threads get unequal shares
+    threads = torch.get_num_threads()
     grads, stats = [], []
-    for batching in ("loop", "vmap", "split"):
+    for batching, query_threads in (("loop", None), ("vmap", None), ("split", 1), ("split", 3)):
         m = conv_maml(task_batching=batching, **kw)
+        m.query_threads = query_threads
         opt = torch.optim.SGD(m.parameters(), lr=0.0)
         stats.append(m.train_step(b, opt))
         grads.append([p.grad.clone() for p in m.parameters()])
         assert int(m.batching_path) == -1  # a configured path is not recorded as an auto choice
+        assert torch.get_num_threads() == threads  # the query threads hand torch's thread count back
+        assert len(m._replicas) == (3 if query_threads == 3 else 0)
+        assert set(m.state_dict()) == set(conv_maml(**kw).state_dict())  # the replicas are not checkpointed
     for other in grads[1:]:
         assert all(torch.allclose(a, c, rtol=1e-9, atol=1e-12) for a, c in zip(grads[0], other, strict=True))
-    assert stats[0] == pytest.approx(stats[1]) and stats[0] == pytest.approx(stats[2])
+    assert all(s == pytest.approx(stats[0]) for s in stats[1:])
     assert 0.0 <= stats[0]["accuracy"] <= 1.0
 
 
