@@ -57,3 +57,15 @@ def compose(*overrides: str, config: str = "train"):
     register()
     with initialize_config_dir(config_dir=config_dir(), version_base=None):
         return hydra_compose(config_name=config, overrides=list(overrides))
+
+
+def predictions_with_support_shuffled(method, batch):
+    """Task 0 of `batch` predicted from its support set as given and in a shuffled order: the two
+    must agree for every method whose prediction is a function of the support *set*."""
+    import torch
+
+    perm = torch.randperm(batch.support.shape[1], generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        given = method.predict(batch.support[0], batch.support_labels[0], batch.query[0], batch.ways)
+        shuffled = method.predict(batch.support[0][perm], batch.support_labels[0][perm], batch.query[0], batch.ways)
+    return given, shuffled

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import predictions_with_support_shuffled
 
 from metalearn.backbones import Conv4, RelationConv4
 from metalearn.config import SyntheticConfig
@@ -72,10 +73,7 @@ def test_protonet_logits_are_negative_squared_distances_to_class_means(store):
 def test_shuffling_the_support_set_does_not_change_predictions(store, method):
     method.eval()
     b = batch(store, tasks=1)
-    perm = torch.randperm(b.support.shape[1], generator=torch.Generator().manual_seed(1))
-    with torch.no_grad():
-        a = method.predict(b.support[0], b.support_labels[0], b.query[0], b.ways)
-        c = method.predict(b.support[0][perm], b.support_labels[0][perm], b.query[0], b.ways)
+    a, c = predictions_with_support_shuffled(method, b)
     assert torch.allclose(a, c, atol=1e-4)
 
 

@@ -7,6 +7,7 @@ import json
 import numpy as np
 import pytest
 import torch
+from conftest import predictions_with_support_shuffled
 from torch import nn
 
 from metalearn.backbones import Conv4, RelationConv4
@@ -46,10 +47,7 @@ def methods():
 def test_shuffling_the_support_set_does_not_change_predictions(store, name):
     m = methods()[name].eval()
     b = episodes(store, tasks=1)
-    perm = torch.randperm(b.support.shape[1], generator=torch.Generator().manual_seed(1))
-    with torch.no_grad():
-        a = m.predict(b.support[0], b.support_labels[0], b.query[0], b.ways)
-        c = m.predict(b.support[0][perm], b.support_labels[0][perm], b.query[0], b.ways)
+    a, c = predictions_with_support_shuffled(m, b)
     assert a.shape == (15, 5)
     assert torch.allclose(a, c, atol=1e-5)
 

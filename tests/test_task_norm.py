@@ -6,6 +6,7 @@ import json
 
 import pytest
 import torch
+from conftest import predictions_with_support_shuffled
 from torch import nn
 
 from metalearn.backbones import Conv4, RelationConv4
@@ -107,10 +108,7 @@ def test_support_statistics_keep_predictions_invariant_to_support_order(store):
     m = ProtoNet(Conv4(1, 8)).eval()
     set_test_batch_norm(m, "support")
     b = gather(store, EpisodeSampler(store, "test", TaskSpec(5, 2, 3), 0).plans(0, 1))
-    perm = torch.randperm(10, generator=torch.Generator().manual_seed(1))
-    with torch.no_grad():
-        a = m.predict(b.support[0], b.support_labels[0], b.query[0], b.ways)
-        c = m.predict(b.support[0][perm], b.support_labels[0][perm], b.query[0], b.ways)
+    a, c = predictions_with_support_shuffled(m, b)
     assert torch.allclose(a, c, atol=1e-5)
 
 
