@@ -35,24 +35,16 @@ def vmap_safe(model: nn.Module) -> Iterator[None]:
     """Within this block `model` runs correctly under torch.func.vmap: batch-norm in plain ops (see
     BatchStatNorm2d) and no memory-format conversion (vmap cannot reorder memory inside its transform;
     the batched convolution picks its own layout)."""
-    layout = [m for m in model.modules() if getattr(m, "channels_last", False)]
-    norms = [m for m in model.modules() if isinstance(m, BatchStatNorm2d)]
-    backbones = [m for m in model.modules() if hasattr(m, "under_vmap")]
-    for m in layout:
-        m.channels_last = False
-    for m in norms:
-        m.fused = False
-    for m in backbones:
-        m.under_vmap = True
+    switches = [(m, "channels_last", False) for m in model.modules() if getattr(m, "channels_last", False)]
+    switches += [(m, "fused", False) for m in model.modules() if isinstance(m, BatchStatNorm2d)]
+    switches += [(m, "under_vmap", True) for m in model.modules() if hasattr(m, "under_vmap")]
+    for m, attr, value in switches:
+        setattr(m, attr, value)
     try:
         yield
     finally:
-        for m in layout:
-            m.channels_last = True
-        for m in norms:
-            m.fused = True
-        for m in backbones:
-            m.under_vmap = False
+        for m, attr, value in switches:
+            setattr(m, attr, not value)
 
 
 def run_layers(features: nn.Sequential, x: torch.Tensor, channels_last: bool, under_vmap: bool) -> torch.Tensor:
