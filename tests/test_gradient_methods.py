@@ -369,6 +369,33 @@ def test_auto_batching_times_the_paths_once_and_keeps_its_choice():
     assert int(none.batching_path) == -1
 
 
+@pytest.mark.parametrize(("seconds", "chosen"), [
+    # the fomaml preset's case: one noisy split round (0.75) above the loop's best, split's best below it
+    ({"loop": [0.1, 0.69, 0.72], "vmap": [2.0, 1.31, 1.30], "split": [9.0, 0.75, 0.57]}, "split"),
+    # the warm-up round does not count, however fast
+    ({"loop": [0.01, 0.70, 0.71], "vmap": [2.0, 0.50, 0.60], "split": [9.0, 0.80, 0.90]}, "vmap"),
+])
+def test_auto_batching_keeps_each_paths_best_timed_round(monkeypatch, seconds, chosen):
+    """auto's selection on a scripted clock: one warm-up round, then the fastest of the timed rounds per
+    path, the rounds interleaved (loop, vmap, split, loop, ...)."""
+    from metalearn.methods import maml as maml_module
+    clock, order = [0.0], []
+
+    def scripted(batch, path):
+        order.append(path)
+        clock[0] += seconds[path].pop(0)
+        return torch.tensor(0.0), [torch.tensor(1.0)]
+
+    m = conv_maml(task_batching="auto")
+    monkeypatch.setattr(maml_module.time, "perf_counter", lambda: clock[0])
+    monkeypatch.setattr(m, "_meta_gradient", scripted)
+    assert maml_module.TIMED_ROUNDS == 2
+    assert m._choose_batching(conv_batch()) == chosen
+    assert order == list(maml_module.BATCHING) * 3
+    assert all(not left for left in seconds.values())  # every scripted round was run
+    assert m._choose_batching(conv_batch()) == chosen and len(order) == 9  # timed once, then kept
+
+
 def test_msl_and_running_statistics_fall_back_to_the_loop():
     from metalearn.backbones import Conv4
 
