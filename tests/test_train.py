@@ -80,6 +80,43 @@ def test_killed_run_resumes_to_the_same_result(tmp_path):
     assert load_metrics(tmp_path / "ref") == load_metrics(tmp_path / "killed")
 
 
+def test_finished_run_trained_further_equals_the_longer_run(tmp_path):
+    """resume=true steps=N continues a finished run to N steps and ends where one N-step run does (the
+    first run's last step on the logging and validation grid, so both streams hold the same records)."""
+    short = ["debug=smoke", "checkpoint_every=14", "log_every=7", "val.every=14", "seed=5", "hardware.threads=1"]
+    assert cli("metalearn-train", *short, "steps=28", "run_dir=long", cwd=tmp_path).returncode == 0
+    assert cli("metalearn-train", *short, "steps=14", "run_dir=short", cwd=tmp_path).returncode == 0
+    res = cli("metalearn-train", "resume=true", "run_dir=short", "steps=28", cwd=tmp_path)
+    assert res.returncode == 0, res.stderr
+    assert "resumed from step 14 of 28" in res.stderr
+    a, b = (json.loads((tmp_path / d / "summary.json").read_text()) for d in ("long", "short"))
+    for key in ("final_val", "best_val", "steps_done", "status", "test", "steps"):
+        assert a[key] == b[key], key
+    assert {k: v for k, v in a["final_train"].items() if k != "episodes_per_s"} == \
+           {k: v for k, v in b["final_train"].items() if k != "episodes_per_s"}
+    assert load_metrics(tmp_path / "long") == load_metrics(tmp_path / "short")
+    assert "steps: 28" in (tmp_path / "short" / "config.yaml").read_text()  # a later kill resumes towards 28
+    assert b["overrides"][-1] == "steps=28" and "steps=14" not in b["overrides"]
+
+
+def test_resume_refuses_what_it_would_not_apply(tmp_path):
+    """Overrides other than steps= used to be dropped without a word on resume: now each is named, with
+    the way to get it; steps cannot go below the checkpoint, nor stretch a schedule laid out over the run."""
+    assert cli("metalearn-train", "debug=smoke", "schedule.name=cosine", "run_dir=run", cwd=tmp_path).returncode == 0
+    kept = {n: (tmp_path / "run" / n).read_bytes() for n in ("config.yaml", "overrides.json", "checkpoints/last.pt")}
+    for args, says in ((["method=matching", "ways=10"], "method=matching, ways=10 would not apply"),
+                       (["steps=40"], "schedule.name=cosine is laid out over its steps=20"),
+                       (["+hardware.threads=1"], "+hardware.threads=1 would not apply")):
+        r = cli("metalearn-train", "resume=true", "run_dir=run", *args, cwd=tmp_path)
+        assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+        assert says in r.stderr, r.stderr
+    assert "init.run=" in r.stderr and "config.yaml" in r.stderr
+    assert cli("metalearn-train", "debug=smoke", "run_dir=plain", cwd=tmp_path).returncode == 0
+    r = cli("metalearn-train", "resume=true", "run_dir=plain", "steps=10", cwd=tmp_path)
+    assert r.returncode == 2 and "steps=10 is below this run's checkpoint at step 20" in r.stderr, r.stderr
+    assert kept == {n: (tmp_path / "run" / n).read_bytes() for n in kept}
+
+
 def test_sigterm_marks_the_run_interrupted_and_it_resumes(tmp_path):
     exe = [sys.executable, "-m", "metalearn.train", *FAST, "run_dir=stopped"]
     proc = subprocess.Popen(exe, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)

@@ -28,10 +28,15 @@ def git_commit() -> dict:
     return {"commit": sha or None, "dirty": bool(dirty) if sha else None}
 
 
-def _write_json(path: Path, data: Any) -> None:
+def _write_text(path: Path, text: str) -> None:
+    """Whole or not at all: a run's record files are rewritten in place (summary, an extended config)."""
     tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=2, default=str))
+    tmp.write_text(text)
     os.replace(tmp, path)
+
+
+def _write_json(path: Path, data: Any) -> None:
+    _write_text(path, json.dumps(data, indent=2, default=str))
 
 
 class RunFolder:
@@ -48,8 +53,13 @@ class RunFolder:
     def write_config(self, cfg: DictConfig, overrides: list[str], choices: dict) -> None:
         if self.read_only:
             return
-        (self.path / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+        _write_text(self.path / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
         _write_json(self.path / "overrides.json", {"overrides": overrides, "choices": choices})
+
+    def recorded_overrides(self) -> dict:
+        """overrides.json: the command line's overrides and Hydra's group choices."""
+        p = self.path / "overrides.json"
+        return {"overrides": [], "choices": {}, **(json.loads(p.read_text()) if p.exists() else {})}
 
     def saved_config(self) -> DictConfig:
         return OmegaConf.load(self.path / "config.yaml")
@@ -79,14 +89,14 @@ class RunFolder:
                       device: str | None = None, init: dict | None = None) -> dict:
         s = self.summary()
         now = dt.datetime.now().isoformat(timespec="seconds")
-        choices = json.loads((self.path / "overrides.json").read_text()) if (self.path / "overrides.json").exists() else {}
+        choices = self.recorded_overrides()
         s.update({"status": status, "method": cfg.method.name, "dataset": cfg.dataset.name,
                   "method_config": OmegaConf.to_container(cfg.method, resolve=True),
                   "task": {"ways": cfg.ways, "shots": cfg.shots, "queries": cfg.queries,
                            "train_ways": cfg.sampler.train_ways, "train_shots": cfg.sampler.train_shots,
                            "train_queries": cfg.sampler.train_queries, "meta_batch": cfg.sampler.meta_batch},
-                  "seed": cfg.seed, "steps": cfg.steps, "choices": choices.get("choices", {}),
-                  "overrides": choices.get("overrides", []), **git_commit(), "updated": now})
+                  "seed": cfg.seed, "steps": cfg.steps, "choices": choices["choices"],
+                  "overrides": choices["overrides"], **git_commit(), "updated": now})
         s.setdefault("started", now)
         if device:
             s["device"] = device
