@@ -39,6 +39,36 @@ def test_keep_freed_memory_reuses_freed_blocks_without_page_faults():
     assert sum(r["faults"][-6:]) < 100, r["faults"]
 
 
+PEAK_THEN_RELEASE = """
+import json, torch
+from metalearn.engine.hardware import keep_freed_memory, release_freed_memory
+
+def rss_mb():
+    return next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmRSS")) / 1024
+
+keep_freed_memory()
+base = rss_mb()
+peak = [torch.ones(2_500_000) for _ in range(60)]  # a one-off 600 MB peak in 10 MB blocks, heap-allocated
+high = rss_mb()
+del peak
+kept = rss_mb()
+released = release_freed_memory(torch.device("cpu"))
+print(json.dumps({"base": base, "high": high, "kept": kept, "after": rss_mb(), "released": released}))
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux") or platform.libc_ver()[0] != "glibc", reason="glibc only")
+def test_release_freed_memory_hands_a_one_off_peak_back():
+    """Under keep_freed_memory a freed 600 MB peak stays resident (that is the setting's point);
+    release_freed_memory, which MAML's auto calls after its timing trial, returns it to the OS."""
+    out = subprocess.run([sys.executable, "-c", PEAK_THEN_RELEASE], capture_output=True, text=True, check=True)
+    r = json.loads(out.stdout)
+    assert r["released"]
+    assert r["high"] - r["base"] > 550, r
+    assert r["kept"] - r["base"] > 500, r  # kept while the setting holds freed memory
+    assert r["after"] - r["base"] < 100, r  # handed back
+
+
 @pytest.mark.parametrize("keep", [True, False])
 def test_setup_device_applies_the_allocator_setting_only_when_asked(monkeypatch, keep):
     calls = []

@@ -48,15 +48,41 @@ def keep_freed_memory() -> bool:
     and 4-7 s of system time per 15 steps by default, 0.12 million and 0.7 s with this. The cost: the
     process keeps its peak heap (freed memory is reused, not returned), which peak RSS already counts.
     A no-op where the C library is not glibc (macOS, musl)."""
-    if not sys.platform.startswith("linux") or platform.libc_ver()[0] != "glibc":
-        return False
-    try:
-        mallopt = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").mallopt
-    except (OSError, AttributeError):
+    mallopt = _glibc("mallopt")
+    if mallopt is None:
         return False
     mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
     # blocks up to 256 MiB come from the heap; the heap top is trimmed only past 1 GiB free
     return bool(mallopt(M_MMAP_THRESHOLD, 256 << 20)) and bool(mallopt(M_TRIM_THRESHOLD, 1 << 30))
+
+
+def release_freed_memory(device: torch.device) -> bool:
+    """Hand memory freed by a one-off peak back to the OS (glibc's malloc_trim; CUDA's cached blocks).
+    Returns whether anything could be asked to release.
+
+    Why: keep_freed_memory makes the process keep its peak heap, and MAML's `auto` trial peaks
+    once, in its vmap round, far above the path it then keeps. Measured on the fomaml preset's
+    workload (15 queries, 2 cores): 2.3 GB resident for the whole run after the trial against 0.95
+    GB with split forced; 0.97 GB with this call after the trial. Matters when sweep jobs share a machine."""
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+        return True
+    trim = _glibc("malloc_trim")
+    if trim is None:
+        return False
+    trim.argtypes, trim.restype = [ctypes.c_size_t], ctypes.c_int
+    trim(0)  # returns whether memory was released, which depends on the heap's state, not on success
+    return True
+
+
+def _glibc(name: str) -> Any:
+    """A function of the C library where it is glibc (Linux), else None (macOS, musl)."""
+    if not sys.platform.startswith("linux") or platform.libc_ver()[0] != "glibc":
+        return None
+    try:
+        return getattr(ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6"), name)
+    except (OSError, AttributeError):
+        return None
 
 
 def describe_device(device: torch.device) -> str:

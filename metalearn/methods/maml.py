@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from metalearn.backbones import vmap_safe
-from metalearn.engine.hardware import synchronize
+from metalearn.engine.hardware import release_freed_memory, synchronize
 from metalearn.episodes import EpisodeBatch, TaskSpec
 from metalearn.errors import MetalearnError
 from metalearn.methods.base import Method, fp32
@@ -247,6 +247,7 @@ class MAML(Method):
         if int(self.batching_path) < 0:
             times = self._time_paths(batch)
             self.batching_path.fill_(BATCHING.index(min(times, key=times.get)))
+            release_freed_memory(batch.support.device)  # the trial's vmap peak, kept otherwise for the whole run
             log.info("%s: tasks of the meta-batch run %s (s per meta-batch, best of %d: %s)", self.name,
                      BATCHING[int(self.batching_path)], TIMED_ROUNDS,
                      ", ".join(f"{p} {t:.2f}" for p, t in times.items()))
