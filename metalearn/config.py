@@ -351,6 +351,7 @@ class EvalConfig:
     batch: int = 50
     dataset_root: str | None = None  # when the data moved since training
     batch_norm: str | None = None  # test-time batch-norm statistics of an embedding method; null = the run's own
+    inner_steps: int | None = None  # test-time adaptation steps (MAML family, meta_lstm); null = the run's own
     hardware: HardwareConfig = field(default_factory=HardwareConfig)
 
 

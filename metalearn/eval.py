@@ -3,6 +3,7 @@
     metalearn-eval run=outputs/train/<date>/<run>                    # the run's own task, 600 test episodes
     metalearn-eval run=... ways=20 shots=1 episodes=1000 checkpoint=last
     metalearn-eval run=... batch_norm=support      # other test-time batch-norm statistics (embedding methods)
+    metalearn-eval run=... inner_steps=10          # other test-time adaptation steps (MAML family, meta_lstm)
 
 The episodes are drawn from `seed` on the run's test split, so every method
 trained on the same dataset config is scored on identical episodes; the
@@ -40,6 +41,8 @@ def run(cfg: DictConfig) -> dict:
     saved = ckpt["config"]
     if cfg.batch_norm is not None:
         set_policy(method, saved["method"]["name"], cfg.batch_norm)
+    if cfg.inner_steps is not None:
+        set_inner_steps(method, saved["method"]["name"], cfg.inner_steps)
     dataset = dict(saved["dataset"])
     if cfg.dataset_root is not None:
         dataset["root"] = cfg.dataset_root
@@ -49,10 +52,13 @@ def run(cfg: DictConfig) -> dict:
     r = evaluate(method, store, cfg.split, spec, cfg.episodes, cfg.seed, device, cfg.batch,
                  autocast(device, cfg.hardware.amp))
     bn = "" if cfg.batch_norm is None else f"_bn-{cfg.batch_norm}"
-    path = r.save(folder / "eval", f"{cfg.split}_{spec.tag}_q{spec.queries}_seed{cfg.seed}_{ckpt['checkpoint_name']}{bn}")
+    steps = "" if cfg.inner_steps is None else f"_steps-{cfg.inner_steps}"
+    path = r.save(folder / "eval",
+                  f"{cfg.split}_{spec.tag}_q{spec.queries}_seed{cfg.seed}_{ckpt['checkpoint_name']}{bn}{steps}")
     print(f"{saved['method']['name']} on {saved['dataset']['name']} {cfg.split} {spec.ways}-way {spec.shots}-shot: "
           f"{100 * r.accuracy:.2f} ± {100 * r.ci95:.2f}% (95% CI, {len(r.per_episode)} episodes, "
-          f"episodes {r.plans.digest()}{'' if r.batch_norm is None else ', batch norm: ' + r.batch_norm}) -> {path}")
+          f"episodes {r.plans.digest()}{'' if r.batch_norm is None else ', batch norm: ' + r.batch_norm}"
+          f"{'' if cfg.inner_steps is None else f', {cfg.inner_steps} inner steps'}) -> {path}")
     return r.summary()
 
 
@@ -66,6 +72,23 @@ def set_policy(method, name: str, policy: str) -> None:
         raise MetalearnError(f"batch_norm={policy} sets an embedding method's test-time batch-norm statistics; {name} "
                              f"fixes its policy in training (method.batch_norm there); drop batch_norm=")
     set_test_batch_norm(method, policy, key="batch_norm")
+
+
+def set_inner_steps(method, name: str, steps: int) -> None:
+    """inner_steps=N: adapt each test task with N steps instead of the run's method.inner_steps_eval (papers often
+    adapt longer at test than in meta-training; this scores one checkpoint under several step counts)."""
+    from metalearn.errors import MetalearnError
+
+    if not hasattr(method, "inner_steps_eval"):
+        raise MetalearnError(f"inner_steps={steps} sets the test-time adaptation steps of maml, fomaml, anil, metasgd, "
+                             f"reptile and meta_lstm; {name} does not adapt by inner steps; drop inner_steps=")
+    if steps < 1:
+        raise MetalearnError(f"inner_steps must be >= 1, got {steps}")
+    limit = method.eval_steps_limit() if hasattr(method, "eval_steps_limit") else None
+    if limit is not None and steps > limit:
+        raise MetalearnError(f"inner_steps={steps}: this {name} run learned per-step learning rates or batch norms "
+                             f"(method.plus) for {limit} steps only; use inner_steps<={limit}")
+    method.inner_steps_eval = steps
 
 
 @hydra.main(version_base=None, config_path=config_dir(), config_name="eval")

@@ -62,3 +62,11 @@ def test_experiment_preset_sets_its_benchmark():
     cfg = compose("experiment=protonet_omniglot_small", "dataset.root=/data")
     assert cfg.dataset.name == "omniglot" and list(cfg.test.ways) == [5, 20]
     assert cfg.sampler.train_ways == 60 and list(cfg.dataset.rotations) == ["train"]
+
+
+def test_the_strided_baselinepp_preset_is_the_baselinepp_preset_on_a_strided_body():
+    strided = OmegaConf.to_container(compose("experiment=baselinepp_stride_omniglot_small", "dataset.root=/data"))
+    plain = OmegaConf.to_container(compose("experiment=baselinepp_omniglot_small", "dataset.root=/data"))
+    assert strided["method"]["backbone"]["pool"] == "stride" and plain["method"]["backbone"]["pool"] == "max"
+    strided["method"]["backbone"]["pool"] = "max"
+    assert strided == plain

@@ -201,6 +201,40 @@ def test_predict_adapts_and_returns_detached_logits():
     assert not torch.allclose(logits[0], unadapted)
 
 
+def test_eval_inner_steps_override_equals_a_model_built_with_that_many_steps():
+    from metalearn.eval import set_inner_steps
+
+    b = tiny_batch(tasks=2)
+    three = MAML(tiny_backbone(), 3, 2, INNER_LR, STEPS, 3).double()
+    m = tiny_maml()
+    three.load_state_dict(m.state_dict())
+    before = m.predict(b.support, b.support_labels, b.query, 2)
+    set_inner_steps(m, "maml", 3)
+    after = m.predict(b.support, b.support_labels, b.query, 2)
+    assert torch.equal(after, three.predict(b.support, b.support_labels, b.query, 2))
+    assert not torch.allclose(after, before)
+
+
+def test_eval_inner_steps_refusals_name_the_reason_and_the_fix():
+    from metalearn.backbones import Conv4
+    from metalearn.errors import MetalearnError
+    from metalearn.eval import set_inner_steps
+    from metalearn.methods.protonet import ProtoNet
+
+    with pytest.raises(MetalearnError, match=r"protonet does not adapt by inner steps; drop inner_steps="):
+        set_inner_steps(ProtoNet(Conv4(1, 8)), "protonet", 5)
+    with pytest.raises(MetalearnError, match=r"inner_steps must be >= 1, got 0"):
+        set_inner_steps(tiny_maml(), "maml", 0)
+    lslr = tiny_maml(plus=MAMLPlusPlus(per_layer_per_step_lr=True))  # rates learned for STEPS steps
+    with pytest.raises(MetalearnError, match=rf"for {STEPS} steps only; use inner_steps<={STEPS}"):
+        set_inner_steps(lslr, "mamlpp", STEPS + 1)
+    set_inner_steps(lslr, "mamlpp", 1)
+    assert lslr.inner_steps_eval == 1 and lslr.eval_steps_limit() == STEPS
+    plain = tiny_maml()
+    set_inner_steps(plain, "maml", 50)  # one rate for every step: any count
+    assert plain.eval_steps_limit() is None and plain.inner_steps_eval == 50
+
+
 # ---------------------------------------------------------------- MAML++
 def tiny_bn_maml(**plus) -> MAML:
     torch.manual_seed(0)
@@ -295,9 +329,14 @@ def test_smoke_train_then_eval_through_the_cli(tmp_path, name, extra):
     if name == "maml" and not extra:  # the head fixes the way count: another is a clear error, not a crash
         bad = cli("metalearn-eval", "run=run", "ways=7", cwd=tmp_path)
         assert bad.returncode == 2 and "Traceback" not in bad.stderr and "only be evaluated 5-way" in bad.stderr
+        more = cli("metalearn-eval", "run=run", "episodes=10", "inner_steps=4", cwd=tmp_path)
+        assert more.returncode == 0 and ", 4 inner steps)" in more.stdout, more.stderr[-2000:]
+        saved = __import__("json").loads(next((tmp_path / "run" / "eval").glob("*_steps-4.json")).read_text())
+        assert saved["episodes"] == 10 and saved["inner_steps"] == 4
     summary = __import__("json").loads((tmp_path / "run" / "summary.json").read_text())
     policy = "running" if extra or name == "mamlpp" else "transductive"
     assert summary["status"] == "completed" and summary["method_config"]["batch_norm"] == policy
+    assert summary["test"]["5w1s"]["inner_steps"] == summary["method_config"]["inner_steps_eval"]
 
 
 # ------------------------------------------------------------------ the meta-batch under vmap

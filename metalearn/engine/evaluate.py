@@ -25,6 +25,7 @@ class EvalResult:
     per_episode: np.ndarray  # accuracy of each episode, in plan order
     plans: EpisodePlans
     batch_norm: str | None = None  # an embedding method's test-time batch-norm statistics (None: no such layers)
+    inner_steps: int | None = None  # a method that adapts by gradient steps: how many each test task took
 
     @property
     def accuracy(self) -> float:
@@ -38,7 +39,8 @@ class EvalResult:
     def summary(self) -> dict:
         return {"split": self.split, "ways": self.spec.ways, "shots": self.spec.shots, "queries": self.spec.queries,
                 "episodes": len(self.per_episode), "seed": self.seed, "accuracy": self.accuracy, "ci95": self.ci95,
-                "episodes_digest": self.plans.digest(), **({"batch_norm": self.batch_norm} if self.batch_norm else {})}
+                "episodes_digest": self.plans.digest(), **({"batch_norm": self.batch_norm} if self.batch_norm else {}),
+                **({"inner_steps": self.inner_steps} if self.inner_steps else {})}
 
     def save(self, folder: Path, name: str) -> Path:
         """<name>.json (summary + per-episode accuracies) and <name>_episodes.npz (the plans)."""
@@ -73,7 +75,8 @@ def evaluate(method: Method, store: ImageStore, split: str, spec: TaskSpec, epis
                 accs.append((logits.argmax(-1) == b.query_labels).float().mean(1).cpu())
     method.train(was_training)
     bn = method.batch_norm if isinstance(method, EmbeddingMethod) and batch_norm_layers(method) else None
-    return EvalResult(split, spec, seed, torch.cat(accs).numpy().astype(np.float64), plans, bn)
+    return EvalResult(split, spec, seed, torch.cat(accs).numpy().astype(np.float64), plans, bn,
+                      getattr(method, "inner_steps_eval", None))
 
 
 def encode_distinct(method: EmbeddingMethod, store: ImageStore, ids: np.ndarray,

@@ -79,6 +79,7 @@ class MAML(Method):
         self.step_lrs = nn.ParameterDict({_key(n): nn.Parameter(torch.full((max_steps,), inner_lr)) for n in shapes}
                                          ) if self.plus.per_layer_per_step_lr and not learn_inner_lr else None
         self.step_bn = _PerStepBatchNorm(self.model, self.bn_layers, max_steps + 1) if self.plus.per_step_bn else None
+        self.tabled_steps = max_steps  # the per-step tables' length (fixed here, whatever inner_steps_eval becomes)
 
     # ------------------------------------------------------------ pieces of the inner loop
     def _lr(self, name: str, step: int) -> torch.Tensor | float:
@@ -112,6 +113,11 @@ class MAML(Method):
             raise MetalearnError(f"{self.name}'s classifier head has {self.ways} outputs (sampler.train_ways), so it can "
                                  f"only be evaluated {self.ways}-way, not {spec.ways}-way; train with "
                                  f"sampler.train_ways={spec.ways} for that.")
+
+    def eval_steps_limit(self) -> int | None:
+        """The most inner steps a test task may take: MAML++'s per-step learning rates and batch norms exist for
+        the steps they were learned for; plain MAML's single rate extends to any number (None)."""
+        return self.tabled_steps if self.step_lrs is not None or self.step_bn is not None else None
 
     def adapt(self, support: torch.Tensor, labels: torch.Tensor, steps: int, first_order: bool) -> list[Params]:
         """The trajectory of weights adapted to one task's support set, one entry per inner step."""
