@@ -5,6 +5,7 @@
     metalearn-train -m shots=1,5 seed=0,1,2          # a sweep: one folder per job
     metalearn-train resume=true [run_dir=PATH]       # continue a killed run
     metalearn-train resume=true run_dir=PATH steps=N # train a run further (constant or step schedule)
+    metalearn-train resume=true run_dir=PATH hardware.threads=1   # resume on fewer (or more) CPU threads
 
 Torch is imported inside main() so that --help answers fast.
 """
@@ -49,34 +50,51 @@ def refuse_to_overwrite(folder: RunFolder, run_dir: str | None) -> None:
         f"{folder.path} first to start over there.")
 
 
-def apply_resume_overrides(saved: DictConfig, steps: int, overrides: list[str], folder: RunFolder) -> None:
-    """A resumed run is its saved config.yaml; of the command line's overrides only `steps=` applies, to
-    train a run (a finished one too) further. Why refuse the rest by name: they used to be ignored
-    without a word, and a changed dataset or method would make the checkpoint another experiment."""
+# Where a run computes, not what it computes: these may change when it resumes (threads change float
+# rounding at most; the device, autocast or memory layout would change the numbers, so they stay refused).
+RESUME_SETTABLE = ("hardware.threads", "hardware.keep_freed_memory")
+
+
+def apply_resume_overrides(saved: DictConfig, cfg: DictConfig, overrides: list[str], folder: RunFolder) -> None:
+    """A resumed run is its saved config.yaml; of the command line's overrides only `steps=` (to train a run,
+    a finished one too, further) and RESUME_SETTABLE apply, and are written to config.yaml so a later resume
+    keeps them. Why refuse the rest by name: they used to be ignored without a word, and a changed dataset or
+    method would make the checkpoint another experiment."""
+    from omegaconf import OmegaConf
+
     from metalearn.engine.checkpoint import load_checkpoint
     from metalearn.errors import MetalearnError
 
     keys = [o.split("=", 1)[0].lstrip("+~") for o in overrides]
-    ignored = [o for o, k in zip(overrides, keys, strict=True) if k not in ("resume", "run_dir", "steps")]
+    ignored = [o for o, k in zip(overrides, keys, strict=True)
+               if k not in ("resume", "run_dir", "steps", *RESUME_SETTABLE)]
     if ignored:
         raise MetalearnError(
             f"resume=true continues the run with its saved config ({folder.path / 'config.yaml'}), so "
-            f"{', '.join(ignored)} would not apply. Only steps= may change on resume (to train further). For other "
-            f"settings start a new run (a new run_dir=, or none), with init.run={folder.path} to start from this "
-            f"run's weights; or edit that config.yaml if the change keeps the experiment the same (a moved dataset.root).")
-    if "steps" not in keys or steps == saved.steps:
+            f"{', '.join(ignored)} would not apply. Only steps= (to train further) and {', '.join(RESUME_SETTABLE)} "
+            f"may change on resume. For other settings start a new run (a new run_dir=, or none), with "
+            f"init.run={folder.path} to start from this run's weights; or edit that config.yaml if the change keeps "
+            f"the experiment the same (a moved dataset.root).")
+    changed = {k: o for o, k in zip(overrides, keys, strict=True)
+               if k in RESUME_SETTABLE and OmegaConf.select(saved, k) != OmegaConf.select(cfg, k)}
+    if "steps" in keys and cfg.steps != saved.steps:
+        if saved.schedule.name in ("cosine", "linear"):
+            raise MetalearnError(
+                f"steps={cfg.steps}: this run's schedule.name={saved.schedule.name} is laid out over its "
+                f"steps={saved.steps}, so training it further would not be the run a steps={cfg.steps} run is. "
+                f"Start a new run with steps={cfg.steps}.")
+        done = int(load_checkpoint(folder.checkpoint("last"))["step"])
+        if cfg.steps < done:
+            raise MetalearnError(f"steps={cfg.steps} is below this run's checkpoint at step {done}; "
+                                 f"give steps >= {done}.")
+        changed["steps"] = f"steps={cfg.steps}"
+    if not changed:
         return
-    if saved.schedule.name in ("cosine", "linear"):
-        raise MetalearnError(
-            f"steps={steps}: this run's schedule.name={saved.schedule.name} is laid out over its steps={saved.steps}, so "
-            f"training it further would not be the run a steps={steps} run is. Start a new run with steps={steps}.")
-    done = int(load_checkpoint(folder.checkpoint("last"))["step"])
-    if steps < done:
-        raise MetalearnError(f"steps={steps} is below this run's checkpoint at step {done}; give steps >= {done}.")
+    for key in changed:
+        OmegaConf.update(saved, key, OmegaConf.select(cfg, key), merge=False)
     recorded = folder.recorded_overrides()
-    saved.steps = steps
-    folder.write_config(saved, [o for o in recorded["overrides"] if not o.startswith("steps=")] + [f"steps={steps}"],
-                        recorded["choices"])
+    kept = [o for o in recorded["overrides"] if o.split("=", 1)[0].lstrip("+~") not in changed]
+    folder.write_config(saved, kept + [o.lstrip("+~") for o in changed.values()], recorded["choices"])
 
 
 def run(cfg: DictConfig) -> dict | None:
@@ -111,7 +129,7 @@ def run(cfg: DictConfig) -> dict | None:
                 raise MetalearnError(f"resume=true but there is no checkpoint to resume {where}. Give the run's "
                                      f"folder with run_dir=PATH, or start a new run without resume=true.")
             saved = folder.saved_config()
-            apply_resume_overrides(saved, cfg.steps, list(hc.overrides.task), folder)
+            apply_resume_overrides(saved, cfg, list(hc.overrides.task), folder)
             saved.resume = True
             return train(saved, folder)
         refuse_to_overwrite(folder, cfg.run_dir)

@@ -106,7 +106,7 @@ def test_resume_refuses_what_it_would_not_apply(tmp_path):
     kept = {n: (tmp_path / "run" / n).read_bytes() for n in ("config.yaml", "overrides.json", "checkpoints/last.pt")}
     for args, says in ((["method=matching", "ways=10"], "method=matching, ways=10 would not apply"),
                        (["steps=40"], "schedule.name=cosine is laid out over its steps=20"),
-                       (["+hardware.threads=1"], "+hardware.threads=1 would not apply")):
+                       (["hardware.amp=bf16", "hardware.threads=1"], "hardware.amp=bf16 would not apply")):
         r = cli("metalearn-train", "resume=true", "run_dir=run", *args, cwd=tmp_path)
         assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
         assert says in r.stderr, r.stderr
@@ -115,6 +115,21 @@ def test_resume_refuses_what_it_would_not_apply(tmp_path):
     r = cli("metalearn-train", "resume=true", "run_dir=plain", "steps=10", cwd=tmp_path)
     assert r.returncode == 2 and "steps=10 is below this run's checkpoint at step 20" in r.stderr, r.stderr
     assert kept == {n: (tmp_path / "run" / n).read_bytes() for n in kept}
+
+
+def test_resume_may_change_the_cpu_threads_and_keeps_the_change(tmp_path):
+    """Threads decide where a run computes, not what: a run started on 2 may resume on 1 (a machine that got
+    busier), and config.yaml and overrides.json record it so a later resume keeps it."""
+    base = ["debug=smoke", "checkpoint_every=10", "steps=10", "run_dir=run"]
+    assert cli("metalearn-train", *base, "hardware.threads=2", cwd=tmp_path).returncode == 0
+    res = cli("metalearn-train", "resume=true", "run_dir=run", "steps=20", "hardware.threads=1", cwd=tmp_path)
+    assert res.returncode == 0, res.stderr
+    assert "resumed from step 10 of 20" in res.stderr and "cpu (1 threads)" in res.stderr
+    assert "threads: 1" in (tmp_path / "run" / "config.yaml").read_text()
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["steps_done"] == 20
+    assert summary["overrides"][-2:] == ["hardware.threads=1", "steps=20"]
+    assert "hardware.threads=2" not in summary["overrides"]
 
 
 def test_sigterm_marks_the_run_interrupted_and_it_resumes(tmp_path):
