@@ -330,6 +330,7 @@ class TrainConfig:
     checkpoint_every: int = 250
     resume: bool = False
     run_dir: str | None = None
+    max_minutes: float | None = None  # stop training after this long (this process), checkpointed, exit 124
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)

@@ -9,5 +9,12 @@ class MetalearnError(Exception):
     """Bad input or a state the user must act on."""
 
 
+class TimeLimitReached(BaseException):
+    """max_minutes ran out: the run checkpointed its current step and stops so a scheduler can requeue it.
+    A BaseException, as KeyboardInterrupt is, so no `except Exception` (a sweep's job guard) swallows it."""
+
+    exit_status = 124  # as timeout(1): the job ran out of time, resume=true continues it
+
+
 class TrainingDiverged(MetalearnError):
     """The loss became non-finite; the last good checkpoint is kept."""

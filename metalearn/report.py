@@ -58,7 +58,7 @@ def find_runs(paths: list[Path]) -> list[Path]:
 def load_results(run: Path) -> list[Result]:
     s = json.loads((run / "summary.json").read_text())
     dataset = (s.get("choices") or {}).get("dataset") or s.get("dataset", "?")  # omniglot_small is not omniglot
-    overrides = [o for o in s.get("overrides", []) if not o.startswith(("seed=", "run_dir=", "resume="))]
+    overrides = [o for o in s.get("overrides", []) if not o.startswith(("seed=", "run_dir=", "resume=", "max_minutes="))]
     out = []
     for tag, t in (s.get("test") or {}).items():
         per = None

@@ -6,6 +6,7 @@
     metalearn-train resume=true [run_dir=PATH]       # continue a killed run
     metalearn-train resume=true run_dir=PATH steps=N # train a run further (constant or step schedule)
     metalearn-train resume=true run_dir=PATH hardware.threads=1   # resume on fewer (or more) CPU threads
+    metalearn-train ... max_minutes=230              # stop (checkpointed, exit 124) before a 4-hour job limit
 
 Torch is imported inside main() so that --help answers fast.
 """
@@ -50,9 +51,9 @@ def refuse_to_overwrite(folder: RunFolder, run_dir: str | None) -> None:
         f"{folder.path} first to start over there.")
 
 
-# Where a run computes, not what it computes: these may change when it resumes (threads change float
-# rounding at most; the device, autocast or memory layout would change the numbers, so they stay refused).
-RESUME_SETTABLE = ("hardware.threads", "hardware.keep_freed_memory")
+# Where and how long a run computes, not what it computes: these may change when it resumes (threads change
+# float rounding at most; the device, autocast or memory layout would change the numbers, so they stay refused).
+RESUME_SETTABLE = ("hardware.threads", "hardware.keep_freed_memory", "max_minutes")
 
 
 def apply_resume_overrides(saved: DictConfig, cfg: DictConfig, overrides: list[str], folder: RunFolder) -> None:
@@ -213,10 +214,14 @@ def _raise(e: Exception):
 def main() -> None:
     """The console script: --help answered fast (metalearn.help), everything else by Hydra."""
     if not answer_help("metalearn-train", "train", __doc__ or ""):
+        from metalearn.errors import TimeLimitReached
+
         try:
             _hydra_main()
         except KeyboardInterrupt:  # Ctrl-C or SIGTERM: the run said where it stopped; no traceback
             sys.exit(130)
+        except TimeLimitReached:  # max_minutes: likewise, with timeout(1)'s status for a requeueing script
+            sys.exit(TimeLimitReached.exit_status)
 
 
 if __name__ == "__main__":

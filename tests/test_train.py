@@ -132,6 +132,33 @@ def test_resume_may_change_the_cpu_threads_and_keeps_the_change(tmp_path):
     assert "hardware.threads=2" not in summary["overrides"]
 
 
+def test_max_minutes_stops_checkpointed_and_the_resumed_run_ends_where_one_run_does(tmp_path):
+    """max_minutes (a scheduler's wall limit) checkpoints the step it stops at, off the checkpoint grid
+    too, exits 124, and each resume=true keeps the limit; max_minutes=null on resume lifts it. With a limit
+    of 0 every process trains one step: the chained run must end where one uninterrupted run does."""
+    args = ["debug=smoke", "steps=4", "log_every=2", "checkpoint_every=3", "val.every=2", "seed=3",
+            "augment.enabled=true", "hardware.threads=1"]
+    assert cli("metalearn-train", *args, "run_dir=ref", cwd=tmp_path).returncode == 0
+    r = cli("metalearn-train", *args, "max_minutes=0", "run_dir=timed", cwd=tmp_path)
+    assert r.returncode == 124 and "Traceback" not in r.stderr, r.stderr
+    assert "max_minutes=0.0 reached at step 1 of 4" in r.stderr and "resume=true run_dir=" in r.stderr
+    stopped = json.loads((tmp_path / "timed" / "summary.json").read_text())
+    assert stopped["status"] == "interrupted" and stopped["steps_done"] == 1
+    for step in (2, 3):
+        r = cli("metalearn-train", "resume=true", "run_dir=timed", cwd=tmp_path)
+        assert r.returncode == 124 and f"resumed from step {step - 1} of 4" in r.stderr, r.stderr
+        assert f"reached at step {step} of 4" in r.stderr
+    r = cli("metalearn-train", "resume=true", "run_dir=timed", "max_minutes=null", cwd=tmp_path)
+    assert r.returncode == 0 and "resumed from step 3 of 4" in r.stderr, r.stderr
+    a, b = (json.loads((tmp_path / d / "summary.json").read_text()) for d in ("ref", "timed"))
+    for key in ("final_val", "best_val", "steps_done", "status", "test"):
+        assert a[key] == b[key], key
+    assert {k: v for k, v in a["final_train"].items() if k != "episodes_per_s"} == \
+           {k: v for k, v in b["final_train"].items() if k != "episodes_per_s"}
+    assert load_metrics(tmp_path / "ref") == load_metrics(tmp_path / "timed")
+    assert "max_minutes: null" in (tmp_path / "timed" / "config.yaml").read_text()
+
+
 def test_sigterm_marks_the_run_interrupted_and_it_resumes(tmp_path):
     exe = [sys.executable, "-m", "metalearn.train", *FAST, "run_dir=stopped"]
     proc = subprocess.Popen(exe, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)

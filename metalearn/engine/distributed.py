@@ -105,6 +105,17 @@ def all_finite(value: float, ranks: Ranks) -> bool:
     return bool(ok)
 
 
+def any_rank(flag: bool, ranks: Ranks) -> bool:
+    """Whether `flag` holds on some rank (so a stop decided by one rank's clock is taken by all together)."""
+    if not ranks.active:
+        return flag
+    import torch.distributed as dist
+
+    t = torch.tensor(float(flag))
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return bool(t)
+
+
 def broadcast_path(path: str, ranks: Ranks) -> str:
     """Rank 0's value of `path` on every rank."""
     if not ranks.active:

@@ -20,14 +20,22 @@ from metalearn.augment import random_affine
 from metalearn.data import build_store
 from metalearn.data.store import ImageStore
 from metalearn.engine.checkpoint import load_checkpoint, save_checkpoint
-from metalearn.engine.distributed import AveragingOptimizer, all_finite, check_divisible, init_from_env, local_device, shard
+from metalearn.engine.distributed import (
+    AveragingOptimizer,
+    all_finite,
+    any_rank,
+    check_divisible,
+    init_from_env,
+    local_device,
+    shard,
+)
 from metalearn.engine.evaluate import evaluate
 from metalearn.engine.hardware import autocast, describe_device, setup_device
 from metalearn.engine.init_weights import initialize_from, parse_rename
 from metalearn.engine.progress import Progress
 from metalearn.engine.rundir import RunFolder
 from metalearn.episodes import EpisodeSampler, TaskSpec
-from metalearn.errors import MetalearnError, TrainingDiverged
+from metalearn.errors import MetalearnError, TimeLimitReached, TrainingDiverged
 from metalearn.methods import Method, build_method
 from metalearn.training_data import EpisodeSource, LabelledSource, PairSource, TrainingSource
 
@@ -179,6 +187,7 @@ class Trainer:
         optimizer = AveragingOptimizer(self.optimizer, self.ranks) if self.ranks.active else self.optimizer
         t_window = time.perf_counter()
         t_start = time.perf_counter() - st.elapsed
+        deadline = None if cfg.max_minutes is None else time.perf_counter() + 60 * cfg.max_minutes
         self.method.train()
         with Progress(cfg.steps, st.step, f"{cfg.method.name} on {cfg.dataset.name}") as bar:
             while st.step < cfg.steps:
@@ -215,9 +224,13 @@ class Trainer:
                         st.best_val, st.best_step, st.best_ci95 = v["accuracy"], st.step, v["ci95"]
                         self._checkpoint("best")
                     t_window = time.perf_counter()
-                if st.step % cfg.checkpoint_every == 0 or st.step == cfg.steps:
+                saved = st.step % cfg.checkpoint_every == 0 or st.step == cfg.steps
+                out_of_time = deadline is not None and any_rank(time.perf_counter() >= deadline, self.ranks)
+                if saved or (out_of_time and st.step < cfg.steps):
                     st.elapsed = time.perf_counter() - t_start
                     self._checkpoint("last")
+                if out_of_time and st.step < cfg.steps:
+                    raise TimeLimitReached(st.step)
         st.elapsed = time.perf_counter() - t_start
 
     def _last_saved_step(self) -> int | str:
@@ -264,6 +277,12 @@ def train(cfg: DictConfig, folder: RunFolder) -> dict:
         folder.write_summary(cfg, status="interrupted", state=trainer.state)
         log.warning("interrupted at step %d; the last checkpoint is kept, continue with: "
                     "metalearn-train resume=true run_dir=%s", trainer.state.step, folder.path)
+        raise
+    except TimeLimitReached:
+        folder.write_summary(cfg, status="interrupted", state=trainer.state)
+        log.warning("max_minutes=%s reached at step %d of %d; checkpointed there, continue with: "
+                    "metalearn-train resume=true run_dir=%s", cfg.max_minutes, trainer.state.step, cfg.steps,
+                    folder.path)
         raise
     tests = trainer.test()
     summary = folder.write_summary(cfg, status="completed", state=trainer.state, test=tests,
