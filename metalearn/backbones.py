@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 import torch
@@ -100,6 +100,12 @@ def patch_conv(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
     return out.view(n, ho, wo, conv.out_channels).permute(0, 3, 1, 2)
 
 
+def batch_norm_2d(running_stats: bool) -> Callable[[int], nn.Module]:
+    """The backbones' batch-norm layer. running_stats=False: always normalise with the batch's own
+    statistics (transductive), as the reference MAML code does; True: running statistics at test time."""
+    return nn.BatchNorm2d if running_stats else BatchStatNorm2d
+
+
 class Conv4(nn.Module):
     """Four 3x3 conv blocks (conv, batch-norm, ReLU) with max-pooling (Snell et al.) or
     stride 2 and a final spatial mean (Finn et al.). Output: a flat embedding."""
@@ -109,11 +115,7 @@ class Conv4(nn.Module):
         super().__init__()
         if pool not in ("max", "stride"):
             raise MetalearnError(f"method.backbone.pool={pool!r} is not one of: max, stride")
-        # bn_running_stats=False: always normalise with the batch's own statistics (transductive),
-        # as the reference MAML code does; True: running statistics at test time.
-        def bn(c: int) -> nn.BatchNorm2d:
-            return nn.BatchNorm2d(c) if bn_running_stats else BatchStatNorm2d(c)
-
+        bn = batch_norm_2d(bn_running_stats)
         blocks = []
         for i in range(4):
             c_in = in_channels if i == 0 else width
@@ -137,12 +139,14 @@ class RelationConv4(nn.Module):
     two unpadded and max-pooled, the last two padded and not pooled, so that a spatial map is left
     for the relation module to compare (64 x 5 x 5 for 28x28 Omniglot, 64 x 19 x 19 for 84x84)."""
 
-    def __init__(self, in_channels: int = 1, width: int = 64, channels_last: bool = False):
+    def __init__(self, in_channels: int = 1, width: int = 64, channels_last: bool = False,
+                 bn_running_stats: bool = True):
         super().__init__()
+        bn = batch_norm_2d(bn_running_stats)
         blocks: list[nn.Module] = []
         for i in range(4):
             c_in = in_channels if i == 0 else width
-            blocks += [nn.Conv2d(c_in, width, 3, padding=0 if i < 2 else 1), nn.BatchNorm2d(width), nn.ReLU()]
+            blocks += [nn.Conv2d(c_in, width, 3, padding=0 if i < 2 else 1), bn(width), nn.ReLU()]
             if i < 2:
                 blocks.append(nn.MaxPool2d(2))
         self.features = nn.Sequential(*blocks)
@@ -163,7 +167,7 @@ def build_backbone(cfg: BackboneConfig, in_channels: int, channels_last: bool = 
     if cfg.name == "conv4":
         model: nn.Module = Conv4(in_channels, cfg.width, cfg.pool, channels_last, bn_running_stats)
     elif cfg.name == "conv4_relation":
-        model = RelationConv4(in_channels, cfg.width, channels_last)
+        model = RelationConv4(in_channels, cfg.width, channels_last, bn_running_stats)
     else:
         raise MetalearnError(f"method.backbone.name={cfg.name!r} is unknown; choose one of: {', '.join(BACKBONES)}")
     return model.to(memory_format=torch.channels_last) if channels_last else model

@@ -518,3 +518,27 @@ def test_batch_statistics_norm_fused_and_plain_agree_to_second_order():
                                              materialize_grads=True)])
     assert out[0][0].abs().sum() > 0 and out[0][1].abs().sum() > 0
     assert all(torch.allclose(a, c, rtol=1e-10, atol=1e-12) for a, c in zip(*out, strict=True))
+
+
+@pytest.mark.parametrize("backbone", ["conv4", "conv4_relation"])
+def test_maml_batch_norm_policy_holds_on_every_backbone(backbone):
+    """method.batch_norm=transductive must mean batch statistics at test time on every backbone: the
+    Relation Networks' embedding once kept running statistics (untrained: a 20-way run tested at chance)."""
+    from omegaconf import OmegaConf
+
+    from metalearn.backbones import Conv4, RelationConv4
+    from metalearn.config import MAMLConfig, MetaLSTMConfig
+    from metalearn.methods import build_method
+
+    x = torch.randn(6, 1, 28, 28) * 3 + 2  # far from the running statistics' initial 0 / 1
+    for schema, policy in [(MAMLConfig, "transductive"), (MAMLConfig, "running"), (MetaLSTMConfig, "transductive")]:
+        cfg = OmegaConf.merge(OmegaConf.structured(schema), {"backbone": {"name": backbone}})
+        if schema is MAMLConfig:
+            cfg.batch_norm = policy
+        m = build_method(cfg, (1, 28, 28), ways=3)
+        bns = [b for b in m.modules() if isinstance(b, nn.BatchNorm2d)]
+        assert len(bns) == 4 and all(b.track_running_stats == (policy == "running") for b in bns), (schema, policy)
+        body = next(b for b in m.modules() if isinstance(b, (Conv4, RelationConv4)))
+        with torch.no_grad():
+            same = torch.allclose(body.train()(x), body.eval()(x), atol=1e-5)
+        assert same == (policy == "transductive"), (schema, policy)
