@@ -70,3 +70,14 @@ def test_the_strided_baselinepp_preset_is_the_baselinepp_preset_on_a_strided_bod
     assert strided["method"]["backbone"]["pool"] == "stride" and plain["method"]["backbone"]["pool"] == "max"
     strided["method"]["backbone"]["pool"] = "max"
     assert strided == plain
+
+
+def test_the_pretrained_maml_20way_preset_is_the_measured_command():
+    """The preset must stay the recipe its README row measured: the 20-way preset plus these overrides."""
+    preset = OmegaConf.to_container(compose("experiment=maml_pretrained_omniglot_small_20w1s", "dataset.root=/data"))
+    measured = OmegaConf.to_container(compose(
+        "experiment=maml_omniglot_small_20w1s", "dataset.root=/data", "method.backbone.name=conv4_relation",
+        "init.run=outputs/train/baselinepp_conv4rel_omniglot_small", "init.only=[backbone]",
+        "init.rename=[backbone:model.0]", "sampler.meta_batch=8", "steps=600", "val.every=0",
+        "method.task_batching=split"))
+    assert preset == measured
