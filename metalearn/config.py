@@ -261,6 +261,7 @@ class HardwareConfig:
     amp: str = "none"  # none | bf16 (autocast)
     channels_last: bool = True
     keep_freed_memory: bool = True  # glibc: reuse freed activation memory instead of fresh pages (see hardware.py)
+    cuda_graph: bool = False  # replay the training step's gradient as a CUDA graph (engine/cuda_graph.py)
 
 
 @dataclass

@@ -9,7 +9,9 @@ Figures:
    vmap, NCHW and channels_last, fp32 and bf16 autocast, CUDA-graph replay of the whole meta-step, and
    torch.compile; learn2learn's MAML on the same GPU as the reference where it imports;
 2. ProtoNet training step (60-way 1+5, Conv-4 max-pool 64) vs the bare forward+backward, each variant;
-3. evaluation of 600 5-way 1-shot ProtoNet episodes on Omniglot (seconds).
+3. evaluation of 600 5-way 1-shot ProtoNet episodes on Omniglot (seconds);
+4. the trainer itself: episodes/s that `metalearn-train` logs for the MAML 5-way preset (sampling, augmentation
+   and the step), eager against `hardware.cuda_graph=true`.
 Timings are medians over CUDA-synchronised iterations. Results are written to --json after every figure,
 so a run stopped early keeps what it measured.
 """
@@ -201,6 +203,21 @@ def eval_600(omniglot: Path, bf16: bool) -> float:
         return cuda_median(run, 3, warmup=1)
 
 
+# ------------------------------------------------------------------ the trainer
+def trainer_rate(omniglot: Path, graph: bool, steps: int = 400) -> float:
+    """Median episodes/s of the trainer's log windows after the first (which holds the capture, or auto's
+    timing trial) on the MAML 5-way 1-shot preset, with hardware.cuda_graph on or off."""
+    with tempfile.TemporaryDirectory() as tmp:
+        cmd = [sys.executable, "-m", "metalearn.train", "experiment=maml_omniglot_small_5w1s", f"dataset.root={omniglot}",
+               "hardware=cuda", f"hardware.cuda_graph={str(graph).lower()}", f"steps={steps}", "log_every=50",
+               "val.every=0", "test.episodes=0", "checkpoint_every=100000", f"run_dir={tmp}/run"]
+        r = subprocess.run(cmd, capture_output=True, text=True, timeout=540, cwd=REPO)
+        if r.returncode != 0:
+            raise RuntimeError((r.stderr.strip().splitlines() or ["no output"])[-1])
+        lines = (Path(tmp) / "run" / "metrics.jsonl").read_text().splitlines()
+        return statistics.median([m["episodes_per_s"] for m in map(json.loads, lines) if m["kind"] == "train"][1:])
+
+
 def isolated(call: str, timeout: float = 240) -> float | dict:
     """Run `call` (an expression over this module) in a fresh process: a failed CUDA-graph capture or a
     torch.compile crash leaves the CUDA context unusable, so these variants must not share one."""
@@ -219,12 +236,15 @@ def main() -> None:
     ap.add_argument("--iters", type=int, default=10)
     ap.add_argument("--json", type=Path, default=Path("bench_gpu.json"))
     ap.add_argument("--skip-compile", action="store_true", help="leave out the torch.compile variants (slow to build)")
+    ap.add_argument("--sections", default="trainer,maml,protonet,eval",
+                    help="which figures, comma-separated (a device call has a time limit): trainer, maml, protonet, eval")
     args = ap.parse_args()
     if not torch.cuda.is_available():
         sys.exit("bench_gpu.py needs a CUDA device (torch.cuda.is_available() is False); scripts/bench.py times the CPU")
     torch.backends.cudnn.benchmark = True
     res: dict = {"gpu": torch.cuda.get_device_name(), "torch": torch.__version__, "date": time.strftime("%Y-%m-%d"),
-                 "maml": {}, "protonet": {}, "eval": {}}
+                 "trainer": {}, "maml": {}, "protonet": {}, "eval": {}}
+    sections = set(args.sections.split(","))
 
     def record(section: str, name: str, fn: Callable[[], object]) -> None:
         start = time.perf_counter()
@@ -238,7 +258,11 @@ def main() -> None:
         print(f"{section:9s} {name:34s} {shown}   ({time.perf_counter() - start:.0f} s)", flush=True)
         args.json.write_text(json.dumps(res, indent=1))
 
-    for q in (1, 15):
+    if "trainer" in sections:
+        for graph in (False, True):
+            record("trainer", f"maml 5w1s preset {'cuda-graph' if graph else 'eager'}, episodes/s",
+                   lambda g=graph: trainer_rate(args.omniglot, g))
+    for q in (1, 15) if "maml" in sections else ():
         record("maml", f"q{q} learn2learn", lambda q=q: l2l_maml(q, args.iters))
         for batching in ("loop", "vmap"):
             for cl in (False, True):
@@ -248,14 +272,16 @@ def main() -> None:
             for bf16 in (False, True):
                 record("maml", f"q{q} {batching} cuda-graph {'bf16' if bf16 else 'fp32'}",
                        lambda q=q, b=batching, h=bf16: isolated(f"ours_maml({q}, {b!r}, False, {h}, 'graph', {args.iters})"))
-    for cl in (False, True):
+    for cl in (False, True) if "protonet" in sections else ():
         for bf16 in (False, True):
             record("protonet", f"{'channels_last' if cl else 'nchw'} {'bf16' if bf16 else 'fp32'}",
                    lambda cl=cl, h=bf16: protonet_step(cl, h, "eager", 20))
-    record("protonet", "nchw fp32 cuda-graph", lambda: isolated("protonet_step(False, False, 'graph', 20)"))
-    record("eval", "600 episodes fp32", lambda: eval_600(args.omniglot, False))
-    record("eval", "600 episodes bf16", lambda: eval_600(args.omniglot, True))
-    if not args.skip_compile:
+    if "protonet" in sections:
+        record("protonet", "nchw fp32 cuda-graph", lambda: isolated("protonet_step(False, False, 'graph', 20)"))
+    if "eval" in sections:
+        record("eval", "600 episodes fp32", lambda: eval_600(args.omniglot, False))
+        record("eval", "600 episodes bf16", lambda: eval_600(args.omniglot, True))
+    if not args.skip_compile and {"maml", "protonet"} <= sections:
         record("protonet", "nchw fp32 compile", lambda: isolated("protonet_step(False, False, 'compile', 20)"))
         for q in (1, 15):
             for b in ("vmap", "loop"):

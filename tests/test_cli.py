@@ -37,6 +37,7 @@ def assert_clean_error(r, *phrases: str) -> None:
     (["dataset=omniglot"], ["dataset.root=PATH", "images_background.zip"]),
     (["dataset=omniglot", "dataset.root=/nonexistent"], ["not found in /nonexistent", "brendenlake/omniglot"]),
     (["hardware=cuda"], ["no CUDA device", "hardware=cpu"]),
+    (["hardware.cuda_graph=true"], ["hardware.cuda_graph=true needs a CUDA device", "hardware=cuda"]),
     (["dataset.num_clases=3"], ["num_clases"]),
     (["shots=one"], ["shots", "one"]),
     (["test.episodes=-1"], ["test.episodes must be >= 0", "metalearn-eval"]),

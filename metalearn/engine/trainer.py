@@ -20,6 +20,7 @@ from metalearn.augment import random_affine
 from metalearn.data import build_store
 from metalearn.data.store import ImageStore
 from metalearn.engine.checkpoint import load_checkpoint, save_checkpoint
+from metalearn.engine.cuda_graph import GraphedSteps, check_cuda_graph
 from metalearn.engine.distributed import (
     AveragingOptimizer,
     all_finite,
@@ -105,6 +106,8 @@ class Trainer:
         self.device = local_device(setup_device(cfg.hardware))
         self.ranks = init_from_env(self.device)
         self.amp = cfg.hardware.amp
+        self.cuda_graph = bool(cfg.hardware.get("cuda_graph", False))  # run folders from before the option lack it
+        check_cuda_graph(self.cuda_graph, self.device)
         torch.manual_seed(cfg.seed)
         self.train_spec = TaskSpec(cfg.sampler.train_ways, cfg.sampler.train_shots, cfg.sampler.train_queries)
         self.eval_spec = TaskSpec(cfg.ways, cfg.shots, cfg.queries)
@@ -188,14 +191,18 @@ class Trainer:
         t_window = time.perf_counter()
         t_start = time.perf_counter() - st.elapsed
         deadline = None if cfg.max_minutes is None else time.perf_counter() + 60 * cfg.max_minutes
+        graphed = GraphedSteps(self.method, optimizer, lambda: autocast(self.device, self.amp, cache=False)
+                               ) if self.cuda_graph else None
         self.method.train()
         with Progress(cfg.steps, st.step, f"{cfg.method.name} on {cfg.dataset.name}") as bar:
             while st.step < cfg.steps:
                 batch = shard(self.train_source.batch(st.step, self.device), self.ranks)
                 if cfg.augment.enabled:
                     batch = batch.map_images(lambda x: random_affine(x, cfg.augment, background))
-                with autocast(self.device, self.amp):
-                    stats = self.method.train_step(batch, optimizer)
+                stats = graphed.step(batch) if graphed is not None else None
+                if stats is None:
+                    with autocast(self.device, self.amp):
+                        stats = self.method.train_step(batch, optimizer)
                 if not all_finite(stats["loss"], self.ranks):
                     raise TrainingDiverged(
                         f"the training loss became {stats['loss']} at step {st.step + 1}; training stopped. The last "

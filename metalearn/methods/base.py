@@ -6,7 +6,9 @@
 
 The evaluation code calls only ``predict``; it never asks which kind of method
 it holds. Methods that learn by an ordinary loss implement ``loss``; Reptile and
-the transfer baselines override ``train_step``.
+the transfer baselines override ``train_step``. A method whose step is a loss's
+gradient computed without a host sync says so (``graph_supported``,
+``graph_loss``), and the trainer may then replay that gradient as a CUDA graph.
 """
 
 from __future__ import annotations
@@ -60,6 +62,21 @@ class Method(nn.Module):
         logits = self.predict(batch.support, batch.support_labels, batch.query, batch.ways)
         loss = nn.functional.cross_entropy(fp32(logits.reshape(-1, batch.ways)), batch.query_labels.reshape(-1))
         return loss, logits
+
+    # ------------------------------------------------------------ CUDA-graph capture (metalearn.engine.cuda_graph)
+    graph_capturable = False  # True: graph_loss runs with no host sync, so a CUDA graph can capture the step
+
+    def graph_supported(self, batch: EpisodeBatch) -> bool:
+        """Whether this step, on batches like `batch`, is ``graph_loss`` then backward then the optimiser step."""
+        return self.graph_capturable
+
+    def graph_loss(self, batch: EpisodeBatch) -> tuple[torch.Tensor, torch.Tensor]:
+        """The training loss and the query accuracy as tensors, computed without a host sync."""
+        loss, logits = self.loss(batch)
+        return loss, (logits.argmax(-1) == batch.query_labels).float().mean()
+
+    def after_step(self) -> None:
+        """Bookkeeping after each training step's optimiser step (MAML's meta-step counter)."""
 
     def train_step(self, batch: EpisodeBatch, optimizer: torch.optim.Optimizer) -> dict[str, float]:
         optimizer.zero_grad(set_to_none=True)

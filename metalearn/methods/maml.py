@@ -303,8 +303,25 @@ class MAML(Method):
         loss, accs = self._meta_gradient(batch, path)
         if torch.isfinite(loss):
             optimizer.step()
-        self.meta_steps += 1
+        self.after_step()
         return {"loss": float(loss), "accuracy": float(torch.stack(accs).mean())}
+
+    def after_step(self) -> None:
+        self.meta_steps += 1
+
+    def graph_supported(self, batch: EpisodeBatch) -> bool:
+        """The vmap path, when it may be taken (task_batching auto or vmap), is capturable: on a GPU it
+        is the fastest path by an order of magnitude once captured (README, On a GPU), so auto takes it
+        without timing. MAML++'s derivative-order annealing reads the step counter and stays eager."""
+        if self.task_batching not in ("auto", "vmap") or not self.vmap_supported() or self.plus.first_order_until > 0:
+            return False
+        if self.task_batching == "auto":
+            self.batching_path.fill_(BATCHING.index("vmap"))
+        return True
+
+    def graph_loss(self, batch: EpisodeBatch) -> tuple[torch.Tensor, torch.Tensor]:
+        losses, logits = self.batched_task_losses(batch)
+        return losses.mean(), (logits.argmax(-1) == batch.query_labels).float().mean()
 
     # ------------------------------------------------------------ test time
     def adapt_for_test(self, support: torch.Tensor, labels: torch.Tensor) -> Params:

@@ -24,6 +24,7 @@ class ProtoNet(EmbeddingMethod):
     squared Euclidean distances (or scaled cosine similarities) to them."""
 
     name = "protonet"
+    graph_capturable = True
 
     def __init__(self, backbone: nn.Module, distance: str = "sqeuclidean"):
         super().__init__()

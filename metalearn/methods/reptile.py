@@ -81,6 +81,9 @@ class Reptile(MAML):
         return {k: p.detach() for k, p in params.items()}, (v, t)
 
     # ------------------------------------------------------------ the method interface
+    def graph_supported(self, batch: EpisodeBatch) -> bool:
+        return False  # the step is SGD on each task followed by an interpolation, not a loss's gradient
+
     def train_step(self, batch: EpisodeBatch, optimizer: torch.optim.Optimizer) -> dict[str, float]:
         theta = dict(self.model.named_parameters())
         mean_phi = {n: torch.zeros_like(p) for n, p in theta.items()}
