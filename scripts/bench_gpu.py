@@ -214,6 +214,8 @@ def trainer_rate(omniglot: Path, graph: bool, steps: int = 400) -> float:
         r = subprocess.run(cmd, capture_output=True, text=True, timeout=540, cwd=REPO)
         if r.returncode != 0:
             raise RuntimeError((r.stderr.strip().splitlines() or ["no output"])[-1])
+        if graph and "captured as a CUDA graph" not in r.stderr + r.stdout:  # else the figure would be eager's
+            raise RuntimeError("hardware.cuda_graph=true ran, but the step was not captured (no capture log line)")
         lines = (Path(tmp) / "run" / "metrics.jsonl").read_text().splitlines()
         return statistics.median([m["episodes_per_s"] for m in map(json.loads, lines) if m["kind"] == "train"][1:])
 
