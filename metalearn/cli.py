@@ -39,14 +39,56 @@ def setup_logging(log_file: Path | None = None, quiet: bool = False) -> None:
         log.addHandler(fh)
 
 
-def report_errors(fn: Callable[[], T], multirun: bool = False) -> T | None:
-    """Run fn; a MetalearnError becomes `error: ...` on stderr and exit status 2.
+def _one_line(e: BaseException) -> str:
+    text = " ".join(str(e).split())
+    return f"{type(e).__name__}: {text}" if not isinstance(e, MetalearnError) else text
 
-    In a sweep the failed job is only logged (its summary says so), so the other jobs go on."""
+
+def environment_error(e: OSError) -> MetalearnError:
+    """A file-system failure (read-only folder, full disk, a file where a folder should be) in one line with
+    the file it hit: the machine's state, not a bug, so no traceback."""
+    where = f" ({e.filename})" if getattr(e, "filename", None) else ""
+    return MetalearnError(f"cannot write or read a file{where}: {e.strerror or e}. Free disk space, make the folder "
+                          f"writable, or give another run_dir= / out folder.")
+
+
+def report_errors(fn: Callable[[], T], multirun: bool = False,
+                  on_error: Callable[[BaseException], object] | None = None) -> T | None:
+    """Run fn; a MetalearnError (or a file-system error) becomes `error: ...` on stderr and exit status 2.
+
+    on_error(e) records any failure (the run folder's summary.json says failed, with the reason) before
+    the exit. In a sweep the failed job is only logged, so the other jobs go on."""
     try:
         return fn()
-    except MetalearnError as e:
-        log.error("error: %s", e)
+    except (MetalearnError, OSError) as e:
+        err = e if isinstance(e, MetalearnError) else environment_error(e)
+        log.error("error: %s", err)
+        if on_error is not None:
+            on_error(err)
         if multirun:
             return None
         sys.exit(2)
+    except BaseException as e:  # a bug, Ctrl-C, a time limit: recorded, then handled by the caller as before
+        if on_error is not None:
+            on_error(e)
+        raise
+
+
+def record_failure(folder, cfg, e: BaseException) -> None:
+    """summary.json of a run that did not complete: failed (or interrupted), with the reason in one line,
+    so no run is left saying `running`. Never raises: the folder may be the thing that failed."""
+    from metalearn.errors import TimeLimitReached
+
+    try:
+        s = folder.summary()
+        interrupted = isinstance(e, KeyboardInterrupt | TimeLimitReached)
+        status = s.get("status") if s.get("status") in ("diverged", "interrupted") else (
+            "interrupted" if interrupted else "failed")
+        reason = _one_line(e) if not isinstance(e, KeyboardInterrupt) else "interrupted (Ctrl-C or SIGTERM)"
+        if isinstance(e, TimeLimitReached):
+            reason = f"max_minutes={cfg.max_minutes} reached"
+        folder.write_summary(cfg, status=status, error=reason)
+        if not isinstance(e, MetalearnError | KeyboardInterrupt | TimeLimitReached):
+            log.error("unexpected failure, recorded in %s:", folder.path / "summary.json", exc_info=e)
+    except Exception as inner:  # noqa: BLE001 - the original error matters more
+        log.warning("could not record the failure in %s: %s", folder.path, _one_line(inner))

@@ -357,6 +357,71 @@ class EvalConfig:
     hardware: HardwareConfig = field(default_factory=HardwareConfig)
 
 
+# The numeric ranges of the keys above, declared once beside their types and checked before anything is built
+# (check_bounds): key -> (lowest, highest, what the key is), None for no bound; a key a config lacks (another
+# method's, another dataset's) is skipped. Exclusive bounds are written as the nearest valid value.
+BOUNDS: dict[str, tuple[float | None, float | None, str]] = {
+    "seed": (0, None, "the run's random seed"),
+    "steps": (1, None, "meta-training steps"),
+    "log_every": (1, None, "steps between training log records"),
+    "checkpoint_every": (1, None, "steps between checkpoints"),
+    "max_minutes": (0, None, "minutes of training before a checkpointed stop (null: no limit)"),
+    "sampler.meta_batch": (1, None, "tasks per meta-training step"),
+    "optimizer.lr": (1e-12, None, "the outer learning rate, > 0"),
+    "optimizer.weight_decay": (0, None, "weight decay"),
+    "optimizer.momentum": (0, 1, "SGD momentum"),
+    "schedule.step_size": (1, None, "steps between learning-rate decays"),
+    "schedule.gamma": (1e-12, None, "the learning-rate decay factor, > 0"),
+    "augment.rotate": (0, 180, "the largest rotation, in degrees"),
+    "augment.scale": (0, 0.99, "the largest relative change of scale"),
+    "augment.shift": (0, 1, "the largest shift, as a fraction of the image side"),
+    "val.every": (0, None, "steps between validations (0: never)"),
+    "val.episodes": (1, None, "validation episodes"),
+    "val.seed": (0, None, "the validation episodes' seed"),
+    "test.episodes": (0, None, "test episodes after training (0: none; `metalearn-eval run=...` tests later)"),
+    "test.seed": (0, None, "the test episodes' seed"),
+    "test.batch": (1, None, "test episodes per forward pass"),
+    "test.ways": (2, None, "each test setting's ways"),
+    "test.shots": (1, None, "each test setting's shots"),
+    "dataset.image_size": (16, 1024, "the image side in pixels; Conv-4's four halvings need 16"),
+    "dataset.num_classes": (3, None, "synthetic classes"),
+    "dataset.images_per_class": (2, None, "synthetic images per class"),
+    "dataset.split_fractions": (0, None, "train, val and test fractions"),
+    "dataset.split_seed": (0, None, "the split's seed"),
+    "hardware.threads": (1, 1024, "CPU threads (null: torch's default)"),
+    "method.backbone.width": (1, 4096, "the backbone's channels"),
+    "method.inner_lr": (0, None, "the inner-loop learning rate"),
+    "method.hidden": (1, None, "the hidden width"),
+    "method.batch_size": (1, None, "pre-training minibatch size"),
+    "method.slots": (1, None, "memory rows"),
+    "method.width": (1, None, "memory columns"),
+    "method.heads": (1, None, "read heads"),
+    "method.gamma": (0, 1, "the usage decay"),
+    "method.label_slots": (0, None, "label width (0: sampler.train_ways)"),
+    "method.project": (0, None, "projected width (0: none)"),
+    "method.input_noise": (0, None, "input noise's standard deviation"),
+    "method.inner_batch": (1, None, "Reptile's inner minibatch"),
+    "method.plus.msl_anneal_steps": (1, None, "MAML++ multi-step-loss annealing steps"),
+    "method.plus.first_order_until": (0, None, "MAML++ first-order steps"),
+    "method.hard_negatives": (0, 1, "fraction of hard negative pairs"),
+    "method.scale": (1e-12, None, "the cosine's scale, > 0"),
+}
+
+
+def check_bounds(cfg: Any, bounds: dict[str, tuple[float | None, float | None, str]] = BOUNDS) -> None:
+    """Every bounded key of cfg in its range, or one MetalearnError naming the key, its value and the range."""
+    from metalearn.errors import MetalearnError
+
+    for key, (low, high, what) in bounds.items():
+        value = OmegaConf.select(cfg, key, default=None)
+        for v in value if isinstance(value, list | tuple) or OmegaConf.is_list(value) else [value]:
+            if v is None or isinstance(v, bool) or not isinstance(v, int | float):
+                continue
+            if v != v or (low is not None and v < low) or (high is not None and v > high):
+                rng = (f">= {low}" if high is None else f"between {low} and {high}") if low is not None else f"<= {high}"
+                raise MetalearnError(f"{key}={value} is out of range ({what}); give {key}= a value {rng}")
+
+
 METHOD_SCHEMAS: dict[str, type] = {
     "protonet": ProtoNetConfig, "matching": MatchingConfig, "relation": RelationConfig, "siamese": SiameseConfig,
     "baseline": BaselineConfig, "baselinepp": BaselineConfig, "pixel_nn": PixelNNConfig, "meta_lstm": MetaLSTMConfig,
@@ -390,9 +455,15 @@ def complete_saved_config(saved: dict) -> tuple[dict, list[str]]:
     return fill(saved, base, ""), filled
 
 
+# run_dir= values as first resolved, before Hydra creates the folder: whether each already existed, so a
+# failed start removes only a folder this process made (never a user's own, even an empty one)
+RUN_DIR_EXISTED: dict[str, bool] = {}
+
+
 def _run_dir(run_dir: str | None, resume: bool, task: str, default: str) -> str:
     """hydra.run.dir: the given run_dir, else (resume=true) the newest unfinished run, else a new folder."""
     if run_dir:
+        RUN_DIR_EXISTED.setdefault(str(Path(run_dir).absolute()), Path(run_dir).exists())
         return run_dir
     if resume:
         from metalearn.engine.rundir import find_resumable

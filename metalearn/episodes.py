@@ -98,6 +98,9 @@ def episode_labels(tasks: int, ways: int, per_class: int, device: torch.device |
     return torch.arange(ways, device=device).repeat_interleave(per_class).expand(tasks, -1)
 
 
+SKIP_HINT = {"val": " or skip validation with val.every=0", "test": " or skip the test with test.episodes=0"}
+
+
 class EpisodeSampler:
     """Draws N-way K-shot Q-query plans from one split of a store."""
 
@@ -111,14 +114,21 @@ class EpisodeSampler:
         n = len(self.classes)
         self.uniform = bool(n) and int(self.counts.min()) == int(self.counts.max())  # Omniglot: 20 per class
         self.columns = np.arange(int(self.counts.max()) if n else 0)[None, :]
+        name = store.meta.get("name", "the dataset")
         if spec.ways > n:
-            raise MetalearnError(f"ways={spec.ways} but the {split} split of {store.meta.get('name', 'the dataset')} "
-                                 f"has only {n} classes; use ways<={n} (or sampler.train_ways for training).")
+            fix = (f"use ways<={n} (or sampler.train_ways for training), or " if n >= 2 else "")
+            raise MetalearnError(f"ways={spec.ways} but the {split} split of {name} has only {n} class"
+                                 f"{'' if n == 1 else 'es'}; {fix}give the {split} split more classes (the dataset's "
+                                 f"split_fractions, alphabets or split_file){SKIP_HINT.get(split, '')}.")
         need = spec.shots + spec.queries
         if n and need > int(self.counts.min()):
-            raise MetalearnError(f"shots+queries={spec.shots}+{spec.queries}={need} but some {split} classes have only "
-                                 f"{int(self.counts.min())} images; lower shots or queries so that shots+queries<="
-                                 f"{int(self.counts.min())}.")
+            low = int(self.counts.min())
+            few = [store.class_names[c] for c in self.classes[self.counts == low][:3]]
+            fix = (f"lower shots or queries so that shots+queries<={low}, or " if low >= 2 else "")
+            raise MetalearnError(f"shots+queries={spec.shots}+{spec.queries}={need} but {split} class "
+                                 f"{', '.join(few)} {'has' if len(few) == 1 else 'have'} only {low} image"
+                                 f"{'' if low == 1 else 's'}; {fix}add images to {'it' if len(few) == 1 else 'them'} "
+                                 f"or remove {'it' if len(few) == 1 else 'them'} from the dataset.")
 
     def plans(self, start: int, count: int) -> EpisodePlans:
         """Episodes start .. start+count-1 of this sampler's infinite, seeded sequence."""

@@ -34,8 +34,10 @@ def run(cfg: DictConfig) -> dict:
     if cfg.run is None:
         raise MetalearnError("metalearn-eval needs run=PATH, a run folder such as outputs/train/<date>/<time>_protonet_...")
     folder = Path(cfg.run)
+    if not folder.exists():
+        raise MetalearnError(f"run folder {folder} does not exist; give a run folder such as outputs/train/<date>/<run>")
     if not folder.is_dir():
-        raise MetalearnError(f"run folder {folder} does not exist")
+        raise MetalearnError(f"run={folder} is a file, not a run folder; give the folder that holds its config.yaml")
     device = setup_device(cfg.hardware)
     method, ckpt = restore_method(folder, cfg.checkpoint, device)
     saved = ckpt["config"]
@@ -47,19 +49,31 @@ def run(cfg: DictConfig) -> dict:
     if cfg.dataset_root is not None:
         dataset["root"] = cfg.dataset_root
     store = build_store(DictConfig(dataset))
-    spec = TaskSpec(cfg.ways or saved["ways"], cfg.shots or saved["shots"], cfg.queries or saved["queries"])
+    for key in ("ways", "shots", "queries", "episodes", "batch"):
+        value = cfg[key]
+        if value is not None and value < 1:
+            own = " (or leave it out for the run's own)" if key in ("ways", "shots", "queries") else ""
+            raise MetalearnError(f"{key}={value}: it must be a whole number >= 1{own}")
+    if cfg.seed < 0:
+        raise MetalearnError(f"seed={cfg.seed}: episode seeds are whole numbers >= 0")
+    spec = TaskSpec(*(saved[k] if cfg[k] is None else cfg[k] for k in ("ways", "shots", "queries")))
     method.check_task(spec)
     r = evaluate(method, store, cfg.split, spec, cfg.episodes, cfg.seed, device, cfg.batch,
                  autocast(device, cfg.hardware.amp))
-    bn = "" if cfg.batch_norm is None else f"_bn-{cfg.batch_norm}"
-    steps = "" if cfg.inner_steps is None else f"_steps-{cfg.inner_steps}"
-    path = r.save(folder / "eval",
-                  f"{cfg.split}_{spec.tag}_q{spec.queries}_seed{cfg.seed}_{ckpt['checkpoint_name']}{bn}{steps}")
+    path = r.save(folder / "eval", result_name(cfg, spec, ckpt["checkpoint_name"]))
     print(f"{saved['method']['name']} on {saved['dataset']['name']} {cfg.split} {spec.ways}-way {spec.shots}-shot: "
           f"{100 * r.accuracy:.2f} ± {100 * r.ci95:.2f}% (95% CI, {len(r.per_episode)} episodes, "
           f"episodes {r.plans.digest()}{'' if r.batch_norm is None else ', batch norm: ' + r.batch_norm}"
           f"{'' if cfg.inner_steps is None else f', {cfg.inner_steps} inner steps'}) -> {path}")
     return r.summary()
+
+
+def result_name(cfg: DictConfig, spec, checkpoint: str) -> str:
+    """A result's file name holds everything that decides which episodes are scored and how, so two protocols
+    never share a file and the same protocol always writes the same one (batch only groups episodes)."""
+    bn = "" if cfg.batch_norm is None else f"_bn-{cfg.batch_norm}"
+    steps = "" if cfg.inner_steps is None else f"_steps-{cfg.inner_steps}"
+    return f"{cfg.split}_{spec.tag}_q{spec.queries}_e{cfg.episodes}_seed{cfg.seed}_{checkpoint}{bn}{steps}"
 
 
 def set_policy(method, name: str, policy: str) -> None:
@@ -102,6 +116,11 @@ def _hydra_main(cfg: DictConfig) -> None:
 def main() -> None:
     """The console script: --help answered fast (metalearn.help), everything else by Hydra."""
     if not answer_help("metalearn-eval", "eval", __doc__ or ""):
+        import sys
+
+        from metalearn.preflight import run_preflight
+
+        run_preflight(sys.argv[1:], "eval")
         _hydra_main()
 
 

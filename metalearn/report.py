@@ -25,6 +25,9 @@ from pathlib import Path
 
 import numpy as np
 
+from metalearn.engine.rundir import read_metrics
+from metalearn.errors import MetalearnError
+
 
 @dataclass
 class Result:
@@ -56,7 +59,13 @@ def find_runs(paths: list[Path]) -> list[Path]:
 
 
 def load_results(run: Path) -> list[Result]:
-    s = json.loads((run / "summary.json").read_text())
+    from metalearn.engine.rundir import observed_status
+
+    try:
+        s = json.loads((run / "summary.json").read_text())
+        s["status"] = observed_status(s)
+    except (OSError, ValueError, AttributeError):  # listed, never dropped, never a crash of the whole report
+        s = {"status": "unreadable summary.json"}
     dataset = (s.get("choices") or {}).get("dataset") or s.get("dataset", "?")  # omniglot_small is not omniglot
     overrides = [o for o in s.get("overrides", []) if not o.startswith(("seed=", "run_dir=", "resume=", "max_minutes="))]
     out = []
@@ -165,7 +174,7 @@ def plots(results: list[Result], out: Path) -> list[Path]:
         path = run / "metrics.jsonl"
         if not path.is_file():
             continue
-        train = [json.loads(line) for line in path.read_text().splitlines()]
+        train = read_metrics(path)
         train = [r for r in train if r.get("kind") == "train"]
         if train:
             label = next(r.method for r in results if r.run == run) + f" ({run.name})"
@@ -195,9 +204,13 @@ def plots(results: list[Result], out: Path) -> list[Path]:
 
 
 def report(paths: list[Path], out: Path) -> dict:
+    missing = [str(p) for p in paths if not p.exists()]
+    if missing:
+        raise MetalearnError(f"no such path: {', '.join(missing)}; give run folders, sweep folders or outputs/")
     runs = find_runs(paths)
     if not runs:
-        raise SystemExit(f"no run folders (with a summary.json) under {', '.join(map(str, paths))}")
+        raise MetalearnError(f"no run folders (with a summary.json) under {', '.join(map(str, paths))}; give folders "
+                             f"that metalearn-train wrote (outputs/train, outputs/multirun/...)")
     results = [r for run in runs for r in load_results(run)]
     rows, seeds = leaderboard(results), across_seeds(results)
     out.mkdir(parents=True, exist_ok=True)
@@ -215,7 +228,15 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("paths", nargs="+", type=Path, help="run folders, sweep folders, or folders holding them")
     ap.add_argument("--out", type=Path, default=Path("outputs/report"))
     args = ap.parse_args(argv)
-    result = report(args.paths, args.out)
+    try:
+        result = report(args.paths, args.out)
+    except MetalearnError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    except OSError as e:
+        print(f"error: cannot read or write {e.filename or ''}: {e.strerror or e}; check --out and the paths",
+              file=sys.stderr)
+        sys.exit(2)
     print((args.out / "leaderboard.md").read_text())
     print(f"{result['runs']} runs -> " + ", ".join(str(p) for p in result["files"]), file=sys.stderr)
 

@@ -13,7 +13,6 @@ Torch is imported inside main() so that --help answers fast.
 
 from __future__ import annotations
 
-import shutil
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -98,13 +97,42 @@ def apply_resume_overrides(saved: DictConfig, cfg: DictConfig, overrides: list[s
     folder.write_config(saved, kept + [o.lstrip("+~") for o in changed.values()], recorded["choices"])
 
 
+def check_run_folder(out: Path, cfg: DictConfig) -> None:
+    """Before anything is written: resume=true needs a checkpoint, and a new run needs a folder that is empty,
+    new, or a metalearn run that never checkpointed. A folder this process made for a refused resume is removed
+    again; anything else (a user's folder, even an empty one) is left exactly as it was."""
+    from metalearn.config import RUN_DIR_EXISTED
+    from metalearn.engine.checkpoint import load_checkpoint
+    from metalearn.engine.rundir import RunFolder
+    from metalearn.errors import MetalearnError
+
+    if out.exists() and not out.is_dir():
+        raise MetalearnError(f"run_dir={cfg.run_dir} is a file, not a folder; give a new or empty folder")
+    folder = RunFolder(out, read_only=True)
+    if cfg.resume:
+        if folder.checkpoint("last").is_file():
+            load_checkpoint(folder.checkpoint("last"))  # refused now, before this process writes to the folder
+            return
+        made_here = not RUN_DIR_EXISTED.get(str(out.absolute()), True) or cfg.run_dir is None
+        if made_here and out.is_dir() and not any(out.iterdir()):
+            out.rmdir()
+        where = f"in {cfg.run_dir}" if cfg.run_dir else "under outputs/train/ (no unfinished run found)"
+        raise MetalearnError(f"resume=true but there is no checkpoint to resume {where}. Give the run's "
+                             f"folder with run_dir=PATH, or start a new run without resume=true.")
+    refuse_to_overwrite(folder, cfg.run_dir)
+    foreign = folder.foreign_entries()
+    if foreign:
+        raise MetalearnError(
+            f"run_dir={cfg.run_dir} already holds files that no metalearn run wrote ({', '.join(foreign[:5])}"
+            f"{', ...' if len(foreign) > 5 else ''}); a run there would write among them. Give a new or empty folder.")
+
+
 def run(cfg: DictConfig) -> dict | None:
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
-    from metalearn.cli import report_errors, setup_logging
+    from metalearn.cli import record_failure, report_errors, setup_logging
     from metalearn.engine.rundir import RunFolder
-    from metalearn.errors import MetalearnError
 
     hc = HydraConfig.get()
     out = Path(hc.runtime.output_dir)
@@ -116,40 +144,37 @@ def run(cfg: DictConfig) -> dict | None:
             own.rmdir()
     else:
         broadcast_path(str(out), ranks)
-    setup_logging(out / "train.log" if ranks.main else None, quiet=not ranks.main)
+    setup_logging(None, quiet=not ranks.main)
+    started: list[tuple[RunFolder, DictConfig]] = []  # once this process owns the folder, every failure is recorded
 
     def go() -> dict:
         from metalearn.engine.trainer import train
 
+        if ranks.main:
+            check_run_folder(out, cfg)
         folder = RunFolder(out, read_only=not ranks.main)
         if cfg.resume:
-            if not folder.checkpoint("last").is_file():
-                if {p.name for p in out.iterdir()} <= {"train.log"}:  # the folder Hydra just made
-                    shutil.rmtree(out)
-                where = f"in {cfg.run_dir}" if cfg.run_dir else "under outputs/train/ (no unfinished run found)"
-                raise MetalearnError(f"resume=true but there is no checkpoint to resume {where}. Give the run's "
-                                     f"folder with run_dir=PATH, or start a new run without resume=true.")
             saved = folder.saved_config()
             apply_resume_overrides(saved, cfg, list(hc.overrides.task), folder)
             saved.resume = True
-            return train(saved, folder)
-        refuse_to_overwrite(folder, cfg.run_dir)
-        folder.write_config(cfg, list(hc.overrides.task), dict(hc.runtime.choices))
-        return train(cfg, folder)
+        if ranks.main:  # checks passed: from here the run folder is this process's, and so is its log
+            setup_logging(out / "train.log")
+        folder.remove_orphans()
+        if not cfg.resume:
+            folder.write_config(cfg, list(hc.overrides.task), dict(hc.runtime.choices))
+        run_cfg = saved if cfg.resume else cfg
+        started.append((folder, run_cfg))
+        return train(run_cfg, folder)
 
     try:
-        result = report_errors(go, multirun=multirun)
-        if result is None and multirun and ranks.main:  # a bad-input error: the job is recorded as failed
-            RunFolder(out).write_summary(cfg, status="failed")
-        return result
+        return report_errors(go, multirun=multirun,
+                             on_error=lambda e: record_failure(*started[0], e) if started else None)
     except Exception:
-        if multirun:  # a crashed job is recorded and the sweep goes on
-            import logging
-
-            logging.getLogger("metalearn").exception("job failed")
-            RunFolder(out).write_summary(cfg, status="failed")
+        if not started:  # before the run folder was this process's: nothing recorded it, keep the traceback
+            raise
+        if multirun:  # a crashed job is recorded (and its traceback logged) and the sweep goes on
             return None
-        raise
+        sys.exit(1)  # the traceback is in the log and train.log, the reason in summary.json
 
 
 def _join_ranks(cfg: DictConfig):
@@ -215,6 +240,9 @@ def main() -> None:
     """The console script: --help answered fast (metalearn.help), everything else by Hydra."""
     if not answer_help("metalearn-train", "train", __doc__ or ""):
         from metalearn.errors import TimeLimitReached
+        from metalearn.preflight import run_preflight
+
+        run_preflight(sys.argv[1:], "train")
 
         try:
             _hydra_main()

@@ -28,26 +28,15 @@ def assert_clean_error(r, *phrases: str) -> None:
 
 
 @pytest.mark.parametrize("args,phrases", [
-    (["method=mam"], ["Could not find 'method/mam'", "protonet"]),
-    (["dataset=imagenet9"], ["Could not find 'dataset/imagenet9'", "synthetic", "omniglot"]),
+    (["method=mam"], ["method=mam is not a method", "protonet"]),
     (["ways=0"], ["ways must be a positive whole number"]),
-    (["shots=-2"], ["shots must be a positive whole number"]),
-    (["ways=500"], ["ways=500 but the val split of synthetic has only 120 classes"]),
-    (["shots=15", "queries=15"], ["shots+queries=15+15=30", "only 20 images"]),
-    (["dataset=omniglot"], ["dataset.root=PATH", "images_background.zip"]),
-    (["dataset=omniglot", "dataset.root=/nonexistent"], ["not found in /nonexistent", "brendenlake/omniglot"]),
-    (["hardware=cuda"], ["no CUDA device", "hardware=cpu"]),
-    (["hardware.cuda_graph=true"], ["hardware.cuda_graph=true needs a CUDA device", "hardware=cuda"]),
-    (["dataset.num_clases=3"], ["num_clases"]),
-    (["shots=one"], ["shots", "one"]),
-    (["test.episodes=-1"], ["test.episodes must be >= 0", "metalearn-eval"]),
+    (["stepz=10"], ["stepz is not a key", "did you mean steps"]),
 ])
 def test_bad_input_gets_a_clear_message(tmp_path, args, phrases):
-    import torch
-
-    if args == ["hardware=cuda"] and torch.cuda.is_available():
-        pytest.skip("a CUDA device is present")
-    assert_clean_error(cli("metalearn-train", "debug=smoke", *args, cwd=tmp_path), *phrases)
+    """A few cases of tests/test_bad_input.py's matrix as real processes: one line, exit 2, no traceback."""
+    r = cli("metalearn-train", "debug=smoke", *args, cwd=tmp_path)
+    assert_clean_error(r, *phrases)
+    assert r.returncode == 2 and len([line for line in r.stderr.splitlines() if "error:" in line]) == 1
 
 
 def test_test_episodes_zero_skips_the_test_and_eval_refuses_zero_episodes(tmp_path):
@@ -56,17 +45,23 @@ def test_test_episodes_zero_skips_the_test_and_eval_refuses_zero_episodes(tmp_pa
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert summary["status"] == "completed" and not summary.get("test")
     assert "test skipped (test.episodes=0)" in r.stderr + r.stdout
-    assert_clean_error(cli("metalearn-eval", "run=run", "episodes=0", cwd=tmp_path), "evaluation episodes must be >= 1")
+    assert_clean_error(cli("metalearn-eval", "run=run", "episodes=0", cwd=tmp_path), "episodes=0: it must be a whole number >= 1")
 
 
 def test_eval_scores_a_finished_run_on_fixed_episodes(trained):
     r = cli("metalearn-eval", f"run={trained}", "episodes=30", cwd=trained.parent)
     assert r.returncode == 0, r.stderr
     assert "protonet on synthetic test 5-way 1-shot" in r.stdout and "95% CI, 30 episodes" in r.stdout
-    out = json.loads((trained / "eval" / "test_5w1s_q15_seed2_best.json").read_text())
+    path = trained / "eval" / "test_5w1s_q15_e30_seed2_best.json"
+    out = json.loads(path.read_text())
     assert len(out["per_episode"]) == 30
+    first = path.read_bytes()
     again = cli("metalearn-eval", f"run={trained}", "episodes=30", cwd=trained.parent)
     assert again.stdout.split("->")[0] == r.stdout.split("->")[0]  # same episodes, same numbers
+    assert path.read_bytes() == first  # the same protocol gives the identical file
+    fewer = cli("metalearn-eval", f"run={trained}", "episodes=20", cwd=trained.parent)
+    assert fewer.returncode == 0 and path.read_bytes() == first  # another protocol never replaces it
+    assert len(json.loads((trained / "eval" / "test_5w1s_q15_e20_seed2_best.json").read_text())["per_episode"]) == 20
     r20 = cli("metalearn-eval", f"run={trained}", "ways=20", "episodes=10", "checkpoint=last", cwd=trained.parent)
     assert r20.returncode == 0 and "20-way 1-shot" in r20.stdout
 

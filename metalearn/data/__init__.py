@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from omegaconf import OmegaConf
@@ -15,6 +16,10 @@ DATASETS = ("synthetic", "omniglot", "mini_imagenet", "tiered_imagenet", "cifar_
 def build_store(cfg: Any) -> ImageStore:
     """Build (or load from cache) the store a dataset config describes."""
     name = cfg.name
+    root = getattr(cfg, "root", None)
+    if root and Path(str(root)).expanduser().exists() and not Path(str(root)).expanduser().is_dir():
+        raise MetalearnError(f"dataset.root={root} is a file, not a folder; give the folder that holds the dataset "
+                             f"({name}'s archives or class folders), not a file inside it")
     if name == "synthetic":
         from metalearn.config import SyntheticConfig
         from metalearn.data.synthetic import build_synthetic

@@ -10,6 +10,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from metalearn.errors import MetalearnError
+
 SPLITS = ("train", "val", "test")
 FLOAT_COPY_MAX_BYTES = 512 * 2**20  # ImageStore.load keeps a normalised float copy of stores up to this size
 
@@ -116,7 +118,8 @@ class ImageStore:
 def split_by_fractions(n: int, fractions: list[float], seed: int) -> dict[str, np.ndarray]:
     """Shuffle 0..n-1 with `seed` and cut it into train/val/test by `fractions`."""
     if len(fractions) != 3 or any(f < 0 for f in fractions) or sum(fractions) <= 0:
-        raise ValueError(f"split_fractions must be three non-negative numbers (train, val, test), got {fractions}")
+        raise MetalearnError(f"dataset.split_fractions must be three non-negative numbers (train, val, test) with a "
+                             f"positive sum, got {fractions}; e.g. dataset.split_fractions=[0.7,0.1,0.2]")
     total = float(sum(fractions))
     order = np.random.default_rng(seed).permutation(n)
     n_train = int(round(n * fractions[0] / total))

@@ -18,6 +18,7 @@ import torch
 from metalearn.config import SyntheticConfig
 from metalearn.data.cache import cached
 from metalearn.data.store import ImageStore, split_by_fractions
+from metalearn.errors import MetalearnError
 
 MAX_STROKES = 4
 POINTS_PER_STROKE = 12
@@ -104,7 +105,7 @@ def generate(num_classes: int, images_per_class: int, image_size: int, seed: int
 
 def build_synthetic(cfg: SyntheticConfig) -> ImageStore:
     if cfg.num_classes < 3 or cfg.images_per_class < 2:
-        raise ValueError(f"dataset.num_classes must be >= 3 and dataset.images_per_class >= 2, "
+        raise MetalearnError(f"dataset.num_classes must be >= 3 and dataset.images_per_class >= 2, "
                          f"got {cfg.num_classes} and {cfg.images_per_class}")
     key = {"v": FORMAT_VERSION, "n": cfg.num_classes, "k": cfg.images_per_class,
            "size": cfg.image_size, "seed": cfg.generator_seed}

@@ -45,7 +45,11 @@ class EvalResult:
     def save(self, folder: Path, name: str) -> Path:
         """<name>.json (summary + per-episode accuracies) and <name>_episodes.npz (the plans)."""
         folder.mkdir(parents=True, exist_ok=True)
-        np.savez_compressed(folder / f"{name}_episodes.npz", **self.plans.to_dict())
+        plans = folder / f"{name}_episodes.npz"
+        tmp = folder / f"{name}_episodes.npz.json.tmp"  # the name remove_orphans knows
+        with open(tmp, "wb") as f:
+            np.savez_compressed(f, **self.plans.to_dict())
+        tmp.replace(plans)
         path = folder / f"{name}.json"
         tmp = path.with_suffix(".json.tmp")
         tmp.write_text(json.dumps({**self.summary(), "per_episode": self.per_episode.tolist()}, indent=1))

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
+
+from metalearn.engine.rundir import read_metrics
 
 
 def plot_learning_curve(metrics_path: Path, out: Path, title: str = "") -> None:
@@ -13,8 +14,7 @@ def plot_learning_curve(metrics_path: Path, out: Path, title: str = "") -> None:
     import matplotlib.pyplot as plt
 
     train, val = [], []
-    for line in metrics_path.read_text().splitlines():
-        r = json.loads(line)
+    for r in read_metrics(metrics_path):
         (val if r.get("kind") == "val" else train).append(r)
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.8))
     if train:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
+import socket
 import subprocess
 from dataclasses import asdict, is_dataclass
 from functools import lru_cache
@@ -28,6 +29,10 @@ def git_commit() -> dict:
     return {"commit": sha or None, "dirty": bool(dirty) if sha else None}
 
 
+# the run's record files, rewritten whole through a temporary `.<name>.tmp` (see remove_orphans)
+RECORD_FILES = ("config.yaml", "overrides.json", "summary.json", "metrics.jsonl")
+
+
 def _write_text(path: Path, text: str) -> None:
     """Whole or not at all: a run's record files are rewritten in place (summary, an extended config)."""
     tmp = path.with_name(f".{path.name}.tmp")
@@ -37,6 +42,25 @@ def _write_text(path: Path, text: str) -> None:
 
 def _write_json(path: Path, data: Any) -> None:
     _write_text(path, json.dumps(data, indent=2, default=str))
+
+
+def read_metrics(path: Path) -> list[dict]:
+    """metrics.jsonl's records; a last line a kill cut short is left out."""
+    out = []
+    for line in path.read_text().splitlines():
+        try:
+            out.append(json.loads(line))
+        except ValueError:
+            continue
+    return out
+
+
+def _step_of(line: str) -> float:
+    """A metrics record's step; a line a kill cut short (only ever the last) counts as after every step."""
+    try:
+        return json.loads(line)["step"]
+    except (ValueError, KeyError, TypeError):
+        return float("inf")
 
 
 class RunFolder:
@@ -76,7 +100,7 @@ class RunFolder:
             return
         if not self.metrics_path.exists():
             return
-        keep = [line for line in self.metrics_path.read_text().splitlines() if json.loads(line)["step"] <= step]
+        keep = [line for line in self.metrics_path.read_text().splitlines() if _step_of(line) <= step]
         tmp = self.metrics_path.with_name(".metrics.jsonl.tmp")
         tmp.write_text("".join(line + "\n" for line in keep))
         os.replace(tmp, self.metrics_path)
@@ -85,8 +109,32 @@ class RunFolder:
         p = self.path / "summary.json"
         return json.loads(p.read_text()) if p.exists() else {}
 
+    def foreign_entries(self) -> list[str]:
+        """What is in the folder that no metalearn run wrote (empty for a new, empty or metalearn run folder)."""
+        if not self.path.is_dir() or (self.path / "config.yaml").is_file() or (self.path / "summary.json").is_file():
+            return []
+        return sorted(p.name for p in self.path.iterdir())
+
+    def remove_orphans(self) -> list[Path]:
+        """Temporary files of writes a kill interrupted (their names are this module's and cache.py's, so a
+        user's file is never matched). The finished file they were replacing is intact."""
+        if self.read_only:
+            return []
+        patterns = [(self.path, f".{name}.tmp") for name in RECORD_FILES] + [
+            (self.path / "checkpoints", ".*.pt.*.tmp"), (self.path / "eval", "*.json.tmp"),
+            (self.path, "learning_curve.tmp.png")]
+        removed = [p for folder, pattern in patterns if folder.is_dir() for p in folder.glob(pattern) if p.is_file()]
+        for p in removed:
+            p.unlink()
+        if removed:
+            import logging
+
+            logging.getLogger("metalearn").info("removed %d unfinished temporary file(s) of a killed write: %s",
+                                                len(removed), ", ".join(p.name for p in removed))
+        return removed
+
     def write_summary(self, cfg: DictConfig, status: str, state: Any = None, test: dict | None = None,
-                      device: str | None = None, init: dict | None = None) -> dict:
+                      device: str | None = None, init: dict | None = None, error: str | None = None) -> dict:
         s = self.summary()
         now = dt.datetime.now().isoformat(timespec="seconds")
         choices = self.recorded_overrides()
@@ -110,6 +158,12 @@ class RunFolder:
             s["test"] = test
         if init is not None:  # which weights the run started from (kept by later writes)
             s["init"] = init
+        if error is not None:
+            s["error"] = error
+        elif status in ("running", "completed"):
+            s.pop("error", None)
+        if status == "running":  # who runs it: a report tells a live run from a killed one by these
+            s["process"] = {"pid": os.getpid(), "host": socket.gethostname(), "started": now}
         if not self.read_only:
             _write_json(self.path / "summary.json", s)
         return s
@@ -136,3 +190,27 @@ def find_resumable(outputs: Path, task: str = "train") -> Path | None:
         if status != "completed":
             return run
     return None
+
+
+def observed_status(summary: dict) -> str:
+    """summary.json's status, except that a `running` run whose process is gone is `killed`: SIGKILL (or a
+    lost machine) lets a run write nothing, so its last word stays `running`. Only a process on this host
+    can be checked; a run elsewhere keeps `running`."""
+    status = summary.get("status", "?")
+    proc = summary.get("process") or {}
+    if status != "running" or proc.get("host") != socket.gethostname() or not isinstance(proc.get("pid"), int):
+        return status
+    pid = proc["pid"]
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return "killed"
+    except PermissionError:  # alive, another user's
+        return status
+    stat, cmdline = Path(f"/proc/{pid}/stat"), Path(f"/proc/{pid}/cmdline")
+    try:  # a zombie (killed, not yet reaped), or the pid reused by a process that is not metalearn
+        if stat.read_text().rsplit(")", 1)[1].split()[0] == "Z" or b"metalearn" not in cmdline.read_bytes():
+            return "killed"
+    except (OSError, IndexError):
+        pass
+    return status

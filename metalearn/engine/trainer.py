@@ -17,6 +17,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from metalearn.augment import random_affine
+from metalearn.config import check_bounds
 from metalearn.data import build_store
 from metalearn.data.store import ImageStore
 from metalearn.engine.checkpoint import load_checkpoint, save_checkpoint
@@ -102,6 +103,7 @@ class Trainer:
     """Owns one run: builds the pieces from the config, trains, validates, tests."""
 
     def __init__(self, cfg: DictConfig, folder: RunFolder):
+        check_bounds(cfg)
         self.cfg, self.folder = cfg, folder
         self.device = local_device(setup_device(cfg.hardware))
         self.ranks = init_from_env(self.device)
@@ -148,11 +150,7 @@ class Trainer:
     # ------------------------------------------------------------ checkpoints
     def _checkpoint(self, name: str) -> None:
         """Save, unless the weights went non-finite: a checkpoint on disk is always a good one."""
-        if not all(torch.isfinite(p).all() for p in self.method.state_dict().values() if p.is_floating_point()):
-            raise TrainingDiverged(
-                f"the weights became non-finite by step {self.state.step}; training stopped. The last good checkpoint "
-                f"is {self.folder.checkpoint('last')} (step {self._last_saved_step()}). Lower optimizer.lr "
-                f"(now {self.cfg.optimizer.lr}) and start again.")
+        self._check_finite()
         if not self.ranks.main:  # every rank holds the same weights; rank 0 writes them
             return
         save_checkpoint(self.folder.checkpoint(name), {
@@ -160,6 +158,12 @@ class Trainer:
             "optimizer": self.optimizer.state_dict(), "schedule": self.schedule.state_dict(),
             "torch_rng": torch.get_rng_state(), "config": OmegaConf.to_container(self.cfg, resolve=True),
             "preprocess": self.preprocess, "train_classes": self.train_classes})
+
+    def _check_finite(self) -> None:
+        """Non-finite weights stop the run before they are validated or saved."""
+        if not all(torch.isfinite(p).all() for p in self.method.state_dict().values() if p.is_floating_point()):
+            raise TrainingDiverged(f"the weights became non-finite by step {self.state.step}; training stopped. "
+                                   f"{self._last_good()} Lower optimizer.lr (now {self.cfg.optimizer.lr}) and start again.")
 
     def restore(self) -> None:
         ckpt = load_checkpoint(self.folder.checkpoint("last"))
@@ -205,9 +209,8 @@ class Trainer:
                         stats = self.method.train_step(batch, optimizer)
                 if not all_finite(stats["loss"], self.ranks):
                     raise TrainingDiverged(
-                        f"the training loss became {stats['loss']} at step {st.step + 1}; training stopped. The last "
-                        f"good checkpoint is {self.folder.checkpoint('last')} (step {self._last_saved_step()}). "
-                        f"Lower optimizer.lr (now {cfg.optimizer.lr}) and start again.")
+                        f"the training loss became {stats['loss']} at step {st.step + 1}; training stopped. "
+                        f"{self._last_good()} Lower optimizer.lr (now {cfg.optimizer.lr}) and start again.")
                 self.schedule.step()
                 st.step += 1
                 window.append(stats)
@@ -223,6 +226,7 @@ class Trainer:
                     window.clear()
                     t_window = time.perf_counter()
                 if self.val_plans is not None and (st.step % cfg.val.every == 0 or st.step == cfg.steps):
+                    self._check_finite()
                     v = self.validate()
                     st.last_val = {"kind": "val", "step": st.step, **v}
                     self.folder.append_metrics(st.last_val)
@@ -240,9 +244,12 @@ class Trainer:
                     raise TimeLimitReached(st.step)
         st.elapsed = time.perf_counter() - t_start
 
-    def _last_saved_step(self) -> int | str:
+    def _last_good(self) -> str:
         path = self.folder.checkpoint("last")
-        return load_checkpoint(path)["step"] if path.is_file() else "none yet"
+        if not path.is_file():
+            return (f"No checkpoint was written yet (the first comes at step checkpoint_every="
+                    f"{self.cfg.checkpoint_every}), so the run must start again.")
+        return f"The last good checkpoint is {path} (step {load_checkpoint(path)['step']})."
 
     def test(self) -> dict:
         """Test on the fixed test episodes with the best checkpoint (the last one when there is no validation)."""
