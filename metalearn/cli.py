@@ -52,23 +52,45 @@ def environment_error(e: OSError) -> MetalearnError:
                           f"writable, or give another run_dir= / out folder.")
 
 
+def out_of_memory(e: BaseException) -> MetalearnError:
+    detail = " ".join(str(e).split())[:160]
+    return MetalearnError(f"out of memory ({detail}): the settings ask for more than this machine has; lower the "
+                          f"sizes (sampler.meta_batch, val.episodes, test.episodes, test.batch, the model's widths)")
+
+
+def as_user_error(e: Exception) -> MetalearnError | None:
+    """The errors a user acts on rather than a bug: ours, the file system's, running out of memory."""
+    if isinstance(e, MetalearnError):
+        return e
+    if isinstance(e, OSError):
+        return environment_error(e)
+    if isinstance(e, MemoryError) or type(e).__name__ == "OutOfMemoryError" or (
+            isinstance(e, RuntimeError) and "can't allocate memory" in str(e)):
+        return out_of_memory(e)
+    return None
+
+
 def report_errors(fn: Callable[[], T], multirun: bool = False,
                   on_error: Callable[[BaseException], object] | None = None) -> T | None:
-    """Run fn; a MetalearnError (or a file-system error) becomes `error: ...` on stderr and exit status 2.
+    """Run fn; a user's error (ours, the file system's, out of memory) becomes `error: ...` and exit status 2.
 
     on_error(e) records any failure (the run folder's summary.json says failed, with the reason) before
     the exit. In a sweep the failed job is only logged, so the other jobs go on."""
     try:
         return fn()
-    except (MetalearnError, OSError) as e:
-        err = e if isinstance(e, MetalearnError) else environment_error(e)
+    except Exception as e:
+        err = as_user_error(e)
+        if err is None:
+            if on_error is not None:
+                on_error(e)
+            raise
         log.error("error: %s", err)
         if on_error is not None:
             on_error(err)
         if multirun:
             return None
         sys.exit(2)
-    except BaseException as e:  # a bug, Ctrl-C, a time limit: recorded, then handled by the caller as before
+    except BaseException as e:  # Ctrl-C, a time limit: recorded, then handled by the caller as before
         if on_error is not None:
             on_error(e)
         raise

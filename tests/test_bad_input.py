@@ -128,7 +128,8 @@ CASES: list[tuple[str, list[str], list[str]]] = [
     (TRAIN, ["ways=[1,2]"], ["ways=[1,2]", "Integer"]),
     (TRAIN, ["sampler.train_ways=1"], ["ways must be at least 2"]),
     (TRAIN, ["sampler.train_shots=0"], ["shots must be a positive whole number"]),
-    (TRAIN, ["sampler.meta_batch=0"], ["sampler.meta_batch=0 is out of range", ">= 1"]),
+    (TRAIN, ["sampler.meta_batch=0"], ["sampler.meta_batch=0 is out of range", "between 1 and 100000"]),
+    (TRAIN, ["sampler.meta_batch=100000000"], ["sampler.meta_batch=100000000 is out of range"]),
     # the schedule of the run
     (TRAIN, ["steps=0"], ["steps=0 is out of range", ">= 1"]),
     (TRAIN, ["steps=-5"], ["steps=-5 is out of range"]),
@@ -154,6 +155,8 @@ CASES: list[tuple[str, list[str], list[str]]] = [
     # validation and test
     (TRAIN, ["val.every=-1"], ["val.every=-1 is out of range", ">= 0"]),
     (TRAIN, ["val.episodes=0"], ["val.episodes=0 is out of range"]),
+    (TRAIN, ["val.episodes=1000000000"], ["val.episodes=1000000000 is out of range"]),
+    (TRAIN, ["test.episodes=1000000000"], ["test.episodes=1000000000 is out of range"]),
     (TRAIN, ["val.seed=-4"], ["val.seed=-4 is out of range"]),
     (TRAIN, ["test.episodes=-1"], ["test.episodes=-1 is out of range", "metalearn-eval"]),
     (TRAIN, ["test.batch=0"], ["test.batch=0 is out of range"]),
@@ -195,6 +198,7 @@ CASES: list[tuple[str, list[str], list[str]]] = [
     (TRAIN, ["method=maml", "method.inner_lr=-1"], ["method.inner_lr=-1.0 is out of range"]),
     (TRAIN, ["method=maml", "method.task_batching=magic"], ["method.task_batching='magic' is not one of"]),
     (TRAIN, ["method=matching", "method.fce_steps=0"], ["method.fce_steps must be >= 1"]),
+    (TRAIN, ["method=relation", "method.hidden=1000000000"], ["out of memory", "lower the sizes"]),
     (TRAIN, ["method=siamese", "method.pairs=3"], ["method.pairs must be an even number"]),
     (TRAIN, ["method=baseline", "method.batch_size=0"], ["method.batch_size=0 is out of range"]),
     (TRAIN, ["method=mann", "method.slots=0"], ["method.slots=0 is out of range"]),
