@@ -1,4 +1,4 @@
-"""Print README results-table rows from finished run folders, so table numbers are copied, never typed.
+"""Print results-table rows (docs/results.md) from finished run folders, so table numbers are copied, never typed.
 
     python scripts/results_rows.py outputs/train/<date>/<run> [more runs...]
 """

@@ -1,4 +1,4 @@
-"""Accuracy runs that back the README's results table. Slow (minutes to an hour on 2 CPU cores):
+"""Accuracy runs that back the results record (docs/results.md). Slow (minutes to an hour on 2 CPU cores):
 skipped by default, run with `pytest -m slow`."""
 
 from __future__ import annotations

@@ -73,7 +73,7 @@ def test_the_strided_baselinepp_preset_is_the_baselinepp_preset_on_a_strided_bod
 
 
 def test_the_pretrained_maml_20way_preset_is_the_measured_command():
-    """The preset must stay the recipe its README row measured: the 20-way preset plus these overrides."""
+    """The preset must stay the recipe its docs/results.md row measured: the 20-way preset plus these overrides."""
     preset = OmegaConf.to_container(compose("experiment=maml_pretrained_omniglot_small_20w1s", "dataset.root=/data"))
     measured = OmegaConf.to_container(compose(
         "experiment=maml_omniglot_small_20w1s", "dataset.root=/data", "method.backbone.name=conv4_relation",

@@ -1,0 +1,98 @@
+"""Train every method's smoke configuration and fingerprint what it wrote, to show a refactor changed no number.
+
+    python scripts/smoke_identity.py --out /tmp/after.json            # this checkout
+    python scripts/smoke_identity.py --out /tmp/before.json --repo /tmp/old_checkout
+    python scripts/smoke_identity.py --compare /tmp/before.json /tmp/after.json
+
+Each run is `metalearn-train debug=smoke method=<m> hardware.threads=1` in a fresh folder (the CPU is
+deterministic at a fixed thread count). The fingerprint keeps every metrics.jsonl record without its
+timings (episodes_per_s and the like), the test results with their per-episode accuracies, and a hash of
+the final weights. `--compare` prints, per method, identical or which part differs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+METHODS = {
+    "protonet": [], "matching": [], "matching_fce": ["method=matching", "method.fce=true"], "relation": [],
+    "siamese": [], "baseline": [], "baselinepp": [], "pixel_nn": [], "maml": [], "fomaml": [], "anil": [],
+    "metasgd": [], "mamlpp": [], "reptile": [], "meta_lstm": [], "mann": [],
+}
+TIMING = ("_per_s",)
+
+
+def fingerprint(run: Path) -> dict:
+    records = []
+    metrics = run / "metrics.jsonl"  # pixel_nn trains nothing and writes none
+    for line in (metrics.read_text().splitlines() if metrics.is_file() else []):
+        r = json.loads(line)
+        records.append({k: v for k, v in r.items() if not k.endswith(TIMING)})
+    tests = {}
+    for p in sorted((run / "eval").glob("test_*.json")):
+        tests[p.name] = json.loads(p.read_text())
+    import torch
+
+    ckpt = torch.load(run / "checkpoints" / "last.pt", map_location="cpu", weights_only=True)
+    h = hashlib.sha256()
+    for k in sorted(ckpt["method"]):
+        h.update(k.encode())
+        h.update(ckpt["method"][k].numpy().tobytes())
+    return {"metrics": records, "tests": tests, "weights": h.hexdigest()[:16]}
+
+
+def run_all(repo: Path, methods: list[str]) -> dict:
+    out = {}
+    env = {**os.environ, "PYTHONPATH": str(repo), "PYTHONWARNINGS": "ignore"}
+    with tempfile.TemporaryDirectory() as tmp:
+        for name in methods:
+            args = METHODS[name] or [f"method={name}"]
+            folder = Path(tmp) / name
+            cmd = [sys.executable, "-m", "metalearn.train", "debug=smoke", *args, "hardware.threads=1",
+                   f"run_dir={folder}"]
+            r = subprocess.run(cmd, cwd=repo, env=env, capture_output=True, text=True)
+            if r.returncode != 0:
+                out[name] = {"error": r.stderr[-1000:]}
+                print(f"{name}: failed\n{r.stderr[-1000:]}", file=sys.stderr)
+                continue
+            out[name] = fingerprint(folder)
+            print(f"{name}: weights {out[name]['weights']}", file=sys.stderr)
+    return out
+
+
+def compare(a: dict, b: dict) -> int:
+    differ = 0
+    for name in sorted(set(a) | set(b)):
+        if name not in a or name not in b:
+            print(f"{name}: only in {'after' if name in b else 'before'}")
+            differ += 1
+            continue
+        parts = [k for k in ("metrics", "tests", "weights", "error") if a[name].get(k) != b[name].get(k)]
+        print(f"{name}: {'identical' if not parts else 'differs in ' + ', '.join(parts)}")
+        differ += bool(parts)
+    print(f"{len(set(a) | set(b)) - differ} identical, {differ} differ")
+    return differ
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", type=Path)
+    ap.add_argument("--repo", type=Path, default=Path(__file__).resolve().parents[1])
+    ap.add_argument("--methods", nargs="*", default=list(METHODS))
+    ap.add_argument("--compare", nargs=2, type=Path)
+    args = ap.parse_args()
+    if args.compare:
+        sys.exit(1 if compare(*(json.loads(p.read_text()) for p in args.compare)) else 0)
+    result = run_all(args.repo.resolve(), args.methods)
+    args.out.write_text(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()
