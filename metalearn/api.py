@@ -18,9 +18,9 @@ from omegaconf import OmegaConf
 
 from metalearn.config import complete_saved_config
 from metalearn.engine.checkpoint import load_checkpoint
-from metalearn.episodes import TaskSpec
 from metalearn.errors import MetalearnError
 from metalearn.methods import Method, build_method
+from metalearn.tasks.episodes import TaskSpec
 
 log = logging.getLogger("metalearn")
 

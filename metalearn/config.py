@@ -130,7 +130,7 @@ class EmbeddingMethodConfig(MethodConfig):
 
     # test-time batch-norm statistics: running (tracked in training) | support (each task's support set's,
     # MetaBN) | transductive (the task's support and queries together); see metalearn.methods.task_norm
-    batch_norm: str = "running"
+    test_batch_norm: str = "running"
 
 
 @dataclass
@@ -352,7 +352,7 @@ class EvalConfig:
     queries: int | None = None
     batch: int = 50
     dataset_root: str | None = None  # when the data moved since training
-    batch_norm: str | None = None  # test-time batch-norm statistics of an embedding method; null = the run's own
+    test_batch_norm: str | None = None  # an embedding method's test-time batch-norm statistics; null = the run's own
     inner_steps: int | None = None  # test-time adaptation steps (MAML family, meta_lstm); null = the run's own
     hardware: HardwareConfig = field(default_factory=HardwareConfig)
 
@@ -431,6 +431,26 @@ DATASET_SCHEMAS: dict[str, type] = {
     "tiered_imagenet": MiniImageNetConfig, "cifar_fs": CifarConfig, "fc100": CifarConfig, "image_folder": ImageFolderConfig}
 
 
+# Keys renamed since runs were first saved: (old, new) under `method` for these methods. An embedding
+# method's test-time statistics were `method.batch_norm` until 2026-12, the name the MAML family and Reptile
+# keep for their build-time batch-norm mode; one name now has one meaning.
+EMBEDDING_METHODS = ("protonet", "matching", "relation", "siamese", "baseline", "baselinepp", "mann")
+RENAMED_METHOD_KEYS = {name: [("batch_norm", "test_batch_norm")] for name in EMBEDDING_METHODS}
+
+
+def migrate_saved_config(saved: dict) -> dict:
+    """A saved config with keys renamed since it was written moved to their new names (a run folder from
+    before a rename still evaluates and resumes)."""
+    method = saved.get("method")
+    if not isinstance(method, dict):
+        return saved
+    method = dict(method)
+    for old, new in RENAMED_METHOD_KEYS.get(method.get("name"), []):
+        if old in method and new not in method:
+            method[new] = method.pop(old)
+    return {**saved, "method": method}
+
+
 def complete_saved_config(saved: dict) -> tuple[dict, list[str]]:
     """A run's saved config with the keys added to the schemas since it was written filled in with their
     defaults, so runs made by an older metalearn still load; returns it and the dotted keys filled (to warn
@@ -441,6 +461,7 @@ def complete_saved_config(saved: dict) -> tuple[dict, list[str]]:
     base = {k: v for k, v in OmegaConf.to_container(OmegaConf.structured(TrainConfig)).items() if k not in defaults}
     base.update({k: OmegaConf.to_container(OmegaConf.structured(cls)) for k, cls in defaults.items() if cls is not None})
     filled: list[str] = []
+    saved = migrate_saved_config(saved)
 
     def fill(into: dict, fresh: dict, prefix: str) -> dict:
         out = dict(into)
@@ -455,29 +476,8 @@ def complete_saved_config(saved: dict) -> tuple[dict, list[str]]:
     return fill(saved, base, ""), filled
 
 
-# run_dir= values as first resolved, before Hydra creates the folder: whether each already existed, so a
-# failed start removes only a folder this process made (never a user's own, even an empty one)
-RUN_DIR_EXISTED: dict[str, bool] = {}
-
-
-def _run_dir(run_dir: str | None, resume: bool, task: str, default: str) -> str:
-    """hydra.run.dir: the given run_dir, else (resume=true) the newest unfinished run, else a new folder."""
-    if run_dir:
-        RUN_DIR_EXISTED.setdefault(str(Path(run_dir).absolute()), Path(run_dir).exists())
-        return run_dir
-    if resume:
-        from metalearn.engine.rundir import find_resumable
-
-        found = find_resumable(Path("outputs"), task)
-        if found is not None:
-            return str(found)
-    return default
-
-
 def register() -> None:
     """Register schemas once; safe to call repeatedly."""
-    if not OmegaConf.has_resolver("metalearn.run_dir"):
-        OmegaConf.register_new_resolver("metalearn.run_dir", _run_dir)
     cs = ConfigStore.instance()
     cs.store(name="train_schema", node=TrainConfig)
     cs.store(name="eval_schema", node=EvalConfig)

@@ -2,7 +2,7 @@
 
     metalearn-eval run=outputs/train/<date>/<run>                    # the run's own task, 600 test episodes
     metalearn-eval run=... ways=20 shots=1 episodes=1000 checkpoint=last
-    metalearn-eval run=... batch_norm=support      # other test-time batch-norm statistics (embedding methods)
+    metalearn-eval run=... test_batch_norm=support  # other test-time batch-norm statistics (embedding methods)
     metalearn-eval run=... inner_steps=10          # other test-time adaptation steps (MAML family, meta_lstm)
 
 The episodes are drawn from `seed` on the run's test split, so every method
@@ -27,9 +27,9 @@ def run(cfg: DictConfig) -> dict:
     from metalearn.api import restore_method
     from metalearn.data import build_store
     from metalearn.engine.evaluate import evaluate
-    from metalearn.engine.hardware import autocast, setup_device
-    from metalearn.episodes import TaskSpec
     from metalearn.errors import MetalearnError
+    from metalearn.hardware import autocast, setup_device
+    from metalearn.tasks.episodes import TaskSpec
 
     if cfg.run is None:
         raise MetalearnError("metalearn-eval needs run=PATH, a run folder such as outputs/train/<date>/<time>_protonet_...")
@@ -41,8 +41,8 @@ def run(cfg: DictConfig) -> dict:
     device = setup_device(cfg.hardware)
     method, ckpt = restore_method(folder, cfg.checkpoint, device)
     saved = ckpt["config"]
-    if cfg.batch_norm is not None:
-        set_policy(method, saved["method"]["name"], cfg.batch_norm)
+    if cfg.test_batch_norm is not None:
+        set_policy(method, saved["method"]["name"], cfg.test_batch_norm)
     if cfg.inner_steps is not None:
         set_inner_steps(method, saved["method"]["name"], cfg.inner_steps)
     dataset = dict(saved["dataset"])
@@ -71,21 +71,21 @@ def run(cfg: DictConfig) -> dict:
 def result_name(cfg: DictConfig, spec, checkpoint: str) -> str:
     """A result's file name holds everything that decides which episodes are scored and how, so two protocols
     never share a file and the same protocol always writes the same one (batch only groups episodes)."""
-    bn = "" if cfg.batch_norm is None else f"_bn-{cfg.batch_norm}"
+    bn = "" if cfg.test_batch_norm is None else f"_bn-{cfg.test_batch_norm}"
     steps = "" if cfg.inner_steps is None else f"_steps-{cfg.inner_steps}"
     return f"{cfg.split}_{spec.tag}_q{spec.queries}_e{cfg.episodes}_seed{cfg.seed}_{checkpoint}{bn}{steps}"
 
 
 def set_policy(method, name: str, policy: str) -> None:
-    """batch_norm=...: score a trained embedding method with other test-time batch-norm statistics."""
+    """test_batch_norm=...: score a trained embedding method with other test-time batch-norm statistics."""
     from metalearn.errors import MetalearnError
     from metalearn.methods import set_test_batch_norm
     from metalearn.methods.base import EmbeddingMethod
 
     if not isinstance(method, EmbeddingMethod):
-        raise MetalearnError(f"batch_norm={policy} sets an embedding method's test-time batch-norm statistics; {name} "
-                             f"fixes its policy in training (method.batch_norm there); drop batch_norm=")
-    set_test_batch_norm(method, policy, key="batch_norm")
+        raise MetalearnError(f"test_batch_norm={policy} sets an embedding method's test-time batch-norm statistics; "
+                             f"{name} fixes its policy in training (method.batch_norm there); drop test_batch_norm=")
+    set_test_batch_norm(method, policy, key="test_batch_norm")
 
 
 def set_inner_steps(method, name: str, steps: int) -> None:

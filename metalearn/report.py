@@ -16,7 +16,6 @@ the two runs share, so it can separate methods whose own CIs overlap.
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import math
 import sys
@@ -27,6 +26,7 @@ import numpy as np
 
 from metalearn.engine.rundir import read_metrics
 from metalearn.errors import MetalearnError
+from metalearn.files import write_csv
 
 
 @dataclass
@@ -149,16 +149,6 @@ def markdown(rows: list[dict], seeds: list[dict]) -> str:
             lines.append(f"| {s['dataset']} | {s['task']} | {s['method']} | `{s['config']}` | {s['seeds']} | "
                          f"{_pct(s['mean_accuracy'])} ± {_pct(s['ci95_across_seeds'])}% |")
     return "\n".join(lines) + "\n"
-
-
-def write_csv(rows: list[dict], path: Path) -> None:
-    if not rows:
-        path.write_text("")
-        return
-    with open(path, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(rows[0]))
-        w.writeheader()
-        w.writerows(rows)
 
 
 def plots(results: list[Result], out: Path) -> list[Path]:

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-import csv
 import json
 from pathlib import Path
 from typing import Any
 
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
+
+from metalearn.files import write_csv
 
 
 def collect(sweep_dir: Path) -> list[dict]:
@@ -25,16 +26,6 @@ def collect(sweep_dir: Path) -> list[dict]:
             row[f"test_{tag}"], row[f"test_{tag}_ci95"] = t["accuracy"], t["ci95"]
         rows.append(row)
     return rows
-
-
-def write_csv(rows: list[dict], path: Path) -> None:
-    fields: list[str] = []
-    for r in rows:
-        fields += [k for k in r if k not in fields]
-    with open(path, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=fields)
-        w.writeheader()
-        w.writerows(rows)
 
 
 def print_table(sweep_dir: Path) -> None:

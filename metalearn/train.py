@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import hydra
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from metalearn.config import config_dir, register
 from metalearn.help import answer_help
@@ -27,6 +27,29 @@ if TYPE_CHECKING:
     from metalearn.engine.rundir import RunFolder
 
 register()
+
+
+# run_dir= values as first resolved, before Hydra creates the folder: whether each already existed, so a
+# failed start removes only a folder this process made (never a user's own, even an empty one)
+RUN_DIR_EXISTED: dict[str, bool] = {}
+
+
+def _run_dir(run_dir: str | None, resume: bool, task: str, default: str) -> str:
+    """hydra.run.dir: the given run_dir, else (resume=true) the newest unfinished run, else a new folder."""
+    if run_dir:
+        RUN_DIR_EXISTED.setdefault(str(Path(run_dir).absolute()), Path(run_dir).exists())
+        return run_dir
+    if resume:
+        from metalearn.engine.rundir import find_resumable
+
+        found = find_resumable(Path("outputs"), task)
+        if found is not None:
+            return str(found)
+    return default
+
+
+if not OmegaConf.has_resolver("metalearn.run_dir"):  # train.yaml's hydra.run.dir
+    OmegaConf.register_new_resolver("metalearn.run_dir", _run_dir)
 
 
 def refuse_to_overwrite(folder: RunFolder, run_dir: str | None) -> None:
@@ -60,8 +83,6 @@ def apply_resume_overrides(saved: DictConfig, cfg: DictConfig, overrides: list[s
     a finished one too, further) and RESUME_SETTABLE apply, and are written to config.yaml so a later resume
     keeps them. Why refuse the rest by name: they used to be ignored without a word, and a changed dataset or
     method would make the checkpoint another experiment."""
-    from omegaconf import OmegaConf
-
     from metalearn.engine.checkpoint import load_checkpoint
     from metalearn.errors import MetalearnError
 
@@ -101,7 +122,6 @@ def check_run_folder(out: Path, cfg: DictConfig) -> None:
     """Before anything is written: resume=true needs a checkpoint, and a new run needs a folder that is empty,
     new, or a metalearn run that never checkpointed. A folder this process made for a refused resume is removed
     again; anything else (a user's folder, even an empty one) is left exactly as it was."""
-    from metalearn.config import RUN_DIR_EXISTED
     from metalearn.engine.checkpoint import load_checkpoint
     from metalearn.engine.rundir import RunFolder
     from metalearn.errors import MetalearnError

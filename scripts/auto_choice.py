@@ -29,9 +29,9 @@ def worker(rounds: int) -> None:
     import torch
 
     from metalearn.backbones import Conv4
-    from metalearn.engine.hardware import keep_freed_memory
-    from metalearn.episodes import EpisodeBatch
+    from metalearn.hardware import keep_freed_memory
     from metalearn.methods.maml import BATCHING, MAML
+    from metalearn.tasks.episodes import EpisodeBatch
 
     keep_freed_memory()  # as every metalearn run does
     torch.manual_seed(0)

@@ -65,9 +65,9 @@ def maml_worker(queries: int, batching: str, iters: int, amp: str = "none") -> N
     import torch
 
     from metalearn.backbones import Conv4
-    from metalearn.engine.hardware import keep_freed_memory
-    from metalearn.episodes import EpisodeBatch
+    from metalearn.hardware import keep_freed_memory
     from metalearn.methods.maml import MAML
+    from metalearn.tasks.episodes import EpisodeBatch
 
     keep_freed_memory()  # as every metalearn run does (hardware.keep_freed_memory, on by default)
     torch.manual_seed(0)
@@ -98,7 +98,7 @@ def l2l_worker(script: str, args: list[str]) -> None:
     import runpy
 
     if args and args[0] == "keep-freed-memory":
-        from metalearn.engine.hardware import keep_freed_memory
+        from metalearn.hardware import keep_freed_memory
 
         keep_freed_memory()
         args = args[1:]
@@ -114,7 +114,7 @@ def bench_sampler(omniglot: Path, l2l: Path | None, folder: Path) -> dict:
 
     from metalearn.config import OmniglotConfig
     from metalearn.data.omniglot import build_omniglot
-    from metalearn.episodes import EpisodeSampler, TaskSpec, gather
+    from metalearn.tasks.episodes import EpisodeSampler, TaskSpec, gather
 
     torch.set_num_threads(2)
     cfg = OmniglotConfig(root=str(omniglot), archives=["images_background_small1"], rotations=[], split="character",
@@ -175,8 +175,8 @@ def bench_protonet_step() -> dict:
     import torch
 
     from metalearn.backbones import Conv4
-    from metalearn.episodes import EpisodeBatch
     from metalearn.methods.protonet import ProtoNet
+    from metalearn.tasks.episodes import EpisodeBatch
 
     torch.manual_seed(0)
     backbone = Conv4(1, 64, "max", channels_last=True).to(memory_format=torch.channels_last)
@@ -205,8 +205,8 @@ def bench_eval(omniglot: Path, folder: Path) -> dict:
     from metalearn.config import OmniglotConfig
     from metalearn.data.omniglot import build_omniglot
     from metalearn.engine.evaluate import evaluate
-    from metalearn.episodes import TaskSpec
     from metalearn.methods.protonet import ProtoNet
+    from metalearn.tasks.episodes import TaskSpec
 
     cfg = OmniglotConfig(root=str(omniglot), archives=["images_background_small1", "images_background_small2"],
                          rotations=[], split="character", cache_dir=str(folder / "cache"))

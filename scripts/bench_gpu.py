@@ -36,7 +36,7 @@ sys.path.insert(0, str(REPO))
 import torch  # noqa: E402
 
 from metalearn.backbones import Conv4  # noqa: E402
-from metalearn.episodes import EpisodeBatch  # noqa: E402
+from metalearn.tasks.episodes import EpisodeBatch  # noqa: E402
 
 DEV = torch.device("cuda")
 
@@ -189,8 +189,8 @@ def eval_600(omniglot: Path, bf16: bool) -> float:
     from metalearn.config import OmniglotConfig
     from metalearn.data.omniglot import build_omniglot
     from metalearn.engine.evaluate import evaluate
-    from metalearn.episodes import TaskSpec
     from metalearn.methods.protonet import ProtoNet
+    from metalearn.tasks.episodes import TaskSpec
 
     with tempfile.TemporaryDirectory() as tmp:
         cfg = OmniglotConfig(root=str(omniglot), archives=["images_background_small1", "images_background_small2"],

@@ -38,7 +38,7 @@ import json, re, sys
 import torch
 from metalearn.config import MiniImageNetConfig
 from metalearn.data.mini_imagenet import build_mini_imagenet
-from metalearn.episodes import EpisodeSampler, TaskSpec, gather
+from metalearn.tasks.episodes import EpisodeSampler, TaskSpec, gather
 from PIL import Image
 Image.init()  # the image decoders' code, loaded by any reader, is part of the baseline
 # VmHWM, this process's own high-water mark (ru_maxrss would include the parent's RSS at fork)

@@ -17,9 +17,9 @@ import sys
 import torch
 
 from metalearn.backbones import Conv4
-from metalearn.engine.hardware import keep_freed_memory
-from metalearn.episodes import EpisodeBatch
+from metalearn.hardware import keep_freed_memory
 from metalearn.methods.maml import BATCHING, MAML
+from metalearn.tasks.episodes import EpisodeBatch
 
 
 def resident_mb() -> float:

@@ -14,6 +14,18 @@ REPO = Path(__file__).resolve().parents[1]
 OMNIGLOT = Path(os.environ.get("METALEARN_OMNIGLOT", REPO.parent / "shared" / "data" / "omniglot"))
 
 
+# Files whose every test runs the console scripts as a user would; other files mark such tests one by one.
+# `pytest -m "not e2e"` is the quick loop of unit tests (one module at a time, in this process).
+E2E_FILES = {"test_cli.py", "test_train.py", "test_bad_input.py", "test_faults.py", "test_install.py",
+             "test_distributed.py", "test_report.py", "test_accuracy.py"}
+
+
+def pytest_collection_modifyitems(items) -> None:
+    for item in items:
+        if item.path.name in E2E_FILES:
+            item.add_marker(pytest.mark.e2e)
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _cache(tmp_path_factory) -> Path:
     """Every test (and every CLI subprocess) shares one fresh cache folder."""

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from metalearn.augment import random_affine
 from metalearn.config import AugmentConfig
+from metalearn.tasks.augment import random_affine
 
 
 def test_zero_strength_is_the_identity():

@@ -242,7 +242,7 @@ CASES: list[tuple[str, list[str], list[str]]] = [
     ("metalearn-eval", ["run={root}/run", "ways=500"], ["ways=500 but the test split"]),
     ("metalearn-eval", ["run={root}/run", "checkpoint=middle"], ["checkpoint='middle' is not one of: best, last"]),
     ("metalearn-eval", ["run={root}/run", "split=train2"], ["split 'train2' does not exist"]),
-    ("metalearn-eval", ["run={root}/run", "batch_norm=foo"], ["batch_norm='foo' is not one of"]),
+    ("metalearn-eval", ["run={root}/run", "test_batch_norm=foo"], ["test_batch_norm='foo' is not one of"]),
     ("metalearn-eval", ["run={root}/run", "inner_steps=5"], ["does not adapt by inner steps"]),
     ("metalearn-eval", ["run={root}/run", "episds=3"], ["episds is not a key", "did you mean episodes"]),
     ("metalearn-eval", ["run={root}/evil_best"], ["could run code, so it is refused"]),

@@ -92,7 +92,7 @@ def test_python_api_classifies_pil_images(trained):
     import metalearn
     from metalearn.config import SyntheticConfig
     from metalearn.data.synthetic import build_synthetic
-    from metalearn.episodes import EpisodeSampler, TaskSpec
+    from metalearn.tasks.episodes import EpisodeSampler, TaskSpec
 
     learner = metalearn.load_run(trained)
     store = build_synthetic(SyntheticConfig())

@@ -15,10 +15,10 @@ import torch
 
 from metalearn.backbones import Conv4
 from metalearn.engine.cuda_graph import EagerReplay, GraphedSteps, Replay
-from metalearn.episodes import EpisodeBatch
 from metalearn.methods.maml import MAML, MAMLPlusPlus
 from metalearn.methods.protonet import ProtoNet
 from metalearn.methods.reptile import Reptile
+from metalearn.tasks.episodes import EpisodeBatch
 
 WAYS = 3
 
@@ -154,6 +154,7 @@ def test_cuda_graph_replay_trains_as_the_eager_steps_do(name):
 
 @cuda
 @pytest.mark.parametrize("method", ["maml", "protonet", "reptile"])
+@pytest.mark.e2e
 def test_training_with_cuda_graph_matches_eager_training(tmp_path, method):
     """The trainer end to end on the GPU: captured where the method allows (reptile never is), the same
     training curve as the eager run to float32 tolerance, and a graphed run stopped at step 10 and resumed

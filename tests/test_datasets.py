@@ -19,8 +19,8 @@ from metalearn.data.cifar import build_cifar
 from metalearn.data.image_folder import build_image_folder
 from metalearn.data.mini_imagenet import build_mini_imagenet, standard_split
 from metalearn.data.tiered_imagenet import build_tiered_imagenet
-from metalearn.episodes import EpisodeSampler, TaskSpec, gather
 from metalearn.errors import MetalearnError
+from metalearn.tasks.episodes import EpisodeSampler, TaskSpec, gather
 
 CIFAR100 = [
     "apple", "aquarium_fish", "baby", "bear", "beaver", "bed", "bee", "beetle", "bicycle", "bottle", "bowl",
@@ -244,6 +244,7 @@ def test_tiered_imagenet_released_pickles_and_class_folders(tmp_path, caplog):
 
 
 @pytest.mark.parametrize("name", ["mini_imagenet", "tiered_imagenet", "cifar_fs", "fc100", "image_folder"])
+@pytest.mark.e2e
 def test_missing_root_is_a_clear_cli_error(tmp_path, name):
     from conftest import cli
 

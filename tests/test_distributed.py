@@ -13,8 +13,8 @@ import torch.multiprocessing as mp
 
 from metalearn.backbones import Conv4
 from metalearn.engine.distributed import AveragingOptimizer, Ranks, shard
-from metalearn.episodes import EpisodeBatch
 from metalearn.methods.maml import MAML
+from metalearn.tasks.episodes import EpisodeBatch
 
 
 def model() -> MAML:

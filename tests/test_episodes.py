@@ -8,8 +8,8 @@ import torch
 
 from metalearn.config import SyntheticConfig
 from metalearn.data.synthetic import build_synthetic
-from metalearn.episodes import EpisodeSampler, TaskSpec, gather
 from metalearn.errors import MetalearnError
+from metalearn.tasks.episodes import EpisodeSampler, TaskSpec, gather
 
 
 @pytest.fixture(scope="module")

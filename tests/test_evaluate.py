@@ -11,8 +11,8 @@ import torch
 from metalearn.config import SyntheticConfig
 from metalearn.data.synthetic import build_synthetic
 from metalearn.engine.evaluate import evaluate
-from metalearn.episodes import TaskSpec
 from metalearn.methods.pixel_nn import PixelNN
+from metalearn.tasks.episodes import TaskSpec
 
 
 @pytest.fixture(scope="module")

@@ -7,9 +7,9 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
-from metalearn.episodes import EpisodeBatch
 from metalearn.methods.maml import MAML, MAMLPlusPlus
 from metalearn.methods.reptile import Reptile
+from metalearn.tasks.episodes import EpisodeBatch
 
 INNER_LR, STEPS = 0.3, 2
 
@@ -321,6 +321,7 @@ def test_meta_step_counter_is_checkpointed():
 @pytest.mark.parametrize("name,extra", [("maml", []), ("fomaml", []), ("anil", []), ("metasgd", []), ("reptile", []),
                                         ("maml", ["method.batch_norm=running"]), ("mamlpp", [])],
                          ids=["maml", "fomaml", "anil", "metasgd", "reptile", "maml-running-bn", "mamlpp"])
+@pytest.mark.e2e
 def test_smoke_train_then_eval_through_the_cli(tmp_path, name, extra):
     from conftest import cli, smoke_train_then_eval
 

@@ -10,12 +10,12 @@ import sys
 import pytest
 from omegaconf import OmegaConf
 
+from metalearn import hardware
 from metalearn.config import HardwareConfig
-from metalearn.engine import hardware
 
 REALLOCATE = """
 import json, resource, sys, torch
-from metalearn.engine.hardware import keep_freed_memory
+from metalearn.hardware import keep_freed_memory
 applied = keep_freed_memory()
 faults = []
 for _ in range(8):
@@ -41,7 +41,7 @@ def test_keep_freed_memory_reuses_freed_blocks_without_page_faults():
 
 PEAK_THEN_RELEASE = """
 import json, torch
-from metalearn.engine.hardware import keep_freed_memory, release_freed_memory
+from metalearn.hardware import keep_freed_memory, release_freed_memory
 
 def rss_mb():
     return next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmRSS")) / 1024

@@ -10,10 +10,10 @@ import torch
 from torch import nn
 
 from metalearn.backbones import Conv4
-from metalearn.episodes import EpisodeBatch
 from metalearn.methods.inner_loop import call
 from metalearn.methods.mann import MANN, LRUMemory, least_used
 from metalearn.methods.meta_lstm import MetaLSTM, preprocess
+from metalearn.tasks.episodes import EpisodeBatch
 
 
 def tiny_batch(tasks: int = 1, seed: int = 0, dtype=torch.float32) -> EpisodeBatch:
@@ -131,6 +131,7 @@ def test_mann_queries_do_not_see_each_other():
 
 @pytest.mark.parametrize("name,extra", [("meta_lstm", []), ("mann", []), ("mann", ["method.encoder=conv"])],
                          ids=["meta_lstm", "mann", "mann-conv"])
+@pytest.mark.e2e
 def test_smoke_train_then_eval_through_the_cli(tmp_path, name, extra):
     from conftest import cli, smoke_train_then_eval
 
@@ -143,7 +144,7 @@ def test_smoke_train_then_eval_through_the_cli(tmp_path, name, extra):
 
 
 def test_mann_sequence_loss_covers_every_example_once_and_returns_each_querys_own_step():
-    from metalearn.episodes import EpisodeBatch
+    from metalearn.tasks.episodes import EpisodeBatch
 
     m = tiny_mann().train()
     t, ways, shots, queries = 2, 3, 1, 2
@@ -174,7 +175,7 @@ def test_mann_sequence_loss_covers_every_example_once_and_returns_each_querys_ow
 
 
 def test_mann_wider_label_layer_gives_each_task_random_distinct_labels_and_returns_class_order():
-    from metalearn.episodes import EpisodeBatch
+    from metalearn.tasks.episodes import EpisodeBatch
 
     m = MANN(nn.Flatten(), 8, ways=7, hidden=16, slots=10, width=6, heads=2).train()  # 7 labels, 3-way tasks
     t, ways, queries = 4, 3, 2

@@ -10,9 +10,9 @@ from metalearn.backbones import Conv4, RelationConv4
 from metalearn.config import SyntheticConfig
 from metalearn.data.synthetic import build_synthetic
 from metalearn.engine.evaluate import evaluate
-from metalearn.episodes import EpisodeSampler, TaskSpec, gather
 from metalearn.methods.pixel_nn import PixelNN
 from metalearn.methods.protonet import ProtoNet
+from metalearn.tasks.episodes import EpisodeSampler, TaskSpec, gather
 
 
 @pytest.fixture(scope="module")

@@ -14,14 +14,14 @@ from metalearn.backbones import Conv4, RelationConv4
 from metalearn.config import SyntheticConfig
 from metalearn.data.synthetic import build_synthetic
 from metalearn.engine.evaluate import evaluate
-from metalearn.episodes import EpisodeSampler, TaskSpec, gather
 from metalearn.methods.baseline import Baseline
 from metalearn.methods.matching import MatchingNet
 from metalearn.methods.pixel_nn import PixelNN
 from metalearn.methods.protonet import ProtoNet
 from metalearn.methods.relation import RelationNet
 from metalearn.methods.siamese import Siamese
-from metalearn.training_data import LabelledSource, PairSource
+from metalearn.tasks.episodes import EpisodeSampler, TaskSpec, gather
+from metalearn.tasks.sources import LabelledSource, PairSource
 
 
 @pytest.fixture(scope="module")
@@ -73,7 +73,7 @@ def test_evaluation_encoding_each_distinct_image_once_matches_predict(store, nam
     """The evaluation shortcut (encode each distinct image once, then the head per episode) gives the
     per-episode accuracies of calling predict on every episode's pixels."""
     from metalearn.engine.evaluate import encode_distinct
-    from metalearn.episodes import episode_labels
+    from metalearn.tasks.episodes import episode_labels
 
     torch.manual_seed(0)
     m = embedding_methods()[name].eval()
@@ -258,6 +258,7 @@ def test_baseline_pretraining_learns_the_training_classes(store, cosine):
                                         ("baseline", []), ("baselinepp", []), ("pixel_nn", [])],
                          ids=["matching", "matching-fce", "relation", "siamese", "siamese-fc", "baseline", "baselinepp",
                               "pixel_nn"])
+@pytest.mark.e2e
 def test_smoke_train_then_eval_through_the_cli(tmp_path, name, extra):
     from conftest import smoke_train_then_eval
 

@@ -1,4 +1,4 @@
-"""Test-time batch-norm statistics of embedding methods (method.batch_norm: running | support | transductive)."""
+"""Test-time batch-norm statistics of embedding methods (method.test_batch_norm: running | support | transductive)."""
 
 from __future__ import annotations
 
@@ -6,20 +6,20 @@ import json
 
 import pytest
 import torch
-from conftest import predictions_with_support_shuffled
+from conftest import cli, predictions_with_support_shuffled
 from torch import nn
 
 from metalearn.backbones import Conv4, RelationConv4
 from metalearn.config import SyntheticConfig
 from metalearn.data.synthetic import build_synthetic
 from metalearn.engine.evaluate import evaluate
-from metalearn.episodes import EpisodeSampler, TaskSpec, gather
 from metalearn.errors import MetalearnError
 from metalearn.methods import set_test_batch_norm
 from metalearn.methods.protonet import ProtoNet
 from metalearn.methods.relation import RelationNet
 from metalearn.methods.siamese import Siamese
 from metalearn.methods.task_norm import embed_with_task_statistics
+from metalearn.tasks.episodes import EpisodeSampler, TaskSpec, gather
 
 
 @pytest.fixture(scope="module")
@@ -129,22 +129,23 @@ def test_evaluation_under_task_statistics_equals_predict_on_every_episode(store)
 
 
 def test_a_bad_policy_names_the_key_and_the_choices():
-    with pytest.raises(MetalearnError, match=r"method.batch_norm='tasknorm'.*running, support, transductive"):
+    with pytest.raises(MetalearnError, match=r"method.test_batch_norm='tasknorm'.*running, support, transductive"):
         set_test_batch_norm(ProtoNet(Conv4(1, 8)), "tasknorm")
 
 
+@pytest.mark.e2e
 def test_the_policy_is_a_config_key_and_a_metalearn_eval_override(tmp_path):
     from conftest import cli, smoke_train_then_eval
 
-    e = smoke_train_then_eval(tmp_path, "protonet", ["method.batch_norm=support"], "batch_norm=transductive")
+    e = smoke_train_then_eval(tmp_path, "protonet", ["method.test_batch_norm=support"], "test_batch_norm=transductive")
     assert "batch norm: transductive" in e.stdout
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
-    assert summary["method_config"]["batch_norm"] == "support"
+    assert summary["method_config"]["test_batch_norm"] == "support"
     assert summary["test"]["5w1s"]["batch_norm"] == "support"
     saved = json.loads(next((tmp_path / "run" / "eval").glob("*_bn-transductive.json")).read_text())
     assert saved["batch_norm"] == "transductive"
-    bad = cli("metalearn-eval", "run=run", "episodes=10", "batch_norm=whatever", cwd=tmp_path)
-    assert bad.returncode != 0 and "batch_norm='whatever' is not one of: running, support, transductive" in bad.stderr
+    bad = cli("metalearn-eval", "run=run", "episodes=10", "test_batch_norm=whatever", cwd=tmp_path)
+    assert bad.returncode != 0 and "test_batch_norm='whatever' is not one of: running, support, transductive" in bad.stderr
     assert "Traceback" not in bad.stderr
 
 
@@ -168,3 +169,29 @@ def test_each_task_of_a_batch_gets_the_codes_it_gets_alone(store, policy):
         for t in range(4):
             alone = m.predict(b.support[t], b.support_labels[t], b.query[t], b.ways)
             assert torch.allclose(together[t], alone, atol=1e-5)
+
+
+@pytest.mark.e2e
+def test_a_run_saved_under_the_old_key_name_evaluates_and_resumes(tmp_path):
+    """Before 2026-12 an embedding method's test-time statistics were `method.batch_norm`; a run folder
+    saved then (config.yaml and checkpoints) still evaluates and resumes, with its policy."""
+    import yaml
+
+    from metalearn.engine.checkpoint import load_checkpoint, save_checkpoint
+
+    r = cli("metalearn-train", "debug=smoke", "method.test_batch_norm=support", "steps=10", "run_dir=run",
+            "test.episodes=5", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-2000:]
+    run = tmp_path / "run"
+    cfg = yaml.safe_load((run / "config.yaml").read_text())
+    cfg["method"]["batch_norm"] = cfg["method"].pop("test_batch_norm")
+    (run / "config.yaml").write_text(yaml.safe_dump(cfg))
+    for path in (run / "checkpoints").glob("*.pt"):
+        ckpt = load_checkpoint(path)
+        ckpt["config"]["method"]["batch_norm"] = ckpt["config"]["method"].pop("test_batch_norm")
+        save_checkpoint(path, ckpt)
+    e = cli("metalearn-eval", "run=run", "episodes=5", cwd=tmp_path)
+    assert e.returncode == 0 and "batch norm: support" in e.stdout, e.stderr[-2000:]
+    more = cli("metalearn-train", "resume=true", "run_dir=run", "steps=12", cwd=tmp_path)
+    assert more.returncode == 0, more.stderr[-2000:]
+    assert json.loads((run / "summary.json").read_text())["method_config"]["test_batch_norm"] == "support"

@@ -24,9 +24,9 @@ from collections.abc import Callable
 
 import torch
 
-from metalearn.episodes import EpisodeBatch
 from metalearn.errors import MetalearnError
 from metalearn.methods.base import Method
+from metalearn.tasks.episodes import EpisodeBatch
 
 log = logging.getLogger("metalearn")
 

@@ -11,10 +11,11 @@ import numpy as np
 import torch
 
 from metalearn.data.store import ImageStore
-from metalearn.episodes import EpisodePlans, EpisodeSampler, TaskSpec, episode_labels, gather
 from metalearn.errors import MetalearnError
-from metalearn.methods.base import EmbeddingMethod, Method, fp32
+from metalearn.files import atomic_open, write_text
+from metalearn.methods.base import EmbeddingMethod, Method, accuracy, fp32
 from metalearn.methods.task_norm import batch_norm_layers
+from metalearn.tasks.episodes import EpisodePlans, EpisodeSampler, TaskSpec, episode_labels, gather
 
 
 @dataclass
@@ -44,16 +45,10 @@ class EvalResult:
 
     def save(self, folder: Path, name: str) -> Path:
         """<name>.json (summary + per-episode accuracies) and <name>_episodes.npz (the plans)."""
-        folder.mkdir(parents=True, exist_ok=True)
-        plans = folder / f"{name}_episodes.npz"
-        tmp = folder / f"{name}_episodes.npz.json.tmp"  # the name remove_orphans knows
-        with open(tmp, "wb") as f:
+        with atomic_open(folder / f"{name}_episodes.npz") as f:
             np.savez_compressed(f, **self.plans.to_dict())
-        tmp.replace(plans)
         path = folder / f"{name}.json"
-        tmp = path.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps({**self.summary(), "per_episode": self.per_episode.tolist()}, indent=1))
-        tmp.replace(path)
+        write_text(path, json.dumps({**self.summary(), "per_episode": self.per_episode.tolist()}, indent=1))
         return path
 
 
@@ -76,7 +71,7 @@ def evaluate(method: Method, store: ImageStore, split: str, spec: TaskSpec, epis
             for start in range(0, len(plans), max(1, batch)):
                 b = gather(store, plans.slice(start, start + batch), device)
                 logits = method.predict(b.support, b.support_labels, b.query, b.ways)
-                accs.append((logits.argmax(-1) == b.query_labels).float().mean(1).cpu())
+                accs.append(accuracy(logits, b.query_labels, 1).cpu())
     method.train(was_training)
     bn = method.batch_norm if isinstance(method, EmbeddingMethod) and batch_norm_layers(method) else None
     return EvalResult(split, spec, seed, torch.cat(accs).numpy().astype(np.float64), plans, bn,
@@ -109,5 +104,5 @@ def _accuracies_from_codes(method: EmbeddingMethod, store: ImageStore, plans: Ep
         z = codes[rows[start:start + batch]]  # [t, ways*(shots+queries), ...]
         t = z.shape[0]
         logits = method.head(z[:, : ways * shots], episode_labels(t, ways, shots, device), z[:, ways * shots:], ways)
-        accs.append((logits.argmax(-1) == episode_labels(t, ways, queries, device)).float().mean(1).cpu())
+        accs.append(accuracy(logits, episode_labels(t, ways, queries, device), 1).cpu())
     return accs

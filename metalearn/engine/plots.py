@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from metalearn.engine.rundir import read_metrics
+from metalearn.files import atomic_open
 
 
 def plot_learning_curve(metrics_path: Path, out: Path, title: str = "") -> None:
@@ -28,7 +29,6 @@ def plot_learning_curve(metrics_path: Path, out: Path, title: str = "") -> None:
     ax2.legend(loc="lower right")
     fig.suptitle(title)
     fig.tight_layout()
-    tmp = out.with_suffix(".tmp.png")
-    fig.savefig(tmp, dpi=100)
+    with atomic_open(out) as f:
+        fig.savefig(f, dpi=100, format="png")
     plt.close(fig)
-    tmp.replace(out)

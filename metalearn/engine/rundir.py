@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
+import re
 import socket
 import subprocess
 from dataclasses import asdict, is_dataclass
@@ -13,6 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
+
+from metalearn.files import write_text
 
 
 @lru_cache(maxsize=1)
@@ -29,19 +32,14 @@ def git_commit() -> dict:
     return {"commit": sha or None, "dirty": bool(dirty) if sha else None}
 
 
-# the run's record files, rewritten whole through a temporary `.<name>.tmp` (see remove_orphans)
+# the run's record files, rewritten whole (metalearn.files), and the temporary names a killed write leaves:
+# `.<name>.<8 random characters>.tmp`, or `.<name>.tmp` from metalearn before 2026-12
 RECORD_FILES = ("config.yaml", "overrides.json", "summary.json", "metrics.jsonl")
-
-
-def _write_text(path: Path, text: str) -> None:
-    """Whole or not at all: a run's record files are rewritten in place (summary, an extended config)."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+ORPHAN = re.compile(r"^\.(?P<name>.+?)(\.[a-z0-9_]{8})?\.tmp$")
 
 
 def _write_json(path: Path, data: Any) -> None:
-    _write_text(path, json.dumps(data, indent=2, default=str))
+    write_text(path, json.dumps(data, indent=2, default=str))
 
 
 def read_metrics(path: Path) -> list[dict]:
@@ -77,7 +75,7 @@ class RunFolder:
     def write_config(self, cfg: DictConfig, overrides: list[str], choices: dict) -> None:
         if self.read_only:
             return
-        _write_text(self.path / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
+        write_text(self.path / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
         _write_json(self.path / "overrides.json", {"overrides": overrides, "choices": choices})
 
     def recorded_overrides(self) -> dict:
@@ -86,7 +84,11 @@ class RunFolder:
         return {"overrides": [], "choices": {}, **(json.loads(p.read_text()) if p.exists() else {})}
 
     def saved_config(self) -> DictConfig:
-        return OmegaConf.load(self.path / "config.yaml")
+        """config.yaml, with keys renamed since it was written under their new names."""
+        from metalearn.config import migrate_saved_config
+
+        saved = OmegaConf.to_container(OmegaConf.load(self.path / "config.yaml"))
+        return OmegaConf.create(migrate_saved_config(saved))
 
     def append_metrics(self, record: dict) -> None:
         if self.read_only:
@@ -101,9 +103,7 @@ class RunFolder:
         if not self.metrics_path.exists():
             return
         keep = [line for line in self.metrics_path.read_text().splitlines() if _step_of(line) <= step]
-        tmp = self.metrics_path.with_name(".metrics.jsonl.tmp")
-        tmp.write_text("".join(line + "\n" for line in keep))
-        os.replace(tmp, self.metrics_path)
+        write_text(self.metrics_path, "".join(line + "\n" for line in keep))
 
     def summary(self) -> dict:
         p = self.path / "summary.json"
@@ -116,16 +116,19 @@ class RunFolder:
         return sorted(p.name for p in self.path.iterdir())
 
     def remove_orphans(self) -> list[Path]:
-        """Temporary files of writes a kill interrupted (their names are this module's and cache.py's, so a
-        user's file is never matched). The finished file they were replacing is intact."""
+        """Temporary files of writes a kill interrupted, in the run folder, checkpoints/ and eval/: only names
+        this project's writers make (ORPHAN, of a file they write), so a user's file is never matched. The
+        finished file each was replacing is intact."""
         if self.read_only:
             return []
-        patterns = [(self.path, f".{name}.tmp") for name in RECORD_FILES] + [
-            (self.path / "checkpoints", ".*.pt.*.tmp"), (self.path / "eval", "*.json.tmp"),
-            (self.path, "learning_curve.tmp.png")]
-        removed = [p for folder, pattern in patterns if folder.is_dir() for p in folder.glob(pattern) if p.is_file()]
-        for p in removed:
-            p.unlink()
+        removed = []
+        for folder in (self.path, self.path / "checkpoints", self.path / "eval"):
+            for p in folder.glob(".*.tmp") if folder.is_dir() else []:
+                m = ORPHAN.match(p.name)
+                ours = m and (m["name"] in (*RECORD_FILES, "learning_curve.png") or folder != self.path)
+                if ours and p.is_file():
+                    p.unlink()
+                    removed.append(p)
         if removed:
             import logging
 

@@ -16,7 +16,6 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from metalearn.augment import random_affine
 from metalearn.config import check_bounds
 from metalearn.data import build_store
 from metalearn.data.store import ImageStore
@@ -32,14 +31,15 @@ from metalearn.engine.distributed import (
     shard,
 )
 from metalearn.engine.evaluate import evaluate
-from metalearn.engine.hardware import autocast, describe_device, setup_device
 from metalearn.engine.init_weights import initialize_from, parse_rename
 from metalearn.engine.progress import Progress
 from metalearn.engine.rundir import RunFolder
-from metalearn.episodes import EpisodeSampler, TaskSpec
 from metalearn.errors import MetalearnError, TimeLimitReached, TrainingDiverged
+from metalearn.hardware import autocast, describe_device, setup_device
 from metalearn.methods import Method, build_method
-from metalearn.training_data import EpisodeSource, LabelledSource, PairSource, TrainingSource
+from metalearn.tasks.augment import random_affine
+from metalearn.tasks.episodes import EpisodeSampler, TaskSpec
+from metalearn.tasks.sources import EpisodeSource, LabelledSource, PairSource, TrainingSource
 
 log = logging.getLogger("metalearn")
 

@@ -25,12 +25,12 @@ def build_method(cfg: Any, image_shape: tuple[int, int, int], ways: int, channel
     """`ways`: the training episodes' way count; `train_classes`: the training split's class count
     (the pre-training head of the transfer baselines)."""
     method = _build(cfg, image_shape, ways, channels_last, train_classes)
-    if "batch_norm" in cfg and isinstance(method, EmbeddingMethod):
-        set_test_batch_norm(method, cfg.batch_norm)
+    if "test_batch_norm" in cfg and isinstance(method, EmbeddingMethod):
+        set_test_batch_norm(method, cfg.test_batch_norm)
     return method
 
 
-def set_test_batch_norm(method: EmbeddingMethod, policy: str, key: str = "method.batch_norm") -> None:
+def set_test_batch_norm(method: EmbeddingMethod, policy: str, key: str = "method.test_batch_norm") -> None:
     """The batch-norm statistics `method` normalises with at test time (metalearn.methods.task_norm);
     `key`: the option's name in the error for a bad policy."""
     if policy not in BN_POLICIES:

@@ -19,13 +19,19 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from metalearn.episodes import EpisodeBatch, TaskSpec
 from metalearn.methods.task_norm import batch_norm_layers, embed_with_task_statistics
+from metalearn.tasks.episodes import EpisodeBatch, TaskSpec
 
 
 def fp32(x: torch.Tensor) -> torch.Tensor:
     """Losses are computed at least in float32: bf16/fp16 logits (autocast) are upcast, float64 kept."""
     return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
+
+
+def accuracy(logits: torch.Tensor, labels: torch.Tensor, dim: int | None = None) -> torch.Tensor:
+    """The share of argmax predictions equal to the labels: over everything, or along `dim` (per task)."""
+    hits = (logits.argmax(-1) == labels).float()
+    return hits.mean() if dim is None else hits.mean(dim)
 
 
 def one_or_many_tasks(predict: Callable) -> Callable:
@@ -52,7 +58,7 @@ def embed(backbone: Callable[[torch.Tensor], torch.Tensor], support: torch.Tenso
 class Method(nn.Module):
     name = "method"
     adapts_at_test = False  # True: predict() takes gradient steps, so evaluation runs with autograd on
-    train_data = "episodes"  # what train_step takes: episodes | pairs | labelled (see metalearn.training_data)
+    train_data = "episodes"  # what train_step takes: episodes | pairs | labelled (see metalearn.tasks.sources)
 
     def check_task(self, spec: TaskSpec) -> None:
         """Raise a MetalearnError when this method cannot be evaluated on `spec` (checked before training)."""
@@ -73,7 +79,7 @@ class Method(nn.Module):
     def graph_loss(self, batch: EpisodeBatch) -> tuple[torch.Tensor, torch.Tensor]:
         """The training loss and the query accuracy as tensors, computed without a host sync."""
         loss, logits = self.loss(batch)
-        return loss, (logits.argmax(-1) == batch.query_labels).float().mean()
+        return loss, accuracy(logits, batch.query_labels)
 
     def after_step(self) -> None:
         """Bookkeeping after each training step's optimiser step (MAML's meta-step counter)."""
@@ -84,7 +90,7 @@ class Method(nn.Module):
         if torch.isfinite(loss):
             loss.backward()
             optimizer.step()
-        acc = (logits.argmax(-1) == batch.query_labels).float().mean()
+        acc = accuracy(logits, batch.query_labels)
         return {"loss": float(loss.detach()), "accuracy": float(acc)}
 
     def predict(self, support: torch.Tensor, support_labels: torch.Tensor, query: torch.Tensor,

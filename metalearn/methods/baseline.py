@@ -1,7 +1,7 @@
 """The transfer-learning baselines of Chen et al. 2019, "A Closer Look at Few-shot Classification".
 
 - Training: ordinary supervised learning of backbone + head over all training classes at once,
-  from labelled minibatches (``metalearn.training_data.LabelledSource``); no episodes.
+  from labelled minibatches (``metalearn.tasks.sources.LabelledSource``); no episodes.
 - Test: the backbone is frozen; a new head for the task's N classes is fitted on the support
   embeddings, then classifies the queries.
 
@@ -22,8 +22,8 @@ import math
 import torch
 from torch import nn
 
-from metalearn.methods.base import EmbeddingMethod, fp32
-from metalearn.training_data import LabelledBatch
+from metalearn.methods.base import EmbeddingMethod, accuracy, fp32
+from metalearn.tasks.sources import LabelledBatch
 
 
 def cosine_scale(classes: int) -> float:
@@ -59,7 +59,7 @@ class Baseline(EmbeddingMethod):
         if torch.isfinite(loss):
             loss.backward()
             optimizer.step()
-        return {"loss": float(loss.detach()), "accuracy": float((logits.argmax(-1) == batch.labels).float().mean())}
+        return {"loss": float(loss.detach()), "accuracy": float(accuracy(logits, batch.labels))}
 
     def fit_heads(self, zs: torch.Tensor, labels: torch.Tensor, ways: int) -> tuple[torch.Tensor, torch.Tensor | None]:
         """New heads for T tasks at once: zs [T, S, D] frozen support embeddings -> weight [T, ways, D], bias."""

@@ -21,11 +21,11 @@ import torch
 from torch import nn
 
 from metalearn.backbones import vmap_safe
-from metalearn.engine.hardware import release_freed_memory, synchronize
-from metalearn.episodes import EpisodeBatch, TaskSpec
 from metalearn.errors import MetalearnError
-from metalearn.methods.base import Method, fp32
+from metalearn.hardware import release_freed_memory, synchronize
+from metalearn.methods.base import Method, accuracy, fp32, one_or_many_tasks
 from metalearn.methods.inner_loop import Params, adapt, call
+from metalearn.tasks.episodes import EpisodeBatch, TaskSpec
 
 log = logging.getLogger("metalearn")
 
@@ -209,7 +209,7 @@ class MAML(Method):
                         outer[n][t] = g
                     body_grad = [a if g is None else g if a is None else a + g
                                  for a, g in zip(body_grad, grads[len(leaves):], strict=True)]
-                done.append((t, loss.detach(), (logits.argmax(-1) == batch.query_labels[t]).float().mean()))
+                done.append((t, loss.detach(), accuracy(logits, batch.query_labels[t])))
             return done, body_grad
 
         workers = self._query_workers(batch)
@@ -286,14 +286,14 @@ class MAML(Method):
             loss = losses.mean()
             if torch.isfinite(loss):
                 loss.backward()
-            return loss.detach(), list((logits.argmax(-1) == batch.query_labels).float().mean(1))
+            return loss.detach(), list(accuracy(logits, batch.query_labels, 1))
         losses, accs = [], []
         for t in range(batch.tasks):
             loss, logits = self.task_loss(batch, t)
             if torch.isfinite(loss):
                 (loss / batch.tasks).backward()
             losses.append(loss.detach())
-            accs.append((logits.argmax(-1) == batch.query_labels[t]).float().mean())
+            accs.append(accuracy(logits, batch.query_labels[t]))
         return torch.stack(losses).mean(), accs
 
     def train_step(self, batch: EpisodeBatch, optimizer: torch.optim.Optimizer) -> dict[str, float]:
@@ -321,16 +321,15 @@ class MAML(Method):
 
     def graph_loss(self, batch: EpisodeBatch) -> tuple[torch.Tensor, torch.Tensor]:
         losses, logits = self.batched_task_losses(batch)
-        return losses.mean(), (logits.argmax(-1) == batch.query_labels).float().mean()
+        return losses.mean(), accuracy(logits, batch.query_labels)
 
     # ------------------------------------------------------------ test time
     def adapt_for_test(self, support: torch.Tensor, labels: torch.Tensor) -> Params:
         """The weights adapted to one task's support set at test time (no second-order graph needed)."""
         return self.adapt(support, labels, self.inner_steps_eval, first_order=True)[-1]
 
+    @one_or_many_tasks
     def predict(self, support, support_labels, query, ways):
-        if support.dim() == 4:
-            return self.predict(support[None], support_labels[None], query[None], ways)[0]
         out = []
         for t in range(support.shape[0]):
             with torch.enable_grad():

@@ -42,10 +42,10 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from metalearn.episodes import EpisodeBatch, TaskSpec
 from metalearn.errors import MetalearnError
 from metalearn.methods.base import EmbeddingMethod, embed, fp32
 from metalearn.methods.protonet import prototype_logits
+from metalearn.tasks.episodes import EpisodeBatch, TaskSpec
 
 
 @dataclass

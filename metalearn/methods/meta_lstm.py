@@ -22,10 +22,10 @@ import math
 import torch
 from torch import nn
 
-from metalearn.episodes import EpisodeBatch, TaskSpec
 from metalearn.errors import MetalearnError
-from metalearn.methods.base import Method, fp32
+from metalearn.methods.base import Method, accuracy, fp32, one_or_many_tasks
 from metalearn.methods.inner_loop import call
+from metalearn.tasks.episodes import EpisodeBatch, TaskSpec
 
 
 def preprocess(x: torch.Tensor, p: float = 10.0) -> torch.Tensor:
@@ -116,16 +116,15 @@ class MetaLSTM(Method):
             if torch.isfinite(loss):
                 (loss / batch.tasks).backward()
             losses.append(loss.detach())
-            accs.append((logits.argmax(-1) == batch.query_labels[t]).float().mean())
+            accs.append(accuracy(logits, batch.query_labels[t]))
         loss = torch.stack(losses).mean()
         if torch.isfinite(loss):
             nn.utils.clip_grad_norm_(self.parameters(), 0.25)  # the paper clips the meta-gradient
             optimizer.step()
         return {"loss": float(loss), "accuracy": float(torch.stack(accs).mean())}
 
+    @one_or_many_tasks
     def predict(self, support, support_labels, query, ways):
-        if support.dim() == 4:
-            return self.predict(support[None], support_labels[None], query[None], ways)[0]
         out = []
         for t in range(support.shape[0]):
             with torch.no_grad():

@@ -12,8 +12,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from metalearn.episodes import EpisodeBatch
 from metalearn.methods.base import EmbeddingMethod, fp32
+from metalearn.tasks.episodes import EpisodeBatch
 
 
 class RelationModule(nn.Module):

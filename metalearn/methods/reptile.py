@@ -22,9 +22,10 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from metalearn.episodes import EpisodeBatch
+from metalearn.methods.base import accuracy
 from metalearn.methods.inner_loop import Params, call
 from metalearn.methods.maml import MAML, _key
+from metalearn.tasks.episodes import EpisodeBatch
 
 ADAM_BETA2, ADAM_EPS = 0.999, 1e-8
 
@@ -99,7 +100,7 @@ class Reptile(MAML):
             with torch.no_grad():  # logged: the fit of the adapted weights to the task's query examples
                 logits = call(self.model, phi, batch.query[t])
                 losses.append(nn.functional.cross_entropy(logits, batch.query_labels[t]))
-                accs.append((logits.argmax(-1) == batch.query_labels[t]).float().mean())
+                accs.append(accuracy(logits, batch.query_labels[t]))
         optimizer.zero_grad(set_to_none=True)
         for n, p in theta.items():
             p.grad = p.detach() - mean_phi[n]

@@ -1,7 +1,7 @@
 """Siamese networks for one-shot recognition (Koch et al. 2015).
 
 A verification network is trained on balanced same/different pairs of training images (see
-``metalearn.training_data.PairSource``): twin embeddings h1, h2 from one backbone, and
+``metalearn.tasks.sources.PairSource``): twin embeddings h1, h2 from one backbone, and
 
     p(same) = sigmoid(sum_j alpha_j |h1_j - h2_j| + b),
 
@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from metalearn.methods.base import EmbeddingMethod, fp32
-from metalearn.training_data import PairBatch
+from metalearn.tasks.sources import PairBatch
 
 
 class Siamese(EmbeddingMethod):

@@ -21,8 +21,8 @@ import numpy as np
 import torch
 
 from metalearn.data.store import ImageStore
-from metalearn.episodes import EpisodeBatch, EpisodeSampler, TaskSpec, gather
 from metalearn.errors import MetalearnError
+from metalearn.tasks.episodes import EpisodeBatch, EpisodeSampler, TaskSpec, gather
 
 ImageMap = Callable[[torch.Tensor], torch.Tensor]
 

@@ -1,0 +1,51 @@
+"""Writing files whole or not at all, and CSV tables. Imports nothing of the project.
+
+Every file a run reads back (checkpoints, summary.json, config.yaml, results, caches) is written through
+a temporary file in the same folder, flushed to disk, then renamed over the old one: a kill mid-write
+leaves the old file intact and a `.<name>.<random>.tmp` beside it, which the next start removes
+(`RunFolder.remove_orphans` knows these names).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import IO
+
+
+@contextlib.contextmanager
+def atomic_open(path: Path, mode: str = "wb") -> Iterator[IO]:
+    """A file handle whose contents replace `path` only when the block ends without an exception."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, mode, **({} if "b" in mode else {"newline": ""})) as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def write_text(path: Path, text: str) -> None:
+    with atomic_open(path, "w") as f:
+        f.write(text)
+
+
+def write_csv(rows: list[dict], path: Path) -> None:
+    """A CSV table whose columns are every key of every row, in order of first appearance."""
+    fields: list[str] = []
+    for r in rows:
+        fields += [k for k in r if k not in fields]
+    with atomic_open(path, "w") as f:
+        if fields:
+            w = csv.DictWriter(f, fieldnames=fields)
+            w.writeheader()
+            w.writerows(rows)
