@@ -30,7 +30,8 @@ def worker(rounds: int) -> None:
 
     from metalearn.backbones import Conv4
     from metalearn.hardware import keep_freed_memory
-    from metalearn.methods.maml import BATCHING, MAML
+    from metalearn.methods.maml import MAML
+    from metalearn.methods.task_batching import PATHS
     from metalearn.tasks.episodes import EpisodeBatch
 
     keep_freed_memory()  # as every metalearn run does
@@ -44,16 +45,16 @@ def worker(rounds: int) -> None:
     timed = []
     for _ in range(rounds + 1):  # the first is the warm-up round
         t = {}
-        for path in BATCHING:
+        for path in PATHS:
             start = time.perf_counter()
-            m._meta_gradient(b, path)
+            m.batching.meta_gradient(m, b, path)
             t[path] = time.perf_counter() - start
             for p in m.parameters():
                 p.grad = None
         timed.append(t)
     steady = {}
-    for path in BATCHING:
-        m.task_batching = path
+    for path in PATHS:
+        m.batching.mode = path
         ts = []
         for _ in range(8):
             start = time.perf_counter()

@@ -74,7 +74,7 @@ def maml_worker(queries: int, batching: str, iters: int, amp: str = "none") -> N
     backbone = Conv4(1, 64, "stride", channels_last=True, bn_running_stats=False).to(memory_format=torch.channels_last)
     m = MAML(backbone, 64, 5, 0.4, 1, 3, task_batching="split" if batching == "split1" else batching)
     if batching == "split1":
-        m.query_threads = 1  # split with its query side in one thread: what the query threads add
+        m.batching.query_threads = 1  # split with its query side in one thread: what the query threads add
     opt = torch.optim.Adam(m.parameters(), 1e-3)
     b = EpisodeBatch(torch.randn(32, 5, 1, 28, 28), torch.arange(5).expand(32, -1),
                      torch.randn(32, 5 * queries, 1, 28, 28), torch.arange(5).repeat_interleave(queries).expand(32, -1), 5)
@@ -86,7 +86,7 @@ def maml_worker(queries: int, batching: str, iters: int, amp: str = "none") -> N
             start = time.perf_counter()
             m.train_step(b, opt)
             times.append(time.perf_counter() - start)
-    path = m._choose_batching(b)
+    path = m.batching.choose(m, b)
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(json.dumps({"tasks_per_s": 32 / statistics.median(times), "path": path, "peak_rss_mb": rss}))
 

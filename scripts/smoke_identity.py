@@ -7,7 +7,8 @@
 Each run is `metalearn-train debug=smoke method=<m> hardware.threads=1` in a fresh folder (the CPU is
 deterministic at a fixed thread count). The fingerprint keeps every metrics.jsonl record without its
 timings (episodes_per_s and the like), the test results with their per-episode accuracies, and a hash of
-the final weights. `--compare` prints, per method, identical or which part differs.
+each tensor of the final checkpoint (a buffer a refactor removes is listed, not counted as a difference).
+`--compare` prints, per method, identical or which part differs.
 """
 
 from __future__ import annotations
@@ -41,11 +42,8 @@ def fingerprint(run: Path) -> dict:
     import torch
 
     ckpt = torch.load(run / "checkpoints" / "last.pt", map_location="cpu", weights_only=True)
-    h = hashlib.sha256()
-    for k in sorted(ckpt["method"]):
-        h.update(k.encode())
-        h.update(ckpt["method"][k].numpy().tobytes())
-    return {"metrics": records, "tests": tests, "weights": h.hexdigest()[:16]}
+    weights = {k: hashlib.sha256(v.numpy().tobytes()).hexdigest()[:16] for k, v in ckpt["method"].items()}
+    return {"metrics": records, "tests": tests, "weights": weights}
 
 
 def run_all(repo: Path, methods: list[str]) -> dict:
@@ -63,7 +61,7 @@ def run_all(repo: Path, methods: list[str]) -> dict:
                 print(f"{name}: failed\n{r.stderr[-1000:]}", file=sys.stderr)
                 continue
             out[name] = fingerprint(folder)
-            print(f"{name}: weights {out[name]['weights']}", file=sys.stderr)
+            print(f"{name}: done", file=sys.stderr)
     return out
 
 
@@ -74,8 +72,13 @@ def compare(a: dict, b: dict) -> int:
             print(f"{name}: only in {'after' if name in b else 'before'}")
             differ += 1
             continue
-        parts = [k for k in ("metrics", "tests", "weights", "error") if a[name].get(k) != b[name].get(k)]
-        print(f"{name}: {'identical' if not parts else 'differs in ' + ', '.join(parts)}")
+        wa, wb = a[name].get("weights", {}), b[name].get("weights", {})
+        shared = set(wa) & set(wb)
+        parts = [k for k in ("metrics", "tests", "error") if a[name].get(k) != b[name].get(k)]
+        parts += [f"tensor {k}" for k in sorted(shared) if wa[k] != wb[k]]
+        extra = [f"{'-' if k in wa else '+'}{k}" for k in sorted(set(wa) ^ set(wb))]  # a state_dict entry (un)registered
+        note = f" (state_dict entries {' '.join(extra)})" if extra else ""
+        print(f"{name}: {'identical' if not parts else 'differs in ' + ', '.join(parts)}{note}")
         differ += bool(parts)
     print(f"{len(set(a) | set(b)) - differ} identical, {differ} differ")
     return differ

@@ -18,7 +18,8 @@ import torch
 
 from metalearn.backbones import Conv4
 from metalearn.hardware import keep_freed_memory
-from metalearn.methods.maml import BATCHING, MAML
+from metalearn.methods.maml import MAML
+from metalearn.methods.task_batching import PATHS
 from metalearn.tasks.episodes import EpisodeBatch
 
 
@@ -43,13 +44,13 @@ def main(mode: str) -> None:
     for _ in range(4):
         m.train_step(b, opt)
     faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults
-    path = BATCHING[int(m.batching_path)] if mode == "auto" else mode
+    path = PATHS[int(m.batching_path)] if mode == "auto" else mode
     print(json.dumps({"mode": mode, "path": path, "resident_mb_after_first_step": round(after_first),
                       "resident_mb_after_6_steps": round(resident_mb()), "minor_faults_last_4_steps": faults,
                       "peak_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)}))
 
 
 if __name__ == "__main__":
-    if len(sys.argv) != 2 or sys.argv[1] not in BATCHING + ("auto",):
+    if len(sys.argv) != 2 or sys.argv[1] not in PATHS + ("auto",):
         sys.exit(f"usage: python {sys.argv[0]} auto|loop|vmap|split")
     main(sys.argv[1])

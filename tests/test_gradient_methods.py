@@ -367,13 +367,13 @@ def test_vmap_and_split_over_the_meta_batch_give_the_loop_meta_gradient(kw):
     grads, stats = [], []
     for batching, query_threads in (("loop", None), ("vmap", None), ("split", 1), ("split", 3)):
         m = conv_maml(task_batching=batching, **kw)
-        m.query_threads = query_threads
+        m.batching.query_threads = query_threads
         opt = torch.optim.SGD(m.parameters(), lr=0.0)
         stats.append(m.train_step(b, opt))
         grads.append([p.grad.clone() for p in m.parameters()])
         assert int(m.batching_path) == -1  # a configured path is not recorded as an auto choice
         assert torch.get_num_threads() == threads  # the query threads hand torch's thread count back
-        assert len(m._replicas) == (3 if query_threads == 3 else 0)
+        assert len(m.batching.replicas) == (3 if query_threads == 3 else 0)
         assert set(m.state_dict()) == set(conv_maml(**kw).state_dict())  # the replicas are not checkpointed
     for other in grads[1:]:
         assert all(torch.allclose(a, c, rtol=1e-9, atol=1e-12) for a, c in zip(grads[0], other, strict=True))
@@ -403,7 +403,7 @@ def test_auto_batching_times_the_paths_once_and_keeps_its_choice():
     state = {k: v for k, v in m.state_dict().items() if k != "batching_path"}
     older = conv_maml(task_batching="auto")
     older.load_state_dict({**state, "uses_vmap": torch.tensor(1)})  # the buffer's old name: 1 was vmap
-    assert older._choose_batching(conv_batch()) == "vmap"
+    assert older.batching.choose(older, conv_batch()) == "vmap"
     none = conv_maml(task_batching="auto")
     none.load_state_dict(state)  # checkpoints from before the switch still load
     assert int(none.batching_path) == -1
@@ -418,22 +418,22 @@ def test_auto_batching_times_the_paths_once_and_keeps_its_choice():
 def test_auto_batching_keeps_each_paths_best_timed_round(monkeypatch, seconds, chosen):
     """auto's selection on a scripted clock: one warm-up round, then the fastest of the timed rounds per
     path, the rounds interleaved (loop, vmap, split, loop, ...)."""
-    from metalearn.methods import maml as maml_module
+    from metalearn.methods import task_batching
     clock, order = [0.0], []
 
-    def scripted(batch, path):
+    def scripted(method, batch, path):
         order.append(path)
         clock[0] += seconds[path].pop(0)
         return torch.tensor(0.0), [torch.tensor(1.0)]
 
     m = conv_maml(task_batching="auto")
-    monkeypatch.setattr(maml_module.time, "perf_counter", lambda: clock[0])
-    monkeypatch.setattr(m, "_meta_gradient", scripted)
-    assert maml_module.TIMED_ROUNDS == 2
-    assert m._choose_batching(conv_batch()) == chosen
-    assert order == list(maml_module.BATCHING) * 3
+    monkeypatch.setattr(task_batching.time, "perf_counter", lambda: clock[0])
+    monkeypatch.setattr(m.batching, "meta_gradient", scripted)
+    assert task_batching.TIMED_ROUNDS == 2
+    assert m.batching.choose(m, conv_batch()) == chosen
+    assert order == list(task_batching.PATHS) * 3
     assert all(not left for left in seconds.values())  # every scripted round was run
-    assert m._choose_batching(conv_batch()) == chosen and len(order) == 9  # timed once, then kept
+    assert m.batching.choose(m, conv_batch()) == chosen and len(order) == 9  # timed once, then kept
 
 
 def test_msl_and_running_statistics_fall_back_to_the_loop():

@@ -19,6 +19,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
+from metalearn.errors import MetalearnError
 from metalearn.methods.task_norm import batch_norm_layers, embed_with_task_statistics
 from metalearn.tasks.episodes import EpisodeBatch, TaskSpec
 
@@ -97,6 +98,35 @@ class Method(nn.Module):
                 ways: int) -> torch.Tensor:
         """support [T, S, C, H, W] (or [S, C, H, W] for one task) -> query logits [T, Q, ways] (or [Q, ways])."""
         raise NotImplementedError
+
+
+class AdaptingMethod(Method):
+    """Methods that adapt a copy of their weights to each test task's support set: the MAML family, Reptile
+    and the Meta-Learner LSTM. Their head has `ways` outputs, fixed in meta-training, and a test task is
+    classified by `predict_task` after `inner_steps_eval` adaptation steps (metalearn-eval inner_steps=
+    changes those), with autograd on."""
+
+    adapts_at_test = True
+    ways: int
+    inner_steps_eval: int
+
+    def check_task(self, spec: TaskSpec) -> None:
+        if spec.ways != self.ways:
+            raise MetalearnError(f"{self.name}'s classifier head has {self.ways} outputs (sampler.train_ways), so it "
+                                 f"can only be evaluated {self.ways}-way, not {spec.ways}-way; train with "
+                                 f"sampler.train_ways={spec.ways} for that.")
+
+    def eval_steps_limit(self) -> int | None:
+        """The most inner steps a test task may take (None: any number)."""
+        return None
+
+    def predict_task(self, support: torch.Tensor, labels: torch.Tensor, query: torch.Tensor) -> torch.Tensor:
+        """Query logits [Q, ways] of one task, after adapting to its support set."""
+        raise NotImplementedError
+
+    @one_or_many_tasks
+    def predict(self, support, support_labels, query, ways):
+        return torch.stack([self.predict_task(support[t], support_labels[t], query[t]) for t in range(support.shape[0])])
 
 
 class EmbeddingMethod(Method):

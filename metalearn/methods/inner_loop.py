@@ -23,6 +23,11 @@ Params = dict[str, torch.Tensor]
 LearningRate = float | Callable[[str, int], torch.Tensor | float]
 
 
+def param_key(name: str) -> str:
+    """A parameter's name as a ParameterDict or buffer key (those may not contain dots)."""
+    return name.replace(".", "__")
+
+
 def call(model: nn.Module, params: Params, x: torch.Tensor) -> torch.Tensor:
     """model(x) with `params` in place of the module's own parameters (buffers stay the module's)."""
     return functional_call(model, params, (x,), strict=False)

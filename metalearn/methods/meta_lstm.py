@@ -22,10 +22,9 @@ import math
 import torch
 from torch import nn
 
-from metalearn.errors import MetalearnError
-from metalearn.methods.base import Method, accuracy, fp32, one_or_many_tasks
+from metalearn.methods.base import AdaptingMethod, accuracy, fp32
 from metalearn.methods.inner_loop import call
-from metalearn.tasks.episodes import EpisodeBatch, TaskSpec
+from metalearn.tasks.episodes import EpisodeBatch
 
 
 def preprocess(x: torch.Tensor, p: float = 10.0) -> torch.Tensor:
@@ -54,9 +53,8 @@ class MetaLSTMCell(nn.Module):
         return f * theta - i * grad, f, i
 
 
-class MetaLSTM(Method):
+class MetaLSTM(AdaptingMethod):
     name = "meta_lstm"
-    adapts_at_test = True
 
     def __init__(self, backbone: nn.Module, feature_dim: int, ways: int, inner_steps: int = 5,
                  inner_steps_eval: int = 10, hidden: int = 20):
@@ -82,12 +80,6 @@ class MetaLSTM(Method):
 
     def learner_logits(self, theta: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         return call(self.learner, self.unflatten(theta), x)
-
-    def check_task(self, spec: TaskSpec) -> None:
-        if spec.ways != self.ways:
-            raise MetalearnError(f"meta_lstm's learner head has {self.ways} outputs (sampler.train_ways), so it can only "
-                                 f"be evaluated {self.ways}-way, not {spec.ways}-way; train with "
-                                 f"sampler.train_ways={spec.ways} for that.")
 
     def adapt(self, support: torch.Tensor, labels: torch.Tensor, steps: int) -> torch.Tensor:
         """theta after `steps` meta-learner updates on the support set (differentiable in the meta-parameters)."""
@@ -123,11 +115,7 @@ class MetaLSTM(Method):
             optimizer.step()
         return {"loss": float(loss), "accuracy": float(torch.stack(accs).mean())}
 
-    @one_or_many_tasks
-    def predict(self, support, support_labels, query, ways):
-        out = []
-        for t in range(support.shape[0]):
-            with torch.no_grad():
-                theta = self.adapt(support[t], support_labels[t], self.inner_steps_eval)
-                out.append(self.learner_logits(theta, query[t]))
-        return torch.stack(out)
+    def predict_task(self, support: torch.Tensor, labels: torch.Tensor, query: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            theta = self.adapt(support, labels, self.inner_steps_eval)
+            return self.learner_logits(theta, query)

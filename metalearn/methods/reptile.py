@@ -22,23 +22,26 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from metalearn.methods.base import accuracy
-from metalearn.methods.inner_loop import Params, call
-from metalearn.methods.maml import MAML, _key
+from metalearn.methods.base import AdaptingMethod, accuracy
+from metalearn.methods.inner_loop import Params, call, param_key
 from metalearn.tasks.episodes import EpisodeBatch
 
 ADAM_BETA2, ADAM_EPS = 0.999, 1e-8
 
 
-class Reptile(MAML):
+class Reptile(AdaptingMethod):
+    name = "reptile"
+
     def __init__(self, backbone: nn.Module, feature_dim: int, ways: int, inner_lr: float, inner_steps: int,
                  inner_steps_eval: int, inner_batch: int, inner_optimizer: str = "adam",
                  inner_state: str = "persistent"):
-        super().__init__(backbone, feature_dim, ways, inner_lr, inner_steps, inner_steps_eval, first_order=True,
-                         name="reptile")
+        super().__init__()
+        self.model = nn.Sequential(backbone, nn.Linear(feature_dim, ways))
+        self.ways, self.inner_lr = ways, inner_lr
+        self.inner_steps, self.inner_steps_eval = inner_steps, inner_steps_eval
         self.inner_batch, self.inner_optimizer, self.inner_state = inner_batch, inner_optimizer, inner_state
         for n, p in self.model.named_parameters():  # Adam's second moments, kept when inner_state=persistent
-            self.register_buffer(f"adam_v__{_key(n)}", torch.zeros_like(p))
+            self.register_buffer(f"adam_v__{param_key(n)}", torch.zeros_like(p))
         self.register_buffer("adam_t", torch.zeros((), dtype=torch.long))
         self.register_load_state_dict_pre_hook(_default_adam_state)  # checkpoints from before it existed
 
@@ -46,13 +49,13 @@ class Reptile(MAML):
     def _adam_state(self) -> tuple[Params, int]:
         if self.inner_state == "fresh":
             return {n: torch.zeros_like(p) for n, p in self.model.named_parameters()}, 0
-        return ({n: getattr(self, f"adam_v__{_key(n)}").clone() for n, _ in self.model.named_parameters()},
+        return ({n: getattr(self, f"adam_v__{param_key(n)}").clone() for n, _ in self.model.named_parameters()},
                 int(self.adam_t))
 
     def _save_adam_state(self, v: Params, t: int) -> None:
         if self.inner_state == "persistent":
             for n, value in v.items():
-                getattr(self, f"adam_v__{_key(n)}").copy_(value)
+                getattr(self, f"adam_v__{param_key(n)}").copy_(value)
             self.adam_t.fill_(t)
 
     def inner_train(self, x: torch.Tensor, y: torch.Tensor, steps: int, generator: torch.Generator | None = None,
@@ -116,8 +119,17 @@ class Reptile(MAML):
                                   state=self._adam_state())
         return phi
 
+    def predict_task(self, support: torch.Tensor, labels: torch.Tensor, query: torch.Tensor) -> torch.Tensor:
+        with torch.enable_grad():
+            phi = self.adapt_for_test(support, labels)
+        return call(self.model, phi, query).detach()
+
 
 def _default_adam_state(module: nn.Module, state_dict: dict, prefix: str, *args) -> None:
+    """Checkpoints from before the Adam state existed get a fresh one; those from when Reptile was built on
+    MAML carry MAML's batching buffers, which Reptile never used."""
+    for name in ("batching_path", "uses_vmap", "meta_steps"):
+        state_dict.pop(prefix + name, None)
     for name, buffer in module.named_buffers(recurse=False):
         if name.startswith("adam_"):
             state_dict.setdefault(prefix + name, torch.zeros_like(buffer))
