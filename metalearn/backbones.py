@@ -10,6 +10,7 @@ from torch import nn
 
 from metalearn.config import BackboneConfig
 from metalearn.errors import MetalearnError
+from metalearn.registry import BACKBONES
 
 
 class BatchStatNorm2d(nn.BatchNorm2d):
@@ -159,17 +160,19 @@ class RelationConv4(nn.Module):
         return self.feature_maps(x).flatten(1)
 
 
-BACKBONES = ("conv4", "conv4_relation")
+@BACKBONES.register("conv4")
+def _conv4(cfg: BackboneConfig, in_channels: int, channels_last: bool, bn_running_stats: bool) -> nn.Module:
+    return Conv4(in_channels, cfg.width, cfg.pool, channels_last, bn_running_stats)
+
+
+@BACKBONES.register("conv4_relation")
+def _conv4_relation(cfg: BackboneConfig, in_channels: int, channels_last: bool, bn_running_stats: bool) -> nn.Module:
+    return RelationConv4(in_channels, cfg.width, channels_last, bn_running_stats)
 
 
 def build_backbone(cfg: BackboneConfig, in_channels: int, channels_last: bool = False,
                    bn_running_stats: bool = True) -> nn.Module:
-    if cfg.name == "conv4":
-        model: nn.Module = Conv4(in_channels, cfg.width, cfg.pool, channels_last, bn_running_stats)
-    elif cfg.name == "conv4_relation":
-        model = RelationConv4(in_channels, cfg.width, channels_last, bn_running_stats)
-    else:
-        raise MetalearnError(f"method.backbone.name={cfg.name!r} is unknown; choose one of: {', '.join(BACKBONES)}")
+    model = BACKBONES.builder(cfg.name)(cfg, in_channels, channels_last, bn_running_stats)
     return model.to(memory_format=torch.channels_last) if channels_last else model
 
 

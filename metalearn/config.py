@@ -25,6 +25,24 @@ def config_dir() -> str:
     raise FileNotFoundError(f"metalearn configs not found next to {here}; reinstall the package")
 
 
+# group -> part name -> its schema (a method's, a dataset's), and the ConfigStore nodes the YAML files extend
+SCHEMAS: dict[str, dict[str, type]] = {"method": {}, "dataset": {}, "sampler": {}, "hardware": {}, "None": {}}
+_NODES: list[tuple[str | None, str, type]] = []
+
+
+def schema(group: str | None, node: str, *names: str):
+    """Declare a dataclass the typed config of the parts `names` of `group`: the YAML files of the built-in
+    parts extend `node` (`<name>_schema`); a part defined elsewhere (a test, a plugin) can name its node after
+    itself and needs no YAML (`@schema("method", "mine", "mine")`, then `method=mine`)."""
+    def declare(cls: type) -> type:
+        SCHEMAS.setdefault(str(group), {}).update(dict.fromkeys(names, cls))
+        _NODES.append((group, node, cls))
+        ConfigStore.instance().store(group=group, name=node, node=cls)
+        return cls
+
+    return declare
+
+
 # ---------------------------------------------------------------- datasets
 @dataclass
 class DatasetConfig:
@@ -33,6 +51,7 @@ class DatasetConfig:
     cache_dir: str = "~/.cache/metalearn"
 
 
+@schema("dataset", "synthetic_schema", "synthetic")
 @dataclass
 class SyntheticConfig(DatasetConfig):
     name: str = "synthetic"
@@ -49,6 +68,7 @@ class AlphabetLists:
     test: list[str] = field(default_factory=list)
 
 
+@schema("dataset", "omniglot_schema", "omniglot")
 @dataclass
 class OmniglotConfig(DatasetConfig):
     name: str = "omniglot"
@@ -70,6 +90,7 @@ class OmniglotConfig(DatasetConfig):
     alphabets: AlphabetLists = field(default_factory=AlphabetLists)
 
 
+@schema("dataset", "mini_imagenet_schema", "mini_imagenet", "tiered_imagenet")
 @dataclass
 class MiniImageNetConfig(DatasetConfig):
     """mini_imagenet and tiered_imagenet: the standard splits, read from whichever released form is in root."""
@@ -79,6 +100,7 @@ class MiniImageNetConfig(DatasetConfig):
     image_size: int = 84
 
 
+@schema("dataset", "cifar_schema", "cifar_fs", "fc100")
 @dataclass
 class CifarConfig(DatasetConfig):
     """cifar_fs and fc100, both from CIFAR-100's python release."""
@@ -89,6 +111,7 @@ class CifarConfig(DatasetConfig):
     image_size: int = 32
 
 
+@schema("dataset", "image_folder_schema", "image_folder")
 @dataclass
 class ImageFolderConfig(DatasetConfig):
     name: str = "image_folder"
@@ -101,6 +124,7 @@ class ImageFolderConfig(DatasetConfig):
 
 
 # ---------------------------------------------------------------- the rest
+@schema("sampler", "sampler_schema")
 @dataclass
 class SamplerConfig:
     """Training episodes may differ from evaluation episodes (ProtoNets trains 60-way)."""
@@ -133,12 +157,14 @@ class EmbeddingMethodConfig(MethodConfig):
     test_batch_norm: str = "running"
 
 
+@schema("method", "protonet_schema", "protonet")
 @dataclass
 class ProtoNetConfig(EmbeddingMethodConfig):
     name: str = "protonet"
     distance: str = "sqeuclidean"  # sqeuclidean | cosine
 
 
+@schema("method", "matching_schema", "matching")
 @dataclass
 class MatchingConfig(EmbeddingMethodConfig):
     name: str = "matching"
@@ -147,6 +173,7 @@ class MatchingConfig(EmbeddingMethodConfig):
     scale: float = 10.0  # multiplies the cosine before the softmax (the paper: 1)
 
 
+@schema("method", "relation_schema", "relation")
 @dataclass
 class RelationConfig(EmbeddingMethodConfig):
     name: str = "relation"
@@ -154,6 +181,7 @@ class RelationConfig(EmbeddingMethodConfig):
     hidden: int = 8  # width of the relation module's hidden linear layer
 
 
+@schema("method", "siamese_schema", "siamese")
 @dataclass
 class SiameseConfig(EmbeddingMethodConfig):
     name: str = "siamese"
@@ -163,6 +191,7 @@ class SiameseConfig(EmbeddingMethodConfig):
     hard_negatives: float = 0.0  # fraction of different-class pairs from one group (Omniglot: one alphabet)
 
 
+@schema("method", "baseline_schema", "baseline", "baselinepp")
 @dataclass
 class BaselineConfig(EmbeddingMethodConfig):
     """baseline (linear head) and baselinepp (cosine head): supervised pre-training, then a new head per task."""
@@ -173,6 +202,7 @@ class BaselineConfig(EmbeddingMethodConfig):
     finetune_lr: float = 0.1
 
 
+@schema("method", "meta_lstm_schema", "meta_lstm")
 @dataclass
 class MetaLSTMConfig(MethodConfig):
     name: str = "meta_lstm"
@@ -181,6 +211,7 @@ class MetaLSTMConfig(MethodConfig):
     hidden: int = 20  # the coordinate-wise input LSTM's width
 
 
+@schema("method", "mann_schema", "mann")
 @dataclass
 class MANNConfig(EmbeddingMethodConfig):
     name: str = "mann"
@@ -221,6 +252,7 @@ class MAMLPlusPlusConfig:
     first_order_until: int = 0
 
 
+@schema("method", "maml_schema", "maml", "fomaml", "anil", "metasgd", "mamlpp")
 @dataclass
 class MAMLConfig(MethodConfig):
     """maml, fomaml, anil and metasgd: one schema, the method is the name plus its switches."""
@@ -237,6 +269,7 @@ class MAMLConfig(MethodConfig):
     task_batching: str = "auto"  # loop (task by task) | vmap (torch.func.vmap over the meta-batch) | split | auto (timed)
 
 
+@schema("method", "reptile_schema", "reptile")
 @dataclass
 class ReptileConfig(MethodConfig):
     name: str = "reptile"
@@ -249,11 +282,13 @@ class ReptileConfig(MethodConfig):
     batch_norm: str = "transductive"
 
 
+@schema("method", "pixel_nn_schema", "pixel_nn")
 @dataclass
 class PixelNNConfig(MethodConfig):
     name: str = "pixel_nn"
 
 
+@schema("hardware", "hardware_schema")
 @dataclass
 class HardwareConfig:
     device: str = "cpu"  # cpu | cuda | cuda:N
@@ -315,6 +350,7 @@ class TestConfig:
     batch: int = 50  # episodes per forward pass
 
 
+@schema(None, "train_schema")
 @dataclass
 class TrainConfig:
     dataset: Any = MISSING
@@ -340,6 +376,7 @@ class TrainConfig:
     init: InitConfig = field(default_factory=InitConfig)
 
 
+@schema(None, "eval_schema")
 @dataclass
 class EvalConfig:
     run: str | None = None  # a finished run's folder
@@ -358,7 +395,7 @@ class EvalConfig:
 
 
 # The numeric ranges of the keys above, declared once beside their types and checked before anything is built
-# (check_bounds): key -> (lowest, highest, what the key is), None for no bound; a key a config lacks (another
+# (check_values): key -> (lowest, highest, what the key is), None for no bound; a key a config lacks (another
 # method's, another dataset's) is skipped. Exclusive bounds are written as the nearest valid value.
 BOUNDS: dict[str, tuple[float | None, float | None, str]] = {
     "seed": (0, None, "the run's random seed"),
@@ -401,6 +438,13 @@ BOUNDS: dict[str, tuple[float | None, float | None, str]] = {
     "method.project": (0, None, "projected width (0: none)"),
     "method.input_noise": (0, None, "input noise's standard deviation"),
     "method.inner_batch": (1, None, "Reptile's inner minibatch"),
+    "method.inner_steps": (1, None, "inner steps in meta-training"),
+    "method.inner_steps_eval": (1, None, "inner steps at validation and test"),
+    "method.fce_steps": (1, None, "the attention LSTM's processing steps"),
+    "method.embedding": (0, None, "the sigmoid layer's width (0: none)"),
+    "method.finetune_steps": (1, None, "steps fitting the new head on a task's support set"),
+    "method.finetune_lr": (1e-12, None, "the new head's learning rate, > 0"),
+    "method.aux_weight": (0, None, "the auxiliary prototypical loss's weight (0: none)"),
     "method.plus.msl_anneal_steps": (1, None, "MAML++ multi-step-loss annealing steps"),
     "method.plus.first_order_until": (0, None, "MAML++ first-order steps"),
     "method.hard_negatives": (0, 1, "fraction of hard negative pairs"),
@@ -408,34 +452,59 @@ BOUNDS: dict[str, tuple[float | None, float | None, str]] = {
 }
 
 
-def check_bounds(cfg: Any, bounds: dict[str, tuple[float | None, float | None, str]] = BOUNDS) -> None:
-    """Every bounded key of cfg in its range, or one MetalearnError naming the key, its value and the range."""
+# The values a string key takes, declared once beside the schemas and checked with the bounds.
+CHOICES: dict[str, tuple[str, ...]] = {
+    "optimizer.name": ("adam", "sgd"),
+    "schedule.name": ("none", "step", "cosine", "linear"),
+    "hardware.amp": ("none", "bf16"),
+    "method.backbone.pool": ("max", "stride"),
+    "method.test_batch_norm": ("running", "support", "transductive"),
+    "method.batch_norm": ("transductive", "running"),
+    "method.distance": ("sqeuclidean", "cosine"),
+    "method.loss": ("mse", "ce"),
+    "method.rule": ("max", "kernel"),
+    "method.encoder": ("pixels", "conv"),
+    "method.loss_on": ("sequence", "queries"),
+    "method.write": ("add", "key"),
+    "method.adapt": ("all", "head"),
+    "method.task_batching": ("auto", "loop", "vmap", "split"),
+    "method.inner_optimizer": ("adam", "sgd"),
+    "method.inner_state": ("persistent", "fresh"),
+}
+
+
+def check_values(cfg: Any, prefix: str = "") -> None:
+    """Every bounded key of cfg in its range and every key with CHOICES one of them, or one MetalearnError
+    naming the key, its value and what it may be. `prefix`: where cfg sits in the whole config ("method."
+    for a method's own config)."""
+    from dataclasses import is_dataclass
+
     from metalearn.errors import MetalearnError
 
-    for key, (low, high, what) in bounds.items():
-        value = OmegaConf.select(cfg, key, default=None)
+    if not OmegaConf.is_config(cfg):
+        cfg = OmegaConf.structured(cfg) if is_dataclass(cfg) else OmegaConf.create(cfg)
+
+    def select(key: str):
+        return OmegaConf.select(cfg, key[len(prefix):], default=None) if key.startswith(prefix) else None
+
+    for key, (low, high, what) in BOUNDS.items():
+        value = select(key)
         for v in value if isinstance(value, list | tuple) or OmegaConf.is_list(value) else [value]:
             if v is None or isinstance(v, bool) or not isinstance(v, int | float):
                 continue
             if v != v or (low is not None and v < low) or (high is not None and v > high):
                 rng = (f">= {low}" if high is None else f"between {low} and {high}") if low is not None else f"<= {high}"
                 raise MetalearnError(f"{key}={value} is out of range ({what}); give {key}= a value {rng}")
+    for key, allowed in CHOICES.items():
+        value = select(key)
+        if value is not None and value not in allowed:
+            raise MetalearnError(f"{key}={value!r} is not one of: {', '.join(allowed)}")
 
 
-METHOD_SCHEMAS: dict[str, type] = {
-    "protonet": ProtoNetConfig, "matching": MatchingConfig, "relation": RelationConfig, "siamese": SiameseConfig,
-    "baseline": BaselineConfig, "baselinepp": BaselineConfig, "pixel_nn": PixelNNConfig, "meta_lstm": MetaLSTMConfig,
-    "mann": MANNConfig, "reptile": ReptileConfig, **{n: MAMLConfig for n in ("maml", "fomaml", "anil", "metasgd", "mamlpp")}}
-DATASET_SCHEMAS: dict[str, type] = {
-    "synthetic": SyntheticConfig, "omniglot": OmniglotConfig, "mini_imagenet": MiniImageNetConfig,
-    "tiered_imagenet": MiniImageNetConfig, "cifar_fs": CifarConfig, "fc100": CifarConfig, "image_folder": ImageFolderConfig}
-
-
-# Keys renamed since runs were first saved: (old, new) under `method` for these methods. An embedding
+# Keys renamed since runs were first saved: (old, new) under `method`, for the methods of a schema. An embedding
 # method's test-time statistics were `method.batch_norm` until 2026-12, the name the MAML family and Reptile
 # keep for their build-time batch-norm mode; one name now has one meaning.
-EMBEDDING_METHODS = ("protonet", "matching", "relation", "siamese", "baseline", "baselinepp", "mann")
-RENAMED_METHOD_KEYS = {name: [("batch_norm", "test_batch_norm")] for name in EMBEDDING_METHODS}
+RENAMED_METHOD_KEYS: dict[type, list[tuple[str, str]]] = {EmbeddingMethodConfig: [("batch_norm", "test_batch_norm")]}
 
 
 def migrate_saved_config(saved: dict) -> dict:
@@ -444,10 +513,11 @@ def migrate_saved_config(saved: dict) -> dict:
     method = saved.get("method")
     if not isinstance(method, dict):
         return saved
-    method = dict(method)
-    for old, new in RENAMED_METHOD_KEYS.get(method.get("name"), []):
-        if old in method and new not in method:
-            method[new] = method.pop(old)
+    method, cls = dict(method), SCHEMAS["method"].get(method.get("name"))
+    for base, renames in RENAMED_METHOD_KEYS.items():
+        for old, new in renames if cls is not None and issubclass(cls, base) else []:
+            if old in method and new not in method:
+                method[new] = method.pop(old)
     return {**saved, "method": method}
 
 
@@ -456,8 +526,8 @@ def complete_saved_config(saved: dict) -> tuple[dict, list[str]]:
     defaults, so runs made by an older metalearn still load; returns it and the dotted keys filled (to warn
     about: a new option's default is not always the behaviour the old run had)."""
     defaults = {"sampler": SamplerConfig, "hardware": HardwareConfig,
-                "method": METHOD_SCHEMAS.get(saved.get("method", {}).get("name")),
-                "dataset": DATASET_SCHEMAS.get(saved.get("dataset", {}).get("name"))}
+                "method": SCHEMAS["method"].get(saved.get("method", {}).get("name")),
+                "dataset": SCHEMAS["dataset"].get(saved.get("dataset", {}).get("name"))}
     base = {k: v for k, v in OmegaConf.to_container(OmegaConf.structured(TrainConfig)).items() if k not in defaults}
     base.update({k: OmegaConf.to_container(OmegaConf.structured(cls)) for k, cls in defaults.items() if cls is not None})
     filled: list[str] = []
@@ -479,22 +549,5 @@ def complete_saved_config(saved: dict) -> tuple[dict, list[str]]:
 def register() -> None:
     """Register schemas once; safe to call repeatedly."""
     cs = ConfigStore.instance()
-    cs.store(name="train_schema", node=TrainConfig)
-    cs.store(name="eval_schema", node=EvalConfig)
-    cs.store(group="dataset", name="synthetic_schema", node=SyntheticConfig)
-    cs.store(group="dataset", name="omniglot_schema", node=OmniglotConfig)
-    cs.store(group="dataset", name="mini_imagenet_schema", node=MiniImageNetConfig)
-    cs.store(group="dataset", name="cifar_schema", node=CifarConfig)
-    cs.store(group="dataset", name="image_folder_schema", node=ImageFolderConfig)
-    cs.store(group="sampler", name="sampler_schema", node=SamplerConfig)
-    cs.store(group="method", name="protonet_schema", node=ProtoNetConfig)
-    cs.store(group="method", name="pixel_nn_schema", node=PixelNNConfig)
-    cs.store(group="method", name="matching_schema", node=MatchingConfig)
-    cs.store(group="method", name="relation_schema", node=RelationConfig)
-    cs.store(group="method", name="siamese_schema", node=SiameseConfig)
-    cs.store(group="method", name="baseline_schema", node=BaselineConfig)
-    cs.store(group="method", name="meta_lstm_schema", node=MetaLSTMConfig)
-    cs.store(group="method", name="mann_schema", node=MANNConfig)
-    cs.store(group="method", name="maml_schema", node=MAMLConfig)
-    cs.store(group="method", name="reptile_schema", node=ReptileConfig)
-    cs.store(group="hardware", name="hardware_schema", node=HardwareConfig)
+    for group, node, cls in _NODES:
+        cs.store(group=group, name=node, node=cls)

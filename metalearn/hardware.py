@@ -11,18 +11,16 @@ from typing import Any
 
 import torch
 
+from metalearn.config import check_values
 from metalearn.errors import MetalearnError
 
 
 def setup_device(cfg: Any) -> torch.device:
     if cfg.get("keep_freed_memory", True):
         keep_freed_memory()
+    check_values(cfg, prefix="hardware.")  # the trainer checked the whole config; metalearn-eval its hardware
     if cfg.threads is not None:
-        if cfg.threads < 1:
-            raise MetalearnError(f"hardware.threads must be >= 1 or null, got {cfg.threads}")
         torch.set_num_threads(int(cfg.threads))
-    if cfg.amp not in ("none", "bf16"):
-        raise MetalearnError(f"hardware.amp={cfg.amp!r} is not one of: none, bf16")
     device = torch.device(cfg.device)
     if device.type == "cuda":
         if not torch.cuda.is_available():

@@ -22,8 +22,19 @@ SKIP_FLAGS = ("--config-name", "-cn", "--config-dir", "-cd", "--config-path", "-
 
 
 def config_options(root: Path) -> dict[str, list[str]]:
-    """group -> the options a user may choose: the YAML files (never the ConfigStore's `*_schema` nodes)."""
-    return {d.name: sorted(f.stem for f in d.glob("*.yaml")) for d in sorted(root.iterdir()) if d.is_dir()}
+    """group -> the options a user may choose: the YAML files, and the ConfigStore's nodes that are not a
+    YAML file's `*_schema` (a part registered in Python, e.g. a method defined in a test or a plugin)."""
+    from hydra.core.config_store import ConfigStore
+
+    options = {d.name: {f.stem for f in d.glob("*.yaml")} for d in sorted(root.iterdir()) if d.is_dir()}
+    store = ConfigStore.instance()
+    for group in options:
+        try:
+            stored = store.list(group)
+        except OSError:  # no node in this group
+            stored = []
+        options[group] |= {n.removesuffix(".yaml") for n in stored if not n.removesuffix(".yaml").endswith("_schema")}
+    return {g: sorted(o) for g, o in options.items()}
 
 
 def _closest(word: str, candidates: list[str]) -> str:

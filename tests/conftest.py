@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
 import shutil
 import subprocess
@@ -81,3 +83,39 @@ def predictions_with_support_shuffled(method, batch):
         given = method.predict(batch.support[0], batch.support_labels[0], batch.query[0], batch.ways)
         shuffled = method.predict(batch.support[0][perm], batch.support_labels[0][perm], batch.query[0], batch.ways)
     return given, shuffled
+
+
+def run_main(tool: str, *args: str, cwd: Path) -> tuple[int, str]:
+    """Call a console script's main() as the shell would; returns (exit status, stdout + stderr)."""
+    from metalearn import eval as eval_cli
+    from metalearn import report, train
+
+    main = {"metalearn-train": train.main, "metalearn-eval": eval_cli.main, "metalearn-report": report.main}[tool]
+    import logging
+
+    log = logging.getLogger("metalearn")
+    saved_log = (list(log.handlers), log.propagate, log.level)
+    old_argv, old_cwd = sys.argv, os.getcwd()
+    out = io.StringIO()
+    code: int | str | None = 0
+    os.chdir(cwd)
+    sys.argv = [tool, *args]
+    try:
+        with contextlib.redirect_stderr(out), contextlib.redirect_stdout(out):
+            if tool == "metalearn-report":
+                main(list(args))
+            else:
+                main()
+    except SystemExit as e:
+        code = e.code
+    finally:
+        sys.argv = old_argv
+        os.chdir(old_cwd)
+        for h in list(log.handlers):  # the scripts point the logger at this call's stderr: put it back
+            log.removeHandler(h)
+            if h not in saved_log[0]:
+                h.close()
+        for h in saved_log[0]:
+            log.addHandler(h)
+        log.propagate, log.level = saved_log[1], saved_log[2]
+    return (code if isinstance(code, int) else 1), out.getvalue()

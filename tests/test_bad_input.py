@@ -9,54 +9,16 @@ the minutes 80 interpreter start-ups would; test_cli.py runs a few of them as re
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
-import io
 import json
 import os
-import sys
 from pathlib import Path
 
 import pytest
 import torch
+from conftest import run_main
 
 HERE = Path(__file__).parent
-
-
-def run_main(tool: str, *args: str, cwd: Path) -> tuple[int, str]:
-    """Call a console script's main() as the shell would; returns (exit status, stdout + stderr)."""
-    from metalearn import eval as eval_cli
-    from metalearn import report, train
-
-    main = {"metalearn-train": train.main, "metalearn-eval": eval_cli.main, "metalearn-report": report.main}[tool]
-    import logging
-
-    log = logging.getLogger("metalearn")
-    saved_log = (list(log.handlers), log.propagate, log.level)
-    old_argv, old_cwd = sys.argv, os.getcwd()
-    out = io.StringIO()
-    code: int | str | None = 0
-    os.chdir(cwd)
-    sys.argv = [tool, *args]
-    try:
-        with contextlib.redirect_stderr(out), contextlib.redirect_stdout(out):
-            if tool == "metalearn-report":
-                main(list(args))
-            else:
-                main()
-    except SystemExit as e:
-        code = e.code
-    finally:
-        sys.argv = old_argv
-        os.chdir(old_cwd)
-        for h in list(log.handlers):  # the scripts point the logger at this call's stderr: put it back
-            log.removeHandler(h)
-            if h not in saved_log[0]:
-                h.close()
-        for h in saved_log[0]:
-            log.addHandler(h)
-        log.propagate, log.level = saved_log[1], saved_log[2]
-    return (code if isinstance(code, int) else 1), out.getvalue()
 
 
 def snapshot(folder: Path) -> dict[str, str]:
@@ -197,7 +159,7 @@ CASES: list[tuple[str, list[str], list[str]]] = [
     (TRAIN, ["method=maml", "method.inner_steps=0"], ["inner_steps", ">= 1"]),
     (TRAIN, ["method=maml", "method.inner_lr=-1"], ["method.inner_lr=-1.0 is out of range"]),
     (TRAIN, ["method=maml", "method.task_batching=magic"], ["method.task_batching='magic' is not one of"]),
-    (TRAIN, ["method=matching", "method.fce_steps=0"], ["method.fce_steps must be >= 1"]),
+    (TRAIN, ["method=matching", "method.fce_steps=0"], ["method.fce_steps=0 is out of range"]),
     (TRAIN, ["method=relation", "method.hidden=1000000000"], ["out of memory", "lower the sizes"]),
     (TRAIN, ["method=siamese", "method.pairs=3"], ["method.pairs must be an even number"]),
     (TRAIN, ["method=baseline", "method.batch_size=0"], ["method.batch_size=0 is out of range"]),

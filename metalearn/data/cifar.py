@@ -27,6 +27,7 @@ from metalearn.data.cache import cached
 from metalearn.data.decode import check_md5, load_pickle, nchw, resize_array
 from metalearn.data.store import SPLITS, ImageStore
 from metalearn.errors import MetalearnError
+from metalearn.registry import DATASETS
 
 FORMAT_VERSION = 1
 HOW_TO_GET = ("Put CIFAR-100's python version in dataset.root: cifar-100-python.tar.gz from "
@@ -86,6 +87,7 @@ def _read(folder: Path, size: int) -> dict:
             "superclass_names": coarse}
 
 
+@DATASETS.register("cifar_fs", "fc100")
 def build_cifar(cfg: CifarConfig) -> ImageStore:
     if cfg.name not in ("cifar_fs", "fc100"):
         raise MetalearnError(f"dataset.name={cfg.name!r} is not one of: cifar_fs, fc100")

@@ -18,6 +18,7 @@ from metalearn.data.cache import cached
 from metalearn.data.decode import decode_classes, image_files
 from metalearn.data.store import SPLITS, ImageStore, split_by_fractions
 from metalearn.errors import MetalearnError
+from metalearn.registry import DATASETS
 
 FORMAT_VERSION = 1
 
@@ -46,6 +47,7 @@ def read_split_file(path: Path, names: list[str]) -> dict[str, np.ndarray]:
     return out
 
 
+@DATASETS.register("image_folder")
 def build_image_folder(cfg: ImageFolderConfig) -> ImageStore:
     if cfg.root is None:
         raise MetalearnError("dataset=image_folder needs dataset.root=PATH, a folder with one sub-folder of images "

@@ -29,6 +29,7 @@ from metalearn.data.cache import cached
 from metalearn.data.decode import decode_classes, image_files, load_pickle, nchw, resize_array
 from metalearn.data.store import SPLITS, ImageStore
 from metalearn.errors import MetalearnError
+from metalearn.registry import DATASETS
 
 FORMAT_VERSION = 1
 HOW_TO_GET = ("miniImageNet has no official download. Put in dataset.root one of: (1) the cache pickles "
@@ -136,6 +137,7 @@ def _check_classes(split: str, found: set[str], expected: list[str]) -> None:
                              f"{'...' if len(extra) > 3 else ''}. {HOW_TO_GET}")
 
 
+@DATASETS.register("mini_imagenet")
 def build_mini_imagenet(cfg: MiniImageNetConfig) -> ImageStore:
     if cfg.root is None:
         raise MetalearnError(f"dataset=mini_imagenet needs dataset.root=PATH. {HOW_TO_GET}")

@@ -28,6 +28,7 @@ from metalearn.data.cache import cached
 from metalearn.data.decode import check_md5, check_not_html
 from metalearn.data.store import SPLITS, ImageStore, split_by_fractions
 from metalearn.errors import MetalearnError
+from metalearn.registry import DATASETS
 
 FORMAT_VERSION = 1
 # MD5 of the original zips (brendenlake/omniglot, python/): the two full archives as torchvision
@@ -238,6 +239,7 @@ def _add_transformed_classes(images: torch.Tensor, counts: np.ndarray, names: li
             {k: np.array(sorted(v), dtype=np.int64) for k, v in splits.items()})
 
 
+@DATASETS.register("omniglot")
 def build_omniglot(cfg: OmniglotConfig) -> ImageStore:
     sources = _find_sources(cfg)
     key = {"v": FORMAT_VERSION, "size": cfg.image_size,

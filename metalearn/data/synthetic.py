@@ -19,6 +19,7 @@ from metalearn.config import SyntheticConfig
 from metalearn.data.cache import cached
 from metalearn.data.store import ImageStore, split_by_fractions
 from metalearn.errors import MetalearnError
+from metalearn.registry import DATASETS
 
 MAX_STROKES = 4
 POINTS_PER_STROKE = 12
@@ -103,6 +104,7 @@ def generate(num_classes: int, images_per_class: int, image_size: int, seed: int
     return torch.cat(out)[:, None]
 
 
+@DATASETS.register("synthetic")
 def build_synthetic(cfg: SyntheticConfig) -> ImageStore:
     if cfg.num_classes < 3 or cfg.images_per_class < 2:
         raise MetalearnError(f"dataset.num_classes must be >= 3 and dataset.images_per_class >= 2, "

@@ -28,6 +28,7 @@ from metalearn.data.decode import decode_classes, decode_image, image_files, loa
 from metalearn.data.image_folder import class_folders
 from metalearn.data.store import SPLITS, ImageStore
 from metalearn.errors import MetalearnError
+from metalearn.registry import DATASETS
 
 FORMAT_VERSION = 1
 log = logging.getLogger("metalearn")
@@ -87,6 +88,7 @@ def _from_folders(root: Path, size: int) -> dict:
     return data
 
 
+@DATASETS.register("tiered_imagenet")
 def build_tiered_imagenet(cfg: MiniImageNetConfig) -> ImageStore:
     if cfg.root is None:
         raise MetalearnError(f"dataset=tiered_imagenet needs dataset.root=PATH. {HOW_TO_GET}")

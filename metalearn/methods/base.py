@@ -15,13 +15,32 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
 
+from metalearn.backbones import build_backbone, feature_dim
 from metalearn.errors import MetalearnError
 from metalearn.methods.task_norm import batch_norm_layers, embed_with_task_statistics
 from metalearn.tasks.episodes import EpisodeBatch, TaskSpec
+
+
+@dataclass(frozen=True)
+class BuildContext:
+    """What a method's builder needs besides its config: only the run knows these."""
+
+    image_shape: tuple[int, int, int]  # (C, H, W) of the dataset's images
+    ways: int  # the training episodes' way count (the size of a classifier head, for methods that have one)
+    channels_last: bool = False
+    train_classes: int | None = None  # the training split's class count (the transfer baselines' head)
+
+    def backbone(self, cfg: Any, bn_running_stats: bool = True) -> nn.Module:
+        return build_backbone(cfg.backbone, self.image_shape[0], self.channels_last, bn_running_stats)
+
+    def feature_dim(self, backbone: nn.Module) -> int:
+        return feature_dim(backbone, self.image_shape)
 
 
 def fp32(x: torch.Tensor) -> torch.Tensor:

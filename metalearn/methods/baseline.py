@@ -22,7 +22,9 @@ import math
 import torch
 from torch import nn
 
-from metalearn.methods.base import EmbeddingMethod, accuracy, fp32
+from metalearn.errors import MetalearnError
+from metalearn.methods.base import BuildContext, EmbeddingMethod, accuracy, fp32
+from metalearn.registry import METHODS
 from metalearn.tasks.sources import LabelledBatch
 
 
@@ -87,3 +89,12 @@ class Baseline(EmbeddingMethod):
         with torch.enable_grad():
             weight, bias = self.fit_heads(zs, support_labels, ways)
         return head_logits(zq, weight, bias, self.cosine)
+
+
+@METHODS.register("baseline", "baselinepp")
+def build(cfg, ctx: BuildContext) -> Baseline:
+    if ctx.train_classes is None:
+        raise MetalearnError(f"{cfg.name} needs the number of training classes to size its pre-training head")
+    backbone = ctx.backbone(cfg)
+    return Baseline(backbone, ctx.feature_dim(backbone), ctx.train_classes, cfg.name == "baselinepp",
+                    cfg.finetune_steps, cfg.finetune_lr)

@@ -17,9 +17,10 @@ import torch
 from torch import nn
 
 from metalearn.backbones import vmap_safe
-from metalearn.methods.base import AdaptingMethod, accuracy, fp32
+from metalearn.methods.base import AdaptingMethod, BuildContext, accuracy, fp32
 from metalearn.methods.inner_loop import Params, adapt, call, param_key
 from metalearn.methods.task_batching import PATHS, TaskBatching
+from metalearn.registry import METHODS
 from metalearn.tasks.episodes import EpisodeBatch
 
 
@@ -225,3 +226,13 @@ class _PerStepBatchNorm(nn.Module):
                 out[f"{b}.running_mean"] = getattr(self, f"{param_key(b)}__m{k}")
                 out[f"{b}.running_var"] = getattr(self, f"{param_key(b)}__v{k}")
         return out
+
+
+@METHODS.register("maml", "fomaml", "anil", "metasgd", "mamlpp")
+def build(cfg, ctx: BuildContext) -> MAML:
+    """One schema for the family: each member is MAML with its switches (configs/method/<name>.yaml)."""
+    backbone = ctx.backbone(cfg, bn_running_stats=cfg.batch_norm == "running")
+    plus = MAMLPlusPlus(**{k: cfg.plus[k] for k in cfg.plus})
+    return MAML(backbone, ctx.feature_dim(backbone), ctx.ways, cfg.inner_lr, cfg.inner_steps, cfg.inner_steps_eval,
+                cfg.first_order, cfg.adapt == "head", cfg.learn_inner_lr, name=cfg.name, plus=plus,
+                task_batching=cfg.task_batching)

@@ -43,8 +43,9 @@ import torch
 from torch import nn
 
 from metalearn.errors import MetalearnError
-from metalearn.methods.base import EmbeddingMethod, embed, fp32
+from metalearn.methods.base import BuildContext, EmbeddingMethod, embed, fp32
 from metalearn.methods.protonet import prototype_logits
+from metalearn.registry import METHODS
 from metalearn.tasks.episodes import EpisodeBatch, TaskSpec
 
 
@@ -218,3 +219,22 @@ class MANN(EmbeddingMethod):
         _, state = self.run_sequence(zs, ys)
         logits, _ = self.step(zq.reshape(t * q, -1), ys[:, -1].repeat_interleave(q, 0), state.expand(q))
         return logits.reshape(t, q, self.ways)[..., :ways]
+
+
+@METHODS.register("mann")
+def build(cfg, ctx: BuildContext) -> MANN:
+    ways = ctx.ways
+    if cfg.aux_weight > 0 and cfg.encoder == "pixels":
+        raise MetalearnError("method.aux_weight trains the encoder, and method.encoder=pixels has none; "
+                             "use method.encoder=conv or method.aux_weight=0")
+    if cfg.label_slots and cfg.label_slots < ways:
+        raise MetalearnError(f"method.label_slots={cfg.label_slots} is narrower than the {ways}-way training tasks "
+                             f"(sampler.train_ways); use 0 (as wide as the tasks) or >= {ways}")
+    if cfg.label_slots > ways and cfg.loss_on == "queries":
+        raise MetalearnError("method.label_slots wider than sampler.train_ways needs method.loss_on=sequence")
+    encoder = nn.Flatten() if cfg.encoder == "pixels" else ctx.backbone(cfg)
+    c, h, w = ctx.image_shape
+    dim = c * h * w if cfg.encoder == "pixels" else ctx.feature_dim(encoder)
+    return MANN(encoder, dim, cfg.label_slots or ways, cfg.hidden, cfg.slots, cfg.width, cfg.heads, cfg.gamma,
+                cfg.loss_on, cfg.key_strength, cfg.normalize_input, cfg.write, cfg.aux_weight, cfg.project,
+                cfg.input_noise)

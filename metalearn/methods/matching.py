@@ -19,7 +19,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from metalearn.methods.base import EmbeddingMethod
+from metalearn.methods.base import BuildContext, EmbeddingMethod
+from metalearn.registry import METHODS
 
 
 class SupportEncoder(nn.Module):
@@ -72,3 +73,9 @@ class MatchingNet(EmbeddingMethod):
         attention = torch.softmax(self.scale * cos, dim=-1)
         probs = attention @ nn.functional.one_hot(support_labels, ways).to(attention.dtype)  # [T, Q, ways]
         return probs.clamp_min(1e-12).log()
+
+
+@METHODS.register("matching")
+def build(cfg, ctx: BuildContext) -> MatchingNet:
+    backbone = ctx.backbone(cfg)
+    return MatchingNet(backbone, ctx.feature_dim(backbone), cfg.fce, cfg.fce_steps, cfg.scale)

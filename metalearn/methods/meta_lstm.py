@@ -22,8 +22,9 @@ import math
 import torch
 from torch import nn
 
-from metalearn.methods.base import AdaptingMethod, accuracy, fp32
+from metalearn.methods.base import AdaptingMethod, BuildContext, accuracy, fp32
 from metalearn.methods.inner_loop import call
+from metalearn.registry import METHODS
 from metalearn.tasks.episodes import EpisodeBatch
 
 
@@ -119,3 +120,9 @@ class MetaLSTM(AdaptingMethod):
         with torch.no_grad():
             theta = self.adapt(support, labels, self.inner_steps_eval)
             return self.learner_logits(theta, query)
+
+
+@METHODS.register("meta_lstm")
+def build(cfg, ctx: BuildContext) -> MetaLSTM:
+    backbone = ctx.backbone(cfg, bn_running_stats=False)
+    return MetaLSTM(backbone, ctx.feature_dim(backbone), ctx.ways, cfg.inner_steps, cfg.inner_steps_eval, cfg.hidden)

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from metalearn.methods.base import EmbeddingMethod
+from metalearn.methods.base import BuildContext, EmbeddingMethod
+from metalearn.registry import METHODS
 
 
 class PixelNN(EmbeddingMethod):
@@ -19,3 +20,8 @@ class PixelNN(EmbeddingMethod):
         d = d[:, :, :, None].expand(-1, -1, -1, ways).masked_fill(
             torch.nn.functional.one_hot(support_labels, ways)[:, None].logical_not(), float("inf"))
         return -d.amin(2)
+
+
+@METHODS.register("pixel_nn")
+def build(cfg, ctx: BuildContext) -> PixelNN:
+    return PixelNN()

@@ -5,7 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from metalearn.methods.base import EmbeddingMethod
+from metalearn.methods.base import BuildContext, EmbeddingMethod
+from metalearn.registry import METHODS
 
 
 def prototype_logits(zs: torch.Tensor, support_labels: torch.Tensor, zq: torch.Tensor, ways: int,
@@ -32,3 +33,8 @@ class ProtoNet(EmbeddingMethod):
 
     def head(self, zs, support_labels, zq, ways):
         return prototype_logits(zs, support_labels, zq, ways, self.distance)
+
+
+@METHODS.register("protonet")
+def build(cfg, ctx: BuildContext) -> ProtoNet:
+    return ProtoNet(ctx.backbone(cfg), cfg.distance)

@@ -12,7 +12,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from metalearn.methods.base import EmbeddingMethod, fp32
+from metalearn.methods.base import BuildContext, EmbeddingMethod, fp32
+from metalearn.registry import METHODS
 from metalearn.tasks.episodes import EpisodeBatch
 
 
@@ -69,3 +70,8 @@ class RelationNet(EmbeddingMethod):
             target = nn.functional.one_hot(batch.query_labels, batch.ways).to(torch.float32)
             loss = nn.functional.mse_loss(torch.sigmoid(fp32(logits)), target)
         return loss, logits
+
+
+@METHODS.register("relation")
+def build(cfg, ctx: BuildContext) -> RelationNet:
+    return RelationNet(ctx.backbone(cfg), ctx.image_shape, cfg.hidden, cfg.loss)

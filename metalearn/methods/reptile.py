@@ -22,8 +22,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from metalearn.methods.base import AdaptingMethod, accuracy
+from metalearn.methods.base import AdaptingMethod, BuildContext, accuracy
 from metalearn.methods.inner_loop import Params, call, param_key
+from metalearn.registry import METHODS
 from metalearn.tasks.episodes import EpisodeBatch
 
 ADAM_BETA2, ADAM_EPS = 0.999, 1e-8
@@ -133,3 +134,10 @@ def _default_adam_state(module: nn.Module, state_dict: dict, prefix: str, *args)
     for name, buffer in module.named_buffers(recurse=False):
         if name.startswith("adam_"):
             state_dict.setdefault(prefix + name, torch.zeros_like(buffer))
+
+
+@METHODS.register("reptile")
+def build(cfg, ctx: BuildContext) -> Reptile:
+    backbone = ctx.backbone(cfg, bn_running_stats=cfg.batch_norm == "running")
+    return Reptile(backbone, ctx.feature_dim(backbone), ctx.ways, cfg.inner_lr, cfg.inner_steps, cfg.inner_steps_eval,
+                   cfg.inner_batch, cfg.inner_optimizer, cfg.inner_state)

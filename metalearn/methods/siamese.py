@@ -20,7 +20,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from metalearn.methods.base import EmbeddingMethod, fp32
+from metalearn.methods.base import BuildContext, EmbeddingMethod, fp32
+from metalearn.registry import METHODS
 from metalearn.tasks.sources import PairBatch
 
 
@@ -57,3 +58,9 @@ class Siamese(EmbeddingMethod):
             mass = torch.sigmoid(scores) @ member[:, 0].to(scores.dtype)  # [T, Q, ways]
             return (mass / mass.sum(-1, keepdim=True).clamp_min(1e-12)).clamp_min(1e-12).log()
         return scores[..., None].masked_fill(~member, float("-inf")).amax(2)
+
+
+@METHODS.register("siamese")
+def build(cfg, ctx: BuildContext) -> Siamese:
+    backbone = ctx.backbone(cfg)
+    return Siamese(backbone, ctx.feature_dim(backbone), cfg.rule, cfg.embedding)
