@@ -2,15 +2,16 @@
 
     metalearn-report outputs/train outputs/multirun/2026-11-22 --out outputs/report
 
-Writes to --out: leaderboard.md and leaderboard.csv (test accuracy ± 95% CI of every run, per
-dataset and task, best first, with the paired difference to the leader where both were scored on
-the same episodes, and the test-time batch-norm statistics of each embedding method, so that a
-comparison across policies shows), seeds.csv (runs that differ only in `seed`, averaged: mean ± 1.96·std/√k
-across seeds), learning_curves.png and accuracy_vs_shots.png.
+Writes to --out: leaderboard.md and leaderboard.csv (test accuracy ± 95% CI of every run, per dataset and
+task, best first; each run's paired difference to the leader where both were scored on the same episodes,
+with its t interval and p-value, and whether it can be told from the leader at 95% after Holm's correction
+for the number of comparisons; the test-time batch-norm statistics of each embedding method), seeds.csv
+(one row per configuration: its distinct seeds averaged with a Student's t interval over k seeds, or, when
+every run used one seed, the repeats and whether they reproduced it exactly), learning_curves.png and
+accuracy_vs_shots.png.
 
-A paired difference uses the per-episode accuracies both runs saved (eval/test_<tag>.json): the
-mean of d_i = a_i - b_i with CI 1.96·std(d)/√n. Pairing removes the episode-to-episode variance
-the two runs share, so it can separate methods whose own CIs overlap.
+Runs scored on different episodes are never paired: their row says so. Pairing removes the episode-to-
+episode variance two runs share, so it can separate methods whose own intervals overlap.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ import numpy as np
 from metalearn.engine.rundir import read_metrics
 from metalearn.errors import MetalearnError
 from metalearn.files import write_csv
+from metalearn.stats import Paired, holm, paired_difference, t_interval
 
 
 @dataclass
@@ -85,12 +87,6 @@ def load_results(run: Path) -> list[Result]:
     return out
 
 
-def paired_difference(a: np.ndarray, b: np.ndarray) -> tuple[float, float]:
-    """Mean and 95% CI half-width of a - b over the same episodes."""
-    d = a - b
-    return float(d.mean()), float(1.96 * d.std() / math.sqrt(len(d)))
-
-
 def leaderboard(results: list[Result]) -> list[dict]:
     rows = []
     groups: dict[tuple[str, str], list[Result]] = {}
@@ -99,32 +95,66 @@ def leaderboard(results: list[Result]) -> list[dict]:
     for (dataset, tag), rs in sorted(groups.items()):
         rs = sorted(rs, key=lambda r: -r.accuracy if not math.isnan(r.accuracy) else math.inf)
         leader = rs[0]
-        for rank, r in enumerate(rs, 1):
-            diff = ""
-            if r is not leader and r.per_episode is not None and leader.per_episode is not None \
-                    and r.digest == leader.digest and len(r.per_episode) == len(leader.per_episode):
-                m, c = paired_difference(r.per_episode, leader.per_episode)
-                diff = f"{100 * m:+.2f} ± {100 * c:.2f}"
+        paired = [_paired_to(r, leader) if r is not leader else None for r in rs]
+        distinct = holm([p.p_value if p is not None else math.nan for p in paired])
+        for rank, (r, p, told_apart) in enumerate(zip(rs, paired, distinct, strict=True), 1):
+            if r is leader:
+                diff, verdict = "", "leader"
+            elif math.isnan(r.accuracy):
+                diff, verdict = "", "no test result"
+            elif p is None:
+                diff, verdict = "", ("not paired: other episodes" if r.digest != leader.digest
+                                     else "not paired: no per-episode results")
+            else:
+                diff = f"{100 * p.mean:+.2f} ± {100 * p.half_width:.2f} (p={p.p_value:.2g}, n={p.n})"
+                verdict = "below the leader" if told_apart else "not distinguishable from the leader"
             rows.append({"dataset": dataset, "task": tag, "rank": rank, "method": r.method,
-                         "accuracy": r.accuracy, "ci95": r.ci95, "vs_leader": diff, "seed": r.seed,
-                         "status": r.status, "config": r.config, "run": str(r.run),
+                         "accuracy": r.accuracy, "ci95": r.ci95,
+                         "episodes_n": len(r.per_episode) if r.per_episode is not None else "",
+                         "vs_leader": diff, "p_value": "" if p is None else p.p_value, "vs_leader_holm": verdict,
+                         "seed": r.seed, "status": r.status, "config": r.config, "run": str(r.run),
                          "wall_time_s": r.extra.get("wall_time_s"), "episodes": r.digest,
                          "test_batch_norm": r.extra.get("batch_norm") or ""})
     return rows
 
 
+def _paired_to(r: Result, leader: Result) -> Paired | None:
+    """r - leader over the same episodes, or None when they were not scored on the same ones."""
+    if r.per_episode is None or leader.per_episode is None or r.digest != leader.digest \
+            or len(r.per_episode) != len(leader.per_episode) or math.isnan(r.accuracy):
+        return None
+    return paired_difference(r.per_episode, leader.per_episode)
+
+
 def across_seeds(results: list[Result]) -> list[dict]:
+    """One row per configuration (dataset, task, method, overrides without the seed). Runs count as seeds only
+    when their seeds differ: repeats of one seed are averaged into that seed first, and a configuration run
+    with one seed only shows its repeats and whether they reproduced the same result exactly."""
     groups: dict[tuple[str, str, str, str], list[Result]] = {}
     for r in results:
         if not math.isnan(r.accuracy):
             groups.setdefault((r.dataset, r.tag, r.method, r.config), []).append(r)
     rows = []
     for (dataset, tag, method, config), rs in sorted(groups.items()):
-        acc = np.array([r.accuracy for r in rs])
-        ci = float(1.96 * acc.std(ddof=1) / math.sqrt(len(acc))) if len(acc) > 1 else math.nan
-        rows.append({"dataset": dataset, "task": tag, "method": method, "config": config, "seeds": len(rs),
-                     "mean_accuracy": float(acc.mean()), "ci95_across_seeds": ci})
+        by_seed: dict[int, list[Result]] = {}
+        for r in rs:
+            by_seed.setdefault(r.seed, []).append(r)
+        seed_means = [float(np.mean([r.accuracy for r in same])) for same in by_seed.values()]
+        ci = t_interval(seed_means)
+        reproduced = ""
+        if len(by_seed) == 1 and len(rs) > 1:
+            reproduced = "identical" if all(_same_result(rs[0], r) for r in rs[1:]) else "differ"
+        rows.append({"dataset": dataset, "task": tag, "method": method, "config": config, "seeds": len(by_seed),
+                     "runs": len(rs), "mean_accuracy": ci.mean, "ci95_across_seeds": ci.half_width,
+                     "interval": f"Student's t, {len(by_seed) - 1} df" if len(by_seed) > 1 else "",
+                     "repeats_reproduced": reproduced})
     return rows
+
+
+def _same_result(a: Result, b: Result) -> bool:
+    if a.per_episode is not None and b.per_episode is not None:
+        return a.digest == b.digest and np.array_equal(a.per_episode, b.per_episode)
+    return a.accuracy == b.accuracy
 
 
 def _pct(x: float) -> str:
@@ -134,20 +164,33 @@ def _pct(x: float) -> str:
 def markdown(rows: list[dict], seeds: list[dict]) -> str:
     lines = ["# metalearn leaderboard", ""]
     for key in sorted({(r["dataset"], r["task"]) for r in rows}):
-        lines += [f"## {key[0]}, {key[1]}", "", "| # | method | accuracy (95% CI) | vs leader, paired | test batch norm | "
-                  "seed | status | config | run |", "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+        lines += [f"## {key[0]}, {key[1]}", "", "| # | method | accuracy (95% CI, n episodes) | vs leader, paired "
+                  "(p, n) | vs leader, Holm 95% | test batch norm | seed | status | config | run |",
+                  "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
         for r in (r for r in rows if (r["dataset"], r["task"]) == key):
-            lines.append(f"| {r['rank']} | {r['method']} | {_pct(r['accuracy'])} ± {_pct(r['ci95'])}% | "
-                         f"{r['vs_leader']} | {r['test_batch_norm'] or '—'} | {r['seed']} | {r['status']} | "
-                         f"`{r['config']}` | {Path(r['run']).name} |")
+            n = f", n={r['episodes_n']}" if r["episodes_n"] != "" else ""
+            lines.append(f"| {r['rank']} | {r['method']} | {_pct(r['accuracy'])} ± {_pct(r['ci95'])}%{n} | "
+                         f"{r['vs_leader']} | {r['vs_leader_holm']} | {r['test_batch_norm'] or '—'} | {r['seed']} | "
+                         f"{r['status']} | `{r['config']}` | {Path(r['run']).name} |")
         lines.append("")
     multi = [s for s in seeds if s["seeds"] > 1]
     if multi:
-        lines += ["## Across seeds", "", "| dataset | task | method | config | seeds | mean (95% CI across seeds) |",
-                  "| --- | --- | --- | --- | --- | --- |"]
+        lines += ["## Across seeds", "", "Each seed's runs averaged, then a Student's t interval over the k seeds "
+                  "(k - 1 degrees of freedom).", "", "| dataset | task | method | config | seeds (k) | runs | "
+                  "mean (95% CI across seeds) |", "| --- | --- | --- | --- | --- | --- | --- |"]
         for s in multi:
             lines.append(f"| {s['dataset']} | {s['task']} | {s['method']} | `{s['config']}` | {s['seeds']} | "
-                         f"{_pct(s['mean_accuracy'])} ± {_pct(s['ci95_across_seeds'])}% |")
+                         f"{s['runs']} | {_pct(s['mean_accuracy'])} ± {_pct(s['ci95_across_seeds'])}% |")
+        lines.append("")
+    repeats = [s for s in seeds if s["seeds"] == 1 and s["runs"] > 1]
+    if repeats:
+        lines += ["## Repeats of one seed", "", "Runs of one configuration with the same seed are one sample, not "
+                  "several: no interval across them. On the CPU they should reproduce each other exactly.", "",
+                  "| dataset | task | method | config | runs | accuracy | reproduced |",
+                  "| --- | --- | --- | --- | --- | --- | --- |"]
+        for s in repeats:
+            lines.append(f"| {s['dataset']} | {s['task']} | {s['method']} | `{s['config']}` | {s['runs']} | "
+                         f"{_pct(s['mean_accuracy'])}% | {s['repeats_reproduced']} |")
     return "\n".join(lines) + "\n"
 
 

@@ -31,30 +31,75 @@ def collect(sweep_dir: Path) -> list[dict]:
 def print_table(sweep_dir: Path) -> None:
     """Every job's test accuracy, and each configuration's mean across seeds, as a rich table."""
     from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
 
     from metalearn.report import across_seeds, find_runs, load_results
 
     results = [r for run in find_runs([sweep_dir]) for r in load_results(run)]
+    console = Console()
+    best = sweep_dir / "optimization_results.yaml"
+    if best.is_file():  # an Optuna search (search=<family>): selection on validation, never on test
+        print_search(sweep_dir, best, console)
+        return
     table = Table(title=f"sweep {sweep_dir}")
     for col in ("job", "method", "task", "seed", "status", "test accuracy (95% CI)"):
-        table.add_column(col)
+        table.add_column(escape(col), overflow="fold")
     for r in results:
         acc = "—" if r.accuracy != r.accuracy else f"{100 * r.accuracy:.2f} ± {100 * r.ci95:.2f}%"
-        table.add_row(r.run.name, r.method, r.tag, str(r.seed), r.status, acc)
+        table.add_row(escape(r.run.name), r.method, r.tag, str(r.seed), r.status, acc)
     tested = {r.run.name for r in results}
     for row in collect(sweep_dir):  # failed jobs have no test result, but a row all the same
         if row["job"] not in tested:
-            table.add_row(row["job"], row["method"] or "—", "—", str(row["seed"]), str(row["status"]), "—")
-    console = Console()
+            table.add_row(escape(row["job"]), row["method"] or "—", "—", str(row["seed"]), str(row["status"]), "—")
     console.print(table)
-    best = sweep_dir / "optimization_results.yaml"
-    if best.is_file():  # an Optuna search (search=<family>)
-        console.print(f"search: best validation accuracy and parameters in {best}:\n{best.read_text()}")
-    for s in across_seeds(results):
+    for s in across_seeds(results):  # escaped: a config's [brackets] are text, not rich markup
         if s["seeds"] > 1:
-            console.print(f"{s['method']} {s['task']} [{s['config']}]: {100 * s['mean_accuracy']:.2f} ± "
-                          f"{100 * s['ci95_across_seeds']:.2f}% over {s['seeds']} seeds")
+            console.print(escape(f"{s['method']} {s['task']} [{s['config']}]: {100 * s['mean_accuracy']:.2f} ± "
+                                 f"{100 * s['ci95_across_seeds']:.2f}% over k={s['seeds']} seeds "
+                                 f"(Student's t, {s['seeds'] - 1} df)"))
+        elif s["runs"] > 1:
+            console.print(escape(f"{s['method']} {s['task']} [{s['config']}]: {s['runs']} runs of one seed, "
+                                 f"{s['repeats_reproduced']} ({100 * s['mean_accuracy']:.2f}%)"))
+
+
+def print_search(sweep_dir: Path, best: Path, console) -> None:
+    """A search's trials by the objective it maximised (best validation accuracy) with their parameters; the
+    test accuracy of the chosen trial alone, marked as such, since choosing by test would overstate it."""
+    from omegaconf import OmegaConf
+    from rich.markup import escape
+    from rich.table import Table
+
+    rows = collect(sweep_dir)
+    chosen = OmegaConf.load(best)
+    searched = set(chosen.get("best_params", {}))
+
+    def shown(overrides: str) -> str:  # the searched parameters only, numbers to 4 significant digits
+        pairs = [o.split("=", 1) for o in overrides.split() if o.split("=", 1)[0] in searched]
+        return " ".join(f"{k}={_short(v)}" for k, v in pairs)
+
+    table = Table(title=f"search {sweep_dir}: trials by validation accuracy (the objective)")
+    for col in ("trial", "status", "validation accuracy (objective)", "parameters"):
+        table.add_column(col, overflow="fold")
+    ranked = sorted(rows, key=lambda r: -(r["best_val"] if r["best_val"] is not None else -1.0))
+    for r in ranked:
+        val = "—" if r["best_val"] is None else f"{100 * r['best_val']:.2f}%"
+        table.add_row(escape(r["job"].split("_", 1)[0]), str(r["status"]), val, escape(shown(r["overrides"])))
+    console.print(table)
+    params = " ".join(f"{k}={_short(v)}" for k, v in chosen.get("best_params", {}).items())
+    console.print(escape(f"chosen by validation accuracy {100 * float(chosen.best_value):.2f}%: {params}"))
+    top = ranked[0] if ranked and ranked[0]["best_val"] is not None else None
+    tests = {k: v for k, v in (top or {}).items() if k.startswith("test_") and not k.endswith("_ci95")}
+    for key, acc in tests.items():
+        console.print(f"test accuracy of the chosen trial only ({key[5:]}, not used for selection): "
+                      f"{100 * acc:.2f} ± {100 * top[key + '_ci95']:.2f}%")
+
+
+def _short(value) -> str:
+    try:
+        return f"{float(value):.4g}"
+    except (TypeError, ValueError):
+        return str(value)
 
 
 class SweepSummary(Callback):

@@ -197,6 +197,10 @@ def test_optuna_search_maximises_validation_accuracy_and_survives_a_failed_trial
     top = max(done, key=lambda row: float(row["best_val"]))
     assert best.best_value == pytest.approx(float(top["best_val"]))
     assert f"optimizer.lr={best.best_params['optimizer.lr']}" in top["job"]
+    # the table shows what the search maximised and the parameters; test accuracy for the chosen trial alone
+    out = " ".join(r.stdout.split())
+    assert "trials by validation accuracy (the objective)" in out and "optimizer.lr=" in out
+    assert "test accuracy of the chosen trial only" in out and out.count("test accuracy") == 1
 
 
 def test_a_search_needs_validation_accuracy(tmp_path):

@@ -21,12 +21,13 @@ def store(tmp_path_factory):
                                            cache_dir=str(tmp_path_factory.mktemp("c"))))
 
 
-def test_accuracy_and_ci_follow_the_convention(store):
+def test_accuracy_and_its_students_t_interval(store):
     r = evaluate(PixelNN(), store, "test", TaskSpec(5, 1, 3), 40, seed=2, device=torch.device("cpu"), batch=7)
     acc = r.per_episode
     assert len(acc) == 40 and ((acc >= 0) & (acc <= 1)).all()
     assert r.accuracy == pytest.approx(acc.mean())
-    assert r.ci95 == pytest.approx(1.96 * acc.std() / np.sqrt(40))
+    # t(0.975, 39) = 2.022691 (tables: 2.023), the sample standard deviation (ddof 1)
+    assert r.ci95 == pytest.approx(2.022691 * acc.std(ddof=1) / np.sqrt(40), rel=1e-6)
 
 
 def test_batching_does_not_change_results(store):

@@ -3,17 +3,86 @@
 from __future__ import annotations
 
 import csv
+import math
+from pathlib import Path
 
 import numpy as np
+import pytest
 
-from metalearn.report import paired_difference
+from metalearn.report import Result, across_seeds, leaderboard
+from metalearn.stats import holm, paired_difference, t_interval
 
 
-def test_paired_difference_is_the_mean_and_ci_of_per_episode_differences():
+@pytest.mark.parametrize("values,t_quantile", [
+    ([0.90, 0.94], 12.706204736),            # k = 2: t(0.975, 1)
+    ([0.90, 0.94, 0.92], 4.302652730),      # k = 3: t(0.975, 2)
+    ([0.90, 0.94, 0.92, 0.95, 0.91], 2.776445105),  # k = 5: t(0.975, 4)
+])
+def test_t_interval_uses_students_t_with_k_minus_1_degrees_of_freedom(values, t_quantile):
+    """By hand: half-width = t(0.975, k-1) * s / sqrt(k), s the sample standard deviation (ddof 1)."""
+    k = len(values)
+    mean = sum(values) / k
+    s = math.sqrt(sum((v - mean) ** 2 for v in values) / (k - 1))
+    ci = t_interval(values)
+    assert ci.n == k and ci.mean == pytest.approx(mean)
+    assert ci.half_width == pytest.approx(t_quantile * s / math.sqrt(k), rel=1e-8)
+    assert ci.half_width > 1.96 * s / math.sqrt(k)  # wider than the normal interval it replaces
+    assert math.isnan(t_interval([0.9]).half_width)  # one value: no interval
+
+
+def test_paired_difference_and_its_p_value_by_hand():
+    """d = a - b = [0.2, 0, 0.2, 0.4]: mean 0.2, s = 0.163299, t = 0.2 / (s / 2) = 2.449490, 3 df:
+    two-sided p = 0.091721 (tables: 0.0917), half-width t(0.975, 3) * s / 2 = 3.182446 * 0.081650 = 0.259845."""
     a, b = np.array([1.0, 0.8, 0.6, 1.0]), np.array([0.8, 0.8, 0.4, 0.6])
-    m, c = paired_difference(a, b)
-    d = a - b
-    assert np.isclose(m, d.mean()) and np.isclose(c, 1.96 * d.std() / 2)
+    p = paired_difference(a, b)
+    assert p.mean == pytest.approx(0.2) and p.n == 4
+    assert p.half_width == pytest.approx(0.259845, abs=1e-6)
+    assert p.p_value == pytest.approx(0.091721, abs=1e-6)
+    same = paired_difference(a, a)
+    assert same.mean == 0 and same.p_value == 1.0
+
+
+def test_holm_step_down_by_hand():
+    """m = 4 at alpha 0.05: sorted p 0.01 <= 0.05/4 rejects, 0.015 <= 0.05/3 rejects, 0.03 > 0.05/2 stops,
+    so 0.03 and 0.04 stand, though each is below 0.05 on its own. A nan (nothing to test) never counts."""
+    assert holm([0.04, 0.01, 0.03, 0.015]) == [False, True, False, True]
+    assert holm([0.01, math.nan, 0.02]) == [True, False, True]  # m = 2: 0.01 <= 0.025, 0.02 <= 0.05
+    assert holm([0.2, 0.5]) == [False, False]
+
+
+def _result(method, acc, per, seed=0, digest="d1", config=""):
+    per = None if per is None else np.asarray(per, dtype=np.float64)
+    return Result(Path(f"/runs/{method}{seed}{digest}"), method, "synthetic", "5w1s", 5, 1, acc, 0.01, digest, per,
+                  config, seed, "completed")
+
+
+def test_leaderboard_pairs_only_identical_episodes_and_marks_ties_after_holm():
+    rng = np.random.default_rng(0)
+    base = rng.uniform(0.6, 1.0, 600)
+    leader = _result("a", float(base.mean()), base)
+    close = base - np.where(rng.uniform(size=600) < 0.02, 0.2, 0.0) * rng.choice([1, -0.9], 600)
+    far = base - 0.1
+    other = _result("d", 0.5, base - 0.3, digest="d2")  # scored on other episodes
+    rows = leaderboard([leader, _result("b", float(close.mean()), close), _result("c", float(far.mean()), far), other])
+    by = {r["method"]: r for r in rows}
+    assert by["a"]["vs_leader_holm"] == "leader"
+    assert by["c"]["vs_leader_holm"] == "below the leader" and by["c"]["p_value"] < 1e-10
+    assert by["b"]["vs_leader_holm"] == "not distinguishable from the leader" and by["b"]["p_value"] > 0.05
+    assert by["d"]["vs_leader_holm"] == "not paired: other episodes" and by["d"]["vs_leader"] == ""
+
+
+def test_repeats_of_one_seed_are_not_seeds():
+    per = [1.0, 0.8, 0.6]
+    repeats = [_result("protonet", 0.8, per, seed=0, digest="x") for _ in range(3)]
+    row = across_seeds(repeats)[0]
+    assert row["seeds"] == 1 and row["runs"] == 3 and math.isnan(row["ci95_across_seeds"])
+    assert row["repeats_reproduced"] == "identical"
+    drifted = repeats[:2] + [_result("protonet", 0.8, [1.0, 0.8, 0.61], seed=0, digest="x")]
+    assert across_seeds(drifted)[0]["repeats_reproduced"] == "differ"
+    seeds = [_result("protonet", a, None, seed=s) for s, a in ((0, 0.90), (1, 0.94), (1, 0.94), (2, 0.92))]
+    row = across_seeds(seeds)[0]  # seed 1 twice: one seed, averaged first
+    assert row["seeds"] == 3 and row["runs"] == 4
+    assert row["ci95_across_seeds"] == pytest.approx(t_interval([0.90, 0.94, 0.92]).half_width)
 
 
 def test_report_from_real_runs(tmp_path):
@@ -35,6 +104,7 @@ def test_report_from_real_runs(tmp_path):
     assert [int(r["rank"]) for r in ranked] == [1, 2, 3]
     assert float(ranked[0]["accuracy"]) >= float(ranked[-1]["accuracy"])
     assert ranked[0]["vs_leader"] == "" and all(r["vs_leader"].startswith(("+", "-")) for r in ranked[1:])
+    assert ranked[0]["vs_leader_holm"] == "leader" and all(0 <= float(r["p_value"]) <= 1 for r in ranked[1:])
     # the test-time batch-norm statistics show, so that runs scored under different policies stand out
     assert {r["method"]: r["test_batch_norm"] for r in ranked} == {"protonet": "running", "pixel_nn": ""}
     assert "| running |" in md
