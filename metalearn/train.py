@@ -226,17 +226,17 @@ def _stop_on_sigterm() -> None:
 
 
 @hydra.main(version_base=None, config_path=config_dir(), config_name="train")
-def _hydra_main(cfg: DictConfig) -> float:
+def _hydra_main(cfg: DictConfig) -> float | None:
     _stop_on_sigterm()
     return objective(run(cfg))
 
 
-def objective(summary: dict | None) -> float:
+def objective(summary: dict | None) -> float | None:
     """What a hyperparameter search (search=<family>, the Optuna sweeper) maximises: the run's best
-    validation accuracy. A failed job scores 0.0, the worst accuracy, so the search steers away and
-    goes on (Optuna 2 stops a study on NaN); summary.csv still marks it failed."""
+    validation accuracy. A failed job returns None, which the sweeper records as a failed trial (its
+    own failure handling, `max_failure_rate` in configs/search/); summary.csv marks it failed too."""
     if summary is None:
-        return 0.0
+        return None
     best = summary.get("best_val") or {}
     if "accuracy" not in best:
         from hydra.core.hydra_config import HydraConfig

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -181,8 +182,9 @@ def test_joblib_launcher_runs_the_jobs_of_a_sweep_in_parallel_processes(tmp_path
 
 def test_optuna_search_maximises_validation_accuracy_and_survives_a_failed_trial(tmp_path):
     """search=metric: Optuna's TPE proposes optimizer settings; each trial is a run reporting its best
-    validation accuracy. queries=500 cannot be sampled (20 images a class), so those trials fail,
-    score 0.0 and are recorded as failed, and the search goes on to name the best completed trial."""
+    validation accuracy. queries=500 cannot be sampled (20 images a class), so those trials fail: the
+    sweeper records them as failed trials (no made-up score), and the search goes on to name the best
+    completed trial."""
     from omegaconf import OmegaConf
 
     r = cli("metalearn-train", "-m", "search=metric", "debug=smoke", "test.episodes=10", "hydra.sweeper.n_trials=4",
@@ -201,6 +203,30 @@ def test_optuna_search_maximises_validation_accuracy_and_survives_a_failed_trial
     out = " ".join(r.stdout.split())
     assert "trials by validation accuracy (the objective)" in out and "optimizer.lr=" in out
     assert "test accuracy of the chosen trial only" in out and out.count("test accuracy") == 1
+
+
+def test_a_search_in_a_database_persists_and_two_processes_share_it(tmp_path):
+    """hydra.sweeper.storage=sqlite:///...: a study survives its process (2 trials, then 2 more with the same
+    storage and study name: 4 in the study), and two processes at once add their trials to the same study."""
+    import subprocess
+
+    import optuna
+
+    db = f"sqlite:///{tmp_path / 'study.db'}"
+    args = ["-m", "search=metric", "debug=smoke", "steps=4", "val.every=2", "val.episodes=5", "test.episodes=5",
+            "hydra.sweeper.n_trials=2", f"hydra.sweeper.storage={db}", "hydra.sweeper.study_name=shared"]
+    for sweep in ("first", "second"):
+        r = cli("metalearn-train", *args, f"hydra.sweep.dir={sweep}", cwd=tmp_path)
+        assert r.returncode == 0, r.stderr[-2000:]
+    assert len(optuna.load_study(study_name="shared", storage=db).trials) == 4
+    exe = shutil.which("metalearn-train") or "metalearn-train"
+    both = [subprocess.Popen([exe, *args, f"hydra.sweep.dir=p{i}", "hardware.threads=1"], cwd=tmp_path,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True) for i in range(2)]
+    for p in both:
+        _, err = p.communicate(timeout=300)
+        assert p.returncode == 0, err[-2000:]
+    study = optuna.load_study(study_name="shared", storage=db)
+    assert len(study.trials) == 8 and all(t.state.name == "COMPLETE" for t in study.trials)
 
 
 def test_a_search_needs_validation_accuracy(tmp_path):

@@ -99,6 +99,11 @@ def test_the_report_tells_a_killed_run_from_a_live_one(tmp_path, alive):
 
     p = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)  # metalearn"])
     try:
+        cmdline = Path(f"/proc/{p.pid}/cmdline")
+        deadline = time.monotonic() + 10
+        while alive and b"metalearn" not in cmdline.read_bytes():  # the fork shows the parent's until exec
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
         if not alive:
             p.kill()
             p.wait()
