@@ -20,6 +20,7 @@ import argparse
 import json
 import math
 import sys
+import textwrap
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -200,40 +201,79 @@ def plots(results: list[Result], out: Path) -> list[Path]:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    written = []
-    runs = sorted({r.run for r in results})
-    fig, ax = plt.subplots(figsize=(7, 4))
-    for run in runs:
-        path = run / "metrics.jsonl"
-        if not path.is_file():
-            continue
-        train = read_metrics(path)
-        train = [r for r in train if r.get("kind") == "train"]
-        if train:
-            label = next(r.method for r in results if r.run == run) + f" ({run.name})"
-            ax.plot([r["step"] for r in train], [r["accuracy"] for r in train], label=label, alpha=0.8)
-    ax.set(xlabel="step", ylabel="training accuracy (query)", title="learning curves", ylim=(0, 1.01))
-    ax.legend(fontsize=7, loc="lower right")
-    fig.tight_layout()
-    fig.savefig(out / "learning_curves.png", dpi=100)
-    plt.close(fig)
-    written.append(out / "learning_curves.png")
+    return [_learning_curves(results, out / "learning_curves.png", plt),
+            _accuracy_vs_shots(results, out / "accuracy_vs_shots.png", plt)]
 
-    fig, ax = plt.subplots(figsize=(6, 4))
-    series: dict[tuple[str, str, int], dict[int, list[float]]] = {}
+
+def _learning_curves(results: list[Result], path: Path, plt) -> Path:
+    """One panel per dataset and task: each run's validation accuracy with its 95% interval (training accuracy,
+    dashed, for a run without validation), short labels, the legend beside the axes."""
+    panels: dict[tuple[str, str], list[Result]] = {}
+    for r in results:
+        if r.tag != "-" and all(r.run != o.run for o in panels.get((r.dataset, r.tag), [])):
+            panels.setdefault((r.dataset, r.tag), []).append(r)
+    keys = sorted(panels) or [("no runs", "")]
+    fig, axes = plt.subplots(len(keys), 1, figsize=(9, 3.2 * len(keys)), squeeze=False)
+    for ax, key in zip(axes[:, 0], keys, strict=True):
+        for i, r in enumerate(sorted(panels.get(key, []), key=lambda r: (r.method, r.seed, str(r.run)))):
+            records = read_metrics(r.run / "metrics.jsonl") if (r.run / "metrics.jsonl").is_file() else []
+            val = [m for m in records if m.get("kind") == "val"]
+            label = f"{r.method} s{r.seed} ({r.run.name[-12:]})"
+            if val:
+                x, y, c = (np.array([m[k] for m in val], dtype=float) for k in ("step", "accuracy", "ci95"))
+                ax.plot(x, y, marker="o", ms=3, color=f"C{i}", label=label)
+                ax.fill_between(x, y - c, y + c, color=f"C{i}", alpha=0.15)
+            else:
+                train = [m for m in records if m.get("kind") == "train"]
+                if train:
+                    ax.plot([m["step"] for m in train], [m["accuracy"] for m in train], ls="--", color=f"C{i}",
+                            label=f"{label}, train")
+        ax.set(xlabel="step", ylabel="validation accuracy", title=f"{key[0]}, {key[1]}")
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=7, frameon=False)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def _accuracy_vs_shots(results: list[Result], path: Path, plt) -> Path:
+    """Test accuracy against shots, pooling only runs that differ in shots (and seed): the same dataset, method,
+    ways and every other override. A point is one run with its own interval, or the mean of its seeds with a
+    Student's t interval across them."""
+    series: dict[tuple[str, str, int, str], dict[int, list[Result]]] = {}
     for r in results:
         if not math.isnan(r.accuracy):
-            series.setdefault((r.dataset, r.method, r.ways), {}).setdefault(r.shots, []).append(r.accuracy)
-    for (dataset, method, ways), by_shots in sorted(series.items()):
+            rest = " ".join(o for o in r.config.split() if not o.startswith(("shots=", "test.shots=")))
+            series.setdefault((r.dataset, r.method, r.ways, rest), {}).setdefault(r.shots, []).append(r)
+    fig, ax = plt.subplots(figsize=(8, 4))
+    ticks: set[int] = set()
+    for i, ((dataset, method, ways, rest), by_shots) in enumerate(sorted(series.items())):
         shots = sorted(by_shots)
-        ax.plot(shots, [np.mean(by_shots[s]) for s in shots], marker="o", label=f"{method}, {dataset}, {ways}-way")
-    ax.set(xlabel="shots", ylabel="test accuracy", title="accuracy vs shots")
-    ax.legend(fontsize=7)
+        ticks.update(shots)
+        means, errs = [], []
+        for k in shots:
+            rs = by_shots[k]
+            seeds = {r.seed for r in rs}
+            if len(seeds) > 1:
+                ci = t_interval([float(np.mean([r.accuracy for r in rs if r.seed == s])) for s in sorted(seeds)])
+                means.append(ci.mean)
+                errs.append(ci.half_width)
+            else:
+                means.append(float(np.mean([r.accuracy for r in rs])))
+                errs.append(rs[0].ci95)
+        label = textwrap.shorten(f"{method}, {dataset}, {ways}-way" + (f": {rest}" if rest else ""), 70, placeholder=" …")
+        ax.errorbar(shots, means, yerr=errs, marker="o", capsize=3, color=f"C{i}", label=label)
+    ax.set_xticks(sorted(ticks))
+    low, high = ax.get_ylim()
+    ax.set_ylim(max(0.0, low), min(1.0, high))  # an interval past 0 or 1 is cut at the axis, not the data
+    ax.set(xlabel="shots", ylabel="test accuracy (95% CI)", title="accuracy vs shots")
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=7, frameon=False)
     fig.tight_layout()
-    fig.savefig(out / "accuracy_vs_shots.png", dpi=100)
+    fig.savefig(path, dpi=100)
     plt.close(fig)
-    written.append(out / "accuracy_vs_shots.png")
-    return written
+    return path
 
 
 def report(paths: list[Path], out: Path) -> dict:

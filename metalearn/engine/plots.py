@@ -8,7 +8,11 @@ from metalearn.engine.rundir import read_metrics
 from metalearn.files import atomic_open
 
 
-def plot_learning_curve(metrics_path: Path, out: Path, title: str = "") -> None:
+def plot_learning_curve(metrics_path: Path, out: Path, title: str = "", best: dict | None = None,
+                        test: dict | None = None) -> None:
+    """Loss and accuracy against step. The accuracy axis spans the data (not 0-1), so the differences that
+    matter show; the best validation checkpoint (`best`: step, accuracy) and the test result of each setting
+    (`test`: tag -> accuracy, ci95) are marked."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -17,16 +21,34 @@ def plot_learning_curve(metrics_path: Path, out: Path, title: str = "") -> None:
     train, val = [], []
     for r in read_metrics(metrics_path):
         (val if r.get("kind") == "val" else train).append(r)
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.8))
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
+    shown: list[float] = []
     if train:
         ax1.plot([r["step"] for r in train], [r["loss"] for r in train], color="tab:blue")
-        ax2.plot([r["step"] for r in train], [r["accuracy"] for r in train], label="train (query)", color="tab:blue", alpha=0.6)
+        ax2.plot([r["step"] for r in train], [r["accuracy"] for r in train], label="train (query)", color="tab:blue",
+                 alpha=0.6)
+        shown += [r["accuracy"] for r in train]
     if val:
         s, a, c = ([r[k] for r in val] for k in ("step", "accuracy", "ci95"))
-        ax2.errorbar(s, a, yerr=c, label="validation", color="tab:orange", marker="o", ms=3, capsize=2)
+        ax2.errorbar(s, a, yerr=c, label="validation (95% CI)", color="tab:orange", marker="o", ms=3, capsize=2)
+        shown += [x - e for x, e in zip(a, c, strict=True)] + [x + e for x, e in zip(a, c, strict=True)]
+    if best and best.get("step") is not None:
+        ax2.axvline(best["step"], color="tab:orange", ls=":", lw=1)
+        ax2.annotate(f"best checkpoint\nstep {best['step']}", (best["step"], best["accuracy"]), textcoords="offset points",
+                     xytext=(-4, -26), fontsize=8, color="tab:orange", ha="right")
+    last = max([r["step"] for r in train + val], default=0)
+    for i, (tag, t) in enumerate((test or {}).items()):
+        ax2.errorbar([last], [t["accuracy"]], yerr=[t["ci95"]], fmt="D", color=f"C{2 + i}", ms=5, capsize=3,
+                     label=f"test {tag}: {100 * t['accuracy']:.2f} ± {100 * t['ci95']:.2f}%")
+        shown += [t["accuracy"] - t["ci95"], t["accuracy"] + t["ci95"]]
+    finite = [v for v in shown if v == v]
+    if finite:
+        low, high = min(finite), max(finite)
+        pad = max(0.02, 0.08 * (high - low))
+        ax2.set_ylim(max(0.0, low - pad), min(1.0, high + pad) + 0.005)
     ax1.set(xlabel="step", ylabel="training loss", title="loss")
-    ax2.set(xlabel="step", ylabel="accuracy", title="accuracy", ylim=(0, 1.01))
-    ax2.legend(loc="lower right")
+    ax2.set(xlabel="step", ylabel="accuracy", title="accuracy")
+    ax2.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, frameon=False)
     fig.suptitle(title)
     fig.tight_layout()
     with atomic_open(out) as f:

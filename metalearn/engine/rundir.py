@@ -177,8 +177,10 @@ class RunFolder:
         if self.metrics_path.exists() and self.metrics_path.stat().st_size:
             from metalearn.engine.plots import plot_learning_curve
 
+            s = self.summary()
             plot_learning_curve(self.metrics_path, self.path / "learning_curve.png",
-                                f"{cfg.method.name} · {cfg.dataset.name} · {cfg.ways}-way {cfg.shots}-shot")
+                                f"{cfg.method.name} · {cfg.dataset.name} · {cfg.ways}-way {cfg.shots}-shot",
+                                best=s.get("best_val"), test=s.get("test"))
 
 
 def find_resumable(outputs: Path, task: str = "train") -> Path | None:
