@@ -267,6 +267,7 @@ class MAMLConfig(MethodConfig):
     batch_norm: str = "transductive"  # transductive (batch statistics, as the reference code) | running
     plus: MAMLPlusPlusConfig = field(default_factory=MAMLPlusPlusConfig)
     task_batching: str = "auto"  # loop (task by task) | vmap (torch.func.vmap over the meta-batch) | split | auto (timed)
+    task_chunk: int | None = None  # tasks vmap and split run at once (memory grows with it); null: CPU bound, GPU all
 
 
 @schema("method", "reptile_schema", "reptile")
@@ -439,6 +440,7 @@ BOUNDS: dict[str, tuple[float | None, float | None, str]] = {
     "method.input_noise": (0, None, "input noise's standard deviation"),
     "method.inner_batch": (1, None, "Reptile's inner minibatch"),
     "method.inner_steps": (1, None, "inner steps in meta-training"),
+    "method.task_chunk": (1, None, "tasks run at once by the vmap and split paths (null: the CPU's bound, all on a GPU)"),
     "method.inner_steps_eval": (1, None, "inner steps at validation and test"),
     "method.fce_steps": (1, None, "the attention LSTM's processing steps"),
     "method.embedding": (0, None, "the sigmoid layer's width (0: none)"),

@@ -33,7 +33,7 @@ def setup_device(cfg: Any) -> torch.device:
     return device
 
 
-M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt parameters (malloc.h)
+M_TRIM_THRESHOLD, M_MMAP_THRESHOLD, M_ARENA_MAX = -1, -3, -8  # glibc's mallopt parameters (malloc.h)
 
 
 def keep_freed_memory() -> bool:
@@ -45,13 +45,19 @@ def keep_freed_memory() -> bool:
     benchmark workload (scripts/bench.py, 15 queries, 2 cores): 1.2-2.2 million minor page faults
     and 4-7 s of system time per 15 steps by default, 0.12 million and 0.7 s with this. The cost: the
     process keeps its peak heap (freed memory is reused, not returned), which peak RSS already counts.
+
+    One heap (arena) for all threads: with the memory kept, each thread's own arena would keep its own
+    peak, and what one thread freed would never serve another. Measured on the 15-query workload:
+    MAML's `auto` trial (vmap rounds on the main thread, split's query side in worker threads) peaked at
+    ~1,000 MB with an arena per thread and ~945 MB with one, at the same tasks/s (scripts/bench.py).
     A no-op where the C library is not glibc (macOS, musl)."""
     mallopt = _glibc("mallopt")
     if mallopt is None:
         return False
     mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
     # blocks up to 256 MiB come from the heap; the heap top is trimmed only past 1 GiB free
-    return bool(mallopt(M_MMAP_THRESHOLD, 256 << 20)) and bool(mallopt(M_TRIM_THRESHOLD, 1 << 30))
+    return (bool(mallopt(M_MMAP_THRESHOLD, 256 << 20)) and bool(mallopt(M_TRIM_THRESHOLD, 1 << 30))
+            and bool(mallopt(M_ARENA_MAX, 1)))
 
 
 def release_freed_memory(device: torch.device) -> bool:

@@ -57,9 +57,11 @@ def run_python(code_or_args: list[str], env_extra: dict | None = None, timeout: 
 
 
 # ------------------------------------------------------------------ workers (run in their own process)
-def maml_worker(queries: int, batching: str, iters: int, amp: str = "none") -> None:
+def maml_worker(queries: int, batching: str, iters: int, amp: str = "none", task_chunk: str = "none") -> None:
     """Our MAML on the anchor's workload (random inputs, so the algorithm alone is timed); amp=bf16
-    runs it under CPU bf16 autocast (`hardware.amp=bf16`), which is not the peer's fp32 arithmetic."""
+    runs it under CPU bf16 autocast (`hardware.amp=bf16`), which is not the peer's fp32 arithmetic;
+    task_chunk: `method.task_chunk` (tasks vmap and split run at once; none: the default bound).
+    By hand: `python scripts/bench.py --worker maml 1 vmap 6 none 32` (1 query, vmap, 32 tasks at once)."""
     import contextlib
 
     import torch
@@ -72,7 +74,8 @@ def maml_worker(queries: int, batching: str, iters: int, amp: str = "none") -> N
     keep_freed_memory()  # as every metalearn run does (hardware.keep_freed_memory, on by default)
     torch.manual_seed(0)
     backbone = Conv4(1, 64, "stride", channels_last=True, bn_running_stats=False).to(memory_format=torch.channels_last)
-    m = MAML(backbone, 64, 5, 0.4, 1, 3, task_batching="split" if batching == "split1" else batching)
+    m = MAML(backbone, 64, 5, 0.4, 1, 3, task_batching="split" if batching == "split1" else batching,
+             task_chunk=None if task_chunk == "none" else int(task_chunk))
     if batching == "split1":
         m.batching.query_threads = 1  # split with its query side in one thread: what the query threads add
     opt = torch.optim.Adam(m.parameters(), 1e-3)

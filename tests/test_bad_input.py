@@ -159,6 +159,7 @@ CASES: list[tuple[str, list[str], list[str]]] = [
     (TRAIN, ["method=maml", "method.inner_steps=0"], ["inner_steps", ">= 1"]),
     (TRAIN, ["method=maml", "method.inner_lr=-1"], ["method.inner_lr=-1.0 is out of range"]),
     (TRAIN, ["method=maml", "method.task_batching=magic"], ["method.task_batching='magic' is not one of"]),
+    (TRAIN, ["method=maml", "method.task_chunk=0"], ["method.task_chunk=0 is out of range", ">= 1"]),
     (TRAIN, ["method=matching", "method.fce_steps=0"], ["method.fce_steps=0 is out of range"]),
     (TRAIN, ["method=relation", "method.hidden=1000000000"], ["out of memory", "lower the sizes"]),
     (TRAIN, ["method=siamese", "method.pairs=3"], ["method.pairs must be an even number"]),

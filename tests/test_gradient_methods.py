@@ -360,20 +360,22 @@ def conv_batch(tasks: int = 3) -> EpisodeBatch:
                          ids=["maml", "fomaml", "anil", "metasgd", "lslr"])
 def test_vmap_and_split_over_the_meta_batch_give_the_loop_meta_gradient(kw):
     """The batched paths (torch.func.grad inside torch.func.vmap, batch-norm on batch statistics; split:
-    only the inner loop batched, its query side in one thread or in several) are the same computation
-    as the task-by-task one, first and second order, with the same loss and accuracy."""
-    b = conv_batch(tasks=5)  # 5 tasks over 3 query threads: the threads get unequal shares
+    only the inner loop batched, its query side in one thread or in several; both whole or in chunks of
+    tasks) are the same computation as the task-by-task one, first and second order, with the same loss
+    and accuracy."""
+    b = conv_batch(tasks=5)  # 5 tasks over 3 query threads, or in chunks of 2: unequal shares
     threads = torch.get_num_threads()
     grads, stats = [], []
-    for batching, query_threads in (("loop", None), ("vmap", None), ("split", 1), ("split", 3)):
-        m = conv_maml(task_batching=batching, **kw)
+    for batching, query_threads, chunk in (("loop", None, None), ("vmap", None, 5), ("vmap", None, 2),
+                                           ("split", 1, 5), ("split", 3, 5), ("split", 3, 2)):
+        m = conv_maml(task_batching=batching, task_chunk=chunk, **kw)
         m.batching.query_threads = query_threads
         opt = torch.optim.SGD(m.parameters(), lr=0.0)
         stats.append(m.train_step(b, opt))
         grads.append([p.grad.clone() for p in m.parameters()])
         assert int(m.batching_path) == -1  # a configured path is not recorded as an auto choice
         assert torch.get_num_threads() == threads  # the query threads hand torch's thread count back
-        assert len(m.batching.replicas) == (3 if query_threads == 3 else 0)
+        assert len(m.batching.replicas) == (min(3, chunk) if query_threads == 3 else 0)
         assert set(m.state_dict()) == set(conv_maml(**kw).state_dict())  # the replicas are not checkpointed
     for other in grads[1:]:
         assert all(torch.allclose(a, c, rtol=1e-9, atol=1e-12) for a, c in zip(grads[0], other, strict=True))
@@ -543,3 +545,25 @@ def test_maml_batch_norm_policy_holds_on_every_backbone(backbone):
         with torch.no_grad():
             same = torch.allclose(body.train()(x), body.eval()(x), atol=1e-5)
         assert same == (policy == "transductive"), (schema, policy)
+
+
+def test_batched_paths_bound_the_tasks_run_at_once_on_the_cpu():
+    """The bound on memory: on the CPU vmap holds at most CPU_VMAP_IMAGES images at once and split the
+    support side of CPU_SPLIT_TASKS tasks, unless method.task_chunk says otherwise; on another device (a
+    meta tensor stands in for a GPU's) the whole meta-batch."""
+    from metalearn.methods.task_batching import CPU_SPLIT_TASKS, CPU_VMAP_IMAGES, TaskBatching
+
+    def batch(tasks: int, queries: int = 15, device: str = "cpu") -> EpisodeBatch:
+        xs, xq = torch.empty(tasks, 5, 1, 4, 4, device=device), torch.empty(tasks, 5 * queries, 1, 4, 4, device=device)
+        return EpisodeBatch(xs, torch.zeros(tasks, 5, dtype=torch.long), xq, torch.zeros(tasks, 5 * queries), 5)
+
+    assert (CPU_VMAP_IMAGES, CPU_SPLIT_TASKS) == (160, 16)
+    assert TaskBatching().chunk_size(batch(32), "vmap") == 2  # 80 images a task
+    assert TaskBatching().chunk_size(batch(32, queries=1), "vmap") == 16  # 10 images a task
+    assert TaskBatching().chunk_size(batch(32, queries=100), "vmap") == 1
+    assert TaskBatching().chunk_size(batch(32), "split") == 16
+    assert TaskBatching().chunk_size(batch(3), "split") == 3
+    assert TaskBatching(task_chunk=8).chunk_size(batch(32), "vmap") == 8
+    assert TaskBatching(task_chunk=64).chunk_size(batch(32), "split") == 32
+    assert TaskBatching().chunk_size(batch(32, device="meta"), "vmap") == 32
+    assert [c.tasks for c in batch(10).chunks(4)] == [4, 4, 2]

@@ -42,10 +42,10 @@ class MAML(AdaptingMethod):
     def __init__(self, backbone: nn.Module, feature_dim: int, ways: int, inner_lr: float, inner_steps: int,
                  inner_steps_eval: int, first_order: bool = False, adapt_head_only: bool = False,
                  learn_inner_lr: bool = False, name: str = "maml", plus: MAMLPlusPlus | None = None,
-                 task_batching: str = "auto"):
+                 task_batching: str = "auto", task_chunk: int | None = None):
         super().__init__()
         self.name, self.plus = name, plus or MAMLPlusPlus()
-        self.batching = TaskBatching(task_batching)  # how a meta-batch's tasks run (loop | vmap | split | auto)
+        self.batching = TaskBatching(task_batching, task_chunk)  # how a meta-batch's tasks run (loop | vmap | split | auto)
         self.register_buffer("batching_path", torch.tensor(-1))  # the path auto chose: -1 not yet, else PATHS[i]
         self.register_load_state_dict_pre_hook(_older_batching_buffer)  # checkpoints from older versions
         self.model = nn.Sequential(backbone, nn.Linear(feature_dim, ways))
@@ -170,8 +170,11 @@ class MAML(AdaptingMethod):
     def graph_supported(self, batch: EpisodeBatch) -> bool:
         """The vmap path, when it may be taken (task_batching auto or vmap), is capturable: on a GPU it
         is the fastest path by an order of magnitude once captured (README, On a GPU), so auto takes it
-        without timing. MAML++'s derivative-order annealing reads the step counter and stays eager."""
+        without timing. MAML++'s derivative-order annealing reads the step counter and stays eager, and
+        a meta-batch run in chunks (method.task_chunk) is not one graph."""
         if self.batching.mode not in ("auto", "vmap") or not self.vmap_supported() or self.plus.first_order_until > 0:
+            return False
+        if self.batching.chunk_size(batch, "vmap") < batch.tasks:
             return False
         if self.batching.mode == "auto":
             self.batching_path.fill_(PATHS.index("vmap"))
@@ -235,4 +238,4 @@ def build(cfg, ctx: BuildContext) -> MAML:
     plus = MAMLPlusPlus(**{k: cfg.plus[k] for k in cfg.plus})
     return MAML(backbone, ctx.feature_dim(backbone), ctx.ways, cfg.inner_lr, cfg.inner_steps, cfg.inner_steps_eval,
                 cfg.first_order, cfg.adapt == "head", cfg.learn_inner_lr, name=cfg.name, plus=plus,
-                task_batching=cfg.task_batching)
+                task_batching=cfg.task_batching, task_chunk=cfg.task_chunk)

@@ -7,8 +7,9 @@ Three paths give the same meta-gradient (tested to 1e-9 in float64):
 - `split`: the support side (the inner loop and its second derivatives) of every task at once under
   vmap, the query side task by task, in a thread per core on the CPU.
 
-Each wins somewhere (docs/performance.md), so `auto` times them on the first meta-batch and keeps the
-fastest; the method records the choice in a buffer, so a resumed run takes the same path.
+vmap and split run at most `chunk_size` tasks at once (on the CPU a bound on memory, on a GPU all).
+Each path wins somewhere (docs/performance.md), so `auto` times them on the first meta-batch and keeps
+the fastest; the method records the choice in a buffer, so a resumed run takes the same path.
 
 The public interface, used by the trainer through MAML and by scripts/bench.py and scripts/auto_choice.py:
 `TaskBatching.choose(method, batch)` and `TaskBatching.meta_gradient(method, batch, path)`. What a
@@ -37,6 +38,8 @@ log = logging.getLogger("metalearn")
 PATHS = ("loop", "vmap", "split")
 MODES = ("auto", *PATHS)
 TIMED_ROUNDS = 2  # auto's timed rounds per path, after one warm-up round
+CPU_VMAP_IMAGES = 160  # on the CPU, vmap runs at most this many support and query images at once (chunk_size)
+CPU_SPLIT_TASKS = 16  # and split the support side of at most this many tasks
 
 
 class BatchableMethod(Protocol):
@@ -58,8 +61,9 @@ class BatchableMethod(Protocol):
 class TaskBatching:
     """A method's choice of path (`mode`: auto or one of PATHS) and the split path's query threads."""
 
-    def __init__(self, mode: str = "auto", query_threads: int | None = None):
+    def __init__(self, mode: str = "auto", task_chunk: int | None = None, query_threads: int | None = None):
         self.mode = mode
+        self.task_chunk = task_chunk  # tasks vmap and split run at once (None: see chunk_size)
         self.query_threads = query_threads  # split on the CPU: query-side threads (None: torch's thread count)
         self.replicas: list[nn.Module] = []  # the model's structure for each query thread (weights are passed in)
 
@@ -97,17 +101,40 @@ class TaskBatching:
                     p.grad = None
         return times
 
+    def chunk_size(self, batch: EpisodeBatch, path: str) -> int:
+        """Tasks the vmap or split path runs at once: method.task_chunk, or on the CPU a bound on memory.
+        Why these bounds (the bench workload: Conv-4, 32 tasks, 2 cores; docs/performance.md): memory grows
+        with the tasks run at once, tasks/s barely does past a few (vmap at 1 query: 983 MB peak at 32 tasks,
+        841 at 16, 788 at 8, tasks/s within the noise). vmap holds every image of its tasks (at 15 queries:
+        2,280 MB at 32 tasks), so at most CPU_VMAP_IMAGES support and query images; split only its support
+        side, so at most CPU_SPLIT_TASKS tasks (at 15 queries: 877 MB at 16 tasks, 999 at 32, 95% of the
+        tasks/s). On a GPU the whole meta-batch: width is what makes it fast there."""
+        if self.task_chunk:
+            return min(self.task_chunk, batch.tasks)
+        if batch.support.device.type != "cpu":
+            return batch.tasks
+        if path == "split":
+            return min(CPU_SPLIT_TASKS, batch.tasks)
+        images = batch.support.shape[1] + batch.query.shape[1]
+        return max(1, min(CPU_VMAP_IMAGES // images, batch.tasks))
+
     def meta_gradient(self, method: BatchableMethod, batch: EpisodeBatch,
                       path: str) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        """Accumulate the meta-gradient of the mean query loss; returns the mean loss and per-task accuracies."""
-        if path == "split":
-            return self.split(method, batch)
-        if path == "vmap":
-            losses, logits = method.batched_task_losses(batch)
-            loss = losses.mean()
-            if torch.isfinite(loss):
-                loss.backward()
-            return loss.detach(), list(accuracy(logits, batch.query_labels, 1))
+        """Accumulate the meta-gradient of the mean query loss; returns the mean loss and per-task accuracies.
+        vmap and split run the meta-batch in chunks of `chunk_size` tasks, each chunk's loss summed over
+        the whole meta-batch's task count, so the chunks' gradients add up to the mean's."""
+        if path == "loop":
+            return self.loop(method, batch)
+        losses, accs = [], []
+        for part in batch.chunks(self.chunk_size(batch, path)):
+            part_losses, part_accs = (self.split if path == "split" else self.vmap)(method, part, batch.tasks)
+            losses.append(part_losses)
+            accs += part_accs
+        return torch.cat(losses).mean(), accs
+
+    @staticmethod
+    def loop(method: BatchableMethod, batch: EpisodeBatch) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """Task by task, one graph alive at a time."""
         losses, accs = [], []
         for t in range(batch.tasks):
             loss, logits = method.task_loss(batch, t)
@@ -117,8 +144,20 @@ class TaskBatching:
             accs.append(accuracy(logits, batch.query_labels[t]))
         return torch.stack(losses).mean(), accs
 
-    def split(self, method: BatchableMethod, batch: EpisodeBatch) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        """The support side of every task at once, the query side task by task. Why: the inner loop and
+    @staticmethod
+    def vmap(method: BatchableMethod, batch: EpisodeBatch, total: int) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """Every task of `batch` at once; the gradient of their losses' sum over `total` tasks. Returns the
+        per-task losses and accuracies."""
+        losses, logits = method.batched_task_losses(batch)
+        loss = losses.sum() / total
+        if torch.isfinite(loss):
+            loss.backward()
+        return losses.detach(), list(accuracy(logits, batch.query_labels, 1))
+
+    def split(self, method: BatchableMethod, batch: EpisodeBatch,
+              total: int) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """The support side of every task of `batch` at once, the query side task by task; the gradient of
+        their losses' sum over `total` tasks. Returns the per-task losses and accuracies. Why: the inner loop and
         its second derivatives work on a few support images per task, too little to keep the cores busy
         one task at a time (measured: a third of the loop path's time with 15 queries per class), while
         the query pass, batched, becomes a grouped convolution slower than the tasks' own. So the
@@ -145,7 +184,7 @@ class TaskBatching:
                 logits = call(replica, {**fixed, **leaves}, batch.query[t])
                 loss = nn.functional.cross_entropy(fp32(logits), batch.query_labels[t])
                 if torch.isfinite(loss):
-                    grads = torch.autograd.grad(loss / batch.tasks, [*leaves.values(), *(params[n] for n in body)],
+                    grads = torch.autograd.grad(loss / total, [*leaves.values(), *(params[n] for n in body)],
                                                 allow_unused=True)
                     for n, g in zip(leaves, grads[:len(leaves)], strict=True):
                         outer[n][t] = g
@@ -174,7 +213,7 @@ class TaskBatching:
                     params[n].grad = g if params[n].grad is None else params[n].grad + g
         done = sorted((d for part, _ in parts for d in part), key=lambda d: d[0])
         torch.autograd.backward(list(adapted.values()), list(outer.values()))
-        return torch.stack([loss for _, loss, _ in done]).mean(), [acc for _, _, acc in done]
+        return torch.stack([loss for _, loss, _ in done]), [acc for _, _, acc in done]
 
     def query_workers(self, batch: EpisodeBatch) -> int:
         """Threads for the split path's query side. Why threads: on the CPU one task's query pass is too

@@ -86,6 +86,11 @@ class EpisodeBatch:
     def tasks(self) -> int:
         return self.support.shape[0]
 
+    def chunks(self, size: int) -> list[EpisodeBatch]:
+        """The meta-batch as consecutive groups of at most `size` tasks (views, no copy)."""
+        return [EpisodeBatch(self.support[i:i + size], self.support_labels[i:i + size], self.query[i:i + size],
+                             self.query_labels[i:i + size], self.ways) for i in range(0, self.tasks, size)]
+
     def map_images(self, fn) -> EpisodeBatch:
         """The same episodes with `fn` applied to the support images, then to the query images."""
         return EpisodeBatch(fn(self.support), self.support_labels, fn(self.query), self.query_labels, self.ways)
