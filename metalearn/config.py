@@ -369,6 +369,9 @@ class TrainConfig:
     resume: bool = False
     run_dir: str | None = None
     max_minutes: float | None = None  # stop training after this long (this process), checkpointed, exit 124
+    tags: list[str] = field(default_factory=list)  # recorded in summary.json, the trackers and the report
+    notes: str = ""
+    logger: dict[str, Any] = field(default_factory=dict)  # tracker name -> its settings (configs/logger)
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)

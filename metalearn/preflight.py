@@ -9,6 +9,7 @@ runs. One composition of the command line (~0.1 s) finds all of these first.
 from __future__ import annotations
 
 import difflib
+import importlib.util
 import os
 import sys
 from pathlib import Path
@@ -16,6 +17,9 @@ from pathlib import Path
 from omegaconf import OmegaConf
 
 from metalearn.errors import MetalearnError
+
+# options that need a Hydra plugin from an optional extra: (group, option) -> (its module, its package)
+PLUGINS = {("launcher", "slurm"): ("hydra_plugins.hydra_submitit_launcher", "hydra-submitit-launcher")}
 
 SKIP_FLAGS = ("--config-name", "-cn", "--config-dir", "-cd", "--config-path", "-cp", "--info", "-i",
               "--shell-completion", "-sc", "--hydra-help", "--version")
@@ -93,10 +97,16 @@ def preflight(argv: list[str], config_name: str) -> None:
             continue
         if key in groups or key.lstrip("+") in groups:
             values = list(o.sweep_string_iterator()) if o.is_sweep_override() else [o.value()]
+            if o.is_add():  # every group is in metalearn-train's defaults already: Hydra would say "Multiple values"
+                raise MetalearnError(f"+{key}={o.value()}: {key} is already a config group of {_app(config_name)}; "
+                                     f"choose it without the plus: {key}={o.value()}")
             for v in values:
                 if v is not None and str(v) not in groups[key]:
                     raise MetalearnError(f"{key}={v} is not a {key}; choose one of: {', '.join(groups[key])}"
                                          f"{_closest(str(v), groups[key])}")
+                if v is not None and (key, str(v)) in PLUGINS and importlib.util.find_spec(PLUGINS[key, str(v)][0]) is None:
+                    raise MetalearnError(f"{key}={v} needs the {PLUGINS[key, str(v)][1]} package, which is not installed; "
+                                         f"install it with pip install -e \".[{v}]\" (or pip install {PLUGINS[key, str(v)][1]})")
         elif o.is_add() or o.is_force_add():
             appended.append(key)
             continue

@@ -1,4 +1,4 @@
-"""One registration per part: a method, a backbone or a dataset declares its name and how it is built where it
+"""One registration per part: a method, a backbone, a dataset or a logger declares its name and how it is built where it
 is written, with a decorator, and nothing else lists it.
 
     @METHODS.register("protonet")
@@ -63,3 +63,4 @@ class Registry:
 METHODS = Registry("method", "method.name", ("metalearn.methods",))
 BACKBONES = Registry("backbone", "method.backbone.name", ("metalearn.backbones",))
 DATASETS = Registry("dataset", "dataset.name", ("metalearn.data",))
+LOGGERS = Registry("logger", "logger", ("metalearn.loggers",))

@@ -70,7 +70,9 @@ def load_results(run: Path) -> list[Result]:
     except (OSError, ValueError, AttributeError):  # listed, never dropped, never a crash of the whole report
         s = {"status": "unreadable summary.json"}
     dataset = (s.get("choices") or {}).get("dataset") or s.get("dataset", "?")  # omniglot_small is not omniglot
-    overrides = [o for o in s.get("overrides", []) if not o.startswith(("seed=", "run_dir=", "resume=", "max_minutes="))]
+    overrides = [o for o in s.get("overrides", [])
+                 if not o.startswith(("seed=", "run_dir=", "resume=", "max_minutes=", "tags=", "notes=", "logger="))]
+    tags = [str(t) for t in s.get("tags") or []]
     out = []
     for tag, t in (s.get("test") or {}).items():
         per = None
@@ -80,11 +82,11 @@ def load_results(run: Path) -> list[Result]:
         out.append(Result(run, s.get("method", "?"), dataset, tag, t["ways"], t["shots"], t["accuracy"],
                           t["ci95"], t.get("episodes_digest"), per, " ".join(sorted(overrides)), s.get("seed", 0),
                           s.get("status", "?"), {"wall_time_s": s.get("wall_time_s"), "steps": s.get("steps_done"),
-                                                  "batch_norm": t.get("batch_norm")}))
+                                                  "batch_norm": t.get("batch_norm"), "tags": tags}))
     if not out:  # failed or unfinished runs still appear, so nothing is silently dropped
         out.append(Result(run, s.get("method", "?"), dataset, "-", 0, 0, math.nan, math.nan, None, None,
                           " ".join(sorted(overrides)), s.get("seed", 0), s.get("status", "?"),
-                          {"wall_time_s": s.get("wall_time_s"), "steps": s.get("steps_done")}))
+                          {"wall_time_s": s.get("wall_time_s"), "steps": s.get("steps_done"), "tags": tags}))
     return out
 
 
@@ -115,7 +117,7 @@ def leaderboard(results: list[Result]) -> list[dict]:
                          "vs_leader": diff, "p_value": "" if p is None else p.p_value, "vs_leader_holm": verdict,
                          "seed": r.seed, "status": r.status, "config": r.config, "run": str(r.run),
                          "wall_time_s": r.extra.get("wall_time_s"), "episodes": r.digest,
-                         "test_batch_norm": r.extra.get("batch_norm") or ""})
+                         "test_batch_norm": r.extra.get("batch_norm") or "", "tags": ",".join(r.extra.get("tags", []))})
     return rows
 
 
@@ -166,13 +168,13 @@ def markdown(rows: list[dict], seeds: list[dict]) -> str:
     lines = ["# metalearn leaderboard", ""]
     for key in sorted({(r["dataset"], r["task"]) for r in rows}):
         lines += [f"## {key[0]}, {key[1]}", "", "| # | method | accuracy (95% CI, n episodes) | vs leader, paired "
-                  "(p, n) | vs leader, Holm 95% | test batch norm | seed | status | config | run |",
-                  "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+                  "(p, n) | vs leader, Holm 95% | test batch norm | seed | status | config | tags | run |",
+                  "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
         for r in (r for r in rows if (r["dataset"], r["task"]) == key):
             n = f", n={r['episodes_n']}" if r["episodes_n"] != "" else ""
             lines.append(f"| {r['rank']} | {r['method']} | {_pct(r['accuracy'])} ± {_pct(r['ci95'])}%{n} | "
                          f"{r['vs_leader']} | {r['vs_leader_holm']} | {r['test_batch_norm'] or '—'} | {r['seed']} | "
-                         f"{r['status']} | `{r['config']}` | {Path(r['run']).name} |")
+                         f"{r['status']} | `{r['config']}` | {r['tags'] or '—'} | {Path(r['run']).name} |")
         lines.append("")
     multi = [s for s in seeds if s["seeds"] > 1]
     if multi:
@@ -276,7 +278,8 @@ def _accuracy_vs_shots(results: list[Result], path: Path, plt) -> Path:
     return path
 
 
-def report(paths: list[Path], out: Path) -> dict:
+def report(paths: list[Path], out: Path, tags: list[str] | None = None) -> dict:
+    """The leaderboard of the runs under `paths`; with `tags`, only the runs carrying at least one of them."""
     missing = [str(p) for p in paths if not p.exists()]
     if missing:
         raise MetalearnError(f"no such path: {', '.join(missing)}; give run folders, sweep folders or outputs/")
@@ -285,6 +288,12 @@ def report(paths: list[Path], out: Path) -> dict:
         raise MetalearnError(f"no run folders (with a summary.json) under {', '.join(map(str, paths))}; give folders "
                              f"that metalearn-train wrote (outputs/train, outputs/multirun/...)")
     results = [r for run in runs for r in load_results(run)]
+    if tags:
+        results = [r for r in results if set(tags) & set(r.extra.get("tags", []))]
+        runs = sorted({r.run for r in results})
+        if not results:
+            raise MetalearnError(f"no run under {', '.join(map(str, paths))} has the tags {', '.join(tags)}; "
+                                 f"runs get tags with metalearn-train tags=[{tags[0]}]")
     rows, seeds = leaderboard(results), across_seeds(results)
     out.mkdir(parents=True, exist_ok=True)
     (out / "leaderboard.md").write_text(markdown(rows, seeds))
@@ -300,9 +309,10 @@ def main(argv: list[str] | None = None) -> None:
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("paths", nargs="+", type=Path, help="run folders, sweep folders, or folders holding them")
     ap.add_argument("--out", type=Path, default=Path("outputs/report"))
+    ap.add_argument("--tags", default=None, help="only runs with any of these tags, comma-separated (tags=[...] at training)")
     args = ap.parse_args(argv)
     try:
-        result = report(args.paths, args.out)
+        result = report(args.paths, args.out, [t for t in (args.tags or "").split(",") if t])
     except MetalearnError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)

@@ -184,7 +184,7 @@ def run(cfg: DictConfig) -> dict | None:
             folder.write_config(cfg, list(hc.overrides.task), dict(hc.runtime.choices))
         run_cfg = saved if cfg.resume else cfg
         started.append((folder, run_cfg))
-        return train(run_cfg, folder)
+        return train(run_cfg, folder, group=str(hc.sweep.dir) if multirun else None)
 
     try:
         return report_errors(go, multirun=multirun,

@@ -19,7 +19,7 @@ OMNIGLOT = Path(os.environ.get("METALEARN_OMNIGLOT", REPO.parent / "shared" / "d
 # Files whose every test runs the console scripts as a user would; other files mark such tests one by one.
 # `pytest -m "not e2e"` is the quick loop of unit tests (one module at a time, in this process).
 E2E_FILES = {"test_cli.py", "test_train.py", "test_bad_input.py", "test_faults.py", "test_install.py",
-             "test_distributed.py", "test_report.py", "test_accuracy.py"}
+             "test_distributed.py", "test_report.py", "test_accuracy.py", "test_loggers.py", "test_cluster.py"}
 
 
 def pytest_collection_modifyitems(items) -> None:

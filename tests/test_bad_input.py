@@ -169,7 +169,9 @@ CASES: list[tuple[str, list[str], list[str]]] = [
     # unknown keys and groups
     (TRAIN, ["stepz=10"], ["stepz is not a key", "did you mean steps"]),
     (TRAIN, ["+stepz=10"], ["+stepz: no such key", "did you mean steps"]),
-    (TRAIN, ["+logger=tensorboard"], ["+logger: no such key or config group"]),
+    (TRAIN, ["+logger=tensorboard"], ["logger is already a config group", "without the plus: logger=tensorboard"]),
+    (TRAIN, ["+logger=neptune"], ["logger is already a config group"]),
+    (TRAIN, ["logger=neptune"], ["logger=neptune is not a logger; choose one of: csv, many, mlflow, tensorboard, wandb"]),
     (TRAIN, ["hardware=gpu9"], ["hardware=gpu9 is not a hardware", "cpu"]),
     (TRAIN, ["experiment=nope"], ["experiment=nope is not a experiment"]),
     # hardware

@@ -19,7 +19,7 @@ from conftest import cli
 
 RUN = ["debug=smoke", "steps=80", "log_every=1", "checkpoint_every=1", "val.every=15", "test.episodes=20",
        "method.backbone.width=64", "hardware.threads=1"]
-TIMING = ("episodes_per_s", "pairs_per_s", "images_per_s")
+TIMING = ("episodes_per_s", "pairs_per_s", "images_per_s", "time")
 
 
 def _command(*args: str) -> list[str]:

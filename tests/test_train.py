@@ -22,6 +22,7 @@ def load_metrics(run: Path) -> list[dict]:
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     for r in rows:
         r.pop("episodes_per_s", None)  # a timing, not a result
+        r.pop("time", None)  # the wall time of the record
     return rows
 
 

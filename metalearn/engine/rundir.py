@@ -146,7 +146,8 @@ class RunFolder:
                   "task": {"ways": cfg.ways, "shots": cfg.shots, "queries": cfg.queries,
                            "train_ways": cfg.sampler.train_ways, "train_shots": cfg.sampler.train_shots,
                            "train_queries": cfg.sampler.train_queries, "meta_batch": cfg.sampler.meta_batch},
-                  "seed": cfg.seed, "steps": cfg.steps, "choices": choices["choices"],
+                  "seed": cfg.seed, "steps": cfg.steps, "tags": list(cfg.get("tags") or []),
+                  "notes": cfg.get("notes") or "", "choices": choices["choices"],
                   "overrides": choices["overrides"], **git_commit(), "updated": now})
         s.setdefault("started", now)
         if device:

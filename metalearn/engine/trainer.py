@@ -36,6 +36,7 @@ from metalearn.engine.progress import Progress
 from metalearn.engine.rundir import RunFolder
 from metalearn.errors import TimeLimitReached, TrainingDiverged
 from metalearn.hardware import autocast, describe_device, setup_device
+from metalearn.loggers import Trackers, open_trackers
 from metalearn.methods import Method, build_method
 from metalearn.tasks.augment import random_affine
 from metalearn.tasks.episodes import EpisodeSampler, TaskSpec
@@ -100,6 +101,7 @@ class Trainer:
     def __init__(self, cfg: DictConfig, folder: RunFolder):
         check_values(cfg)
         self.cfg, self.folder = cfg, folder
+        self.trackers = Trackers({})  # train() opens the ones cfg.logger names
         self.device = local_device(setup_device(cfg.hardware))
         self.ranks = init_from_env(self.device)
         self.amp = cfg.hardware.amp
@@ -205,7 +207,7 @@ class Trainer:
                                      "accuracy": sum(s["accuracy"] for s in window) / len(window),
                                      "lr": self.optimizer.param_groups[0]["lr"],
                                      f"{unit}_per_s": len(window) * per_step / max(dt, 1e-9)}
-                    self.folder.append_metrics(st.last_train)
+                    self.record(st.last_train)
                     bar.update(st.step, st.last_train)
                     window.clear()
                     t_window = time.perf_counter()
@@ -213,7 +215,7 @@ class Trainer:
                     self._check_finite()
                     v = self.validate()
                     st.last_val = {"kind": "val", "step": st.step, **v}
-                    self.folder.append_metrics(st.last_val)
+                    self.record(st.last_val)
                     bar.note(f"step {st.step}: validation {100 * v['accuracy']:.2f} ± {100 * v['ci95']:.2f}%")
                     if v["accuracy"] > st.best_val:
                         st.best_val, st.best_step, st.best_ci95 = v["accuracy"], st.step, v["ci95"]
@@ -227,6 +229,12 @@ class Trainer:
                 if out_of_time and st.step < cfg.steps:
                     raise TimeLimitReached(st.step)
         st.elapsed = time.perf_counter() - t_start
+
+    def record(self, record: dict) -> None:
+        """A training or validation record: metrics.jsonl (with its wall time), then each tracker."""
+        stamped = {**record, "time": round(time.time(), 3)}
+        self.folder.append_metrics(stamped)
+        self.trackers.log_metrics(stamped)
 
     def _last_good(self) -> str:
         path = self.folder.checkpoint("last")
@@ -254,9 +262,25 @@ class Trainer:
         return results
 
 
-def train(cfg: DictConfig, folder: RunFolder) -> dict:
-    """Train (or resume), test, and write the run's summary; returns the summary."""
+def train(cfg: DictConfig, folder: RunFolder, group: str | None = None) -> dict:
+    """Train (or resume), test, and write the run's summary; returns the summary. `group`: the sweep a job
+    belongs to, for the trackers."""
     trainer = Trainer(cfg, folder)
+    if not folder.read_only:
+        trainer.trackers = open_trackers(cfg, folder.path, group)
+    status = "failed"
+    try:
+        summary = _train(trainer, cfg, folder)
+        status = "completed"
+        return summary
+    except (TrainingDiverged, KeyboardInterrupt, TimeLimitReached) as e:
+        status = "diverged" if isinstance(e, TrainingDiverged) else "interrupted"
+        raise
+    finally:
+        trainer.trackers.finish(status)
+
+
+def _train(trainer: Trainer, cfg: DictConfig, folder: RunFolder) -> dict:
     init = None
     if cfg.resume:  # the run's own checkpoint, which already holds any init.run weights
         trainer.restore()
@@ -283,6 +307,7 @@ def train(cfg: DictConfig, folder: RunFolder) -> dict:
                     folder.path)
         raise
     tests = trainer.test()
+    trainer.trackers.log_test(tests)
     summary = folder.write_summary(cfg, status="completed", state=trainer.state, test=tests,
                                    device=describe_device(trainer.device))
     folder.plot(cfg)
