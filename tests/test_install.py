@@ -26,8 +26,16 @@ def test_wheel_installs_and_runs_in_any_directory(tmp_path):
     assert build.returncode == 0, build.stderr
     wheel = next(dist.glob("metalearn-*.whl"))
     env_dir = tmp_path / "venv"
-    venv.create(env_dir, system_site_packages=True, with_pip=True)  # torch etc. come from the host
+    venv.create(env_dir, with_pip=True)
     py = env_dir / "bin" / "python"
+    # torch etc. come from the interpreter running this test, wherever it keeps them (a virtual environment's
+    # site-packages, the base interpreter's, or both): listed in a .pth of the new environment, after its own
+    # site-packages, so the wheel installed there is the metalearn found. (system_site_packages=True would
+    # give the base interpreter's packages, not those of a virtual environment running the tests.)
+    host = [p for p in sys.path if p.endswith(("site-packages", "dist-packages")) and Path(p).is_dir()]
+    purelib = subprocess.run([str(py), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                             capture_output=True, text=True, check=True).stdout.strip()
+    (Path(purelib) / "host_packages.pth").write_text("".join(p + "\n" for p in host))
     inst = subprocess.run([str(py), "-m", "pip", "install", "-q", "--no-deps", str(wheel)], capture_output=True, text=True,
                           timeout=600)
     assert inst.returncode == 0, inst.stderr
