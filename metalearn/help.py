@@ -38,9 +38,11 @@ def help_text(app: str, config_name: str, overrides: list[str], intro: str) -> s
     register()
     with initialize_config_dir(config_dir=config_dir(), version_base=None):
         cfg = compose(config_name=config_name, overrides=overrides)
-    groups = "\n".join(f"{g}: {', '.join(o)}" for g, o in config_groups(Path(config_dir())).items())
-    return (f"{intro.strip()}\n\n== Configuration groups ==\nCompose your configuration from these groups "
-            f"(group=option)\n\n{groups}\n\n== Config ==\nOverride anything in the config (foo.bar=value)\n\n"
+    text = f"{intro.strip()}\n\n"
+    if config_name == "train":  # metalearn-eval composes no group: its keys are all it takes
+        groups = "\n".join(f"{g}: {', '.join(o)}" for g, o in config_groups(Path(config_dir())).items())
+        text += f"== Configuration groups ==\nCompose your configuration from these groups (group=option)\n\n{groups}\n\n"
+    return (text + f"== Config ==\nOverride anything in the config (foo.bar=value)\n\n"
             f"{OmegaConf.to_yaml(cfg)}\nHydra's own flags (--multirun, --cfg job, ...): {app} --hydra-help\n")
 
 

@@ -82,7 +82,8 @@ def load_results(run: Path) -> list[Result]:
         out.append(Result(run, s.get("method", "?"), dataset, tag, t["ways"], t["shots"], t["accuracy"],
                           t["ci95"], t.get("episodes_digest"), per, " ".join(sorted(overrides)), s.get("seed", 0),
                           s.get("status", "?"), {"wall_time_s": s.get("wall_time_s"), "steps": s.get("steps_done"),
-                                                  "batch_norm": t.get("batch_norm"), "tags": tags}))
+                                                  "batch_norm": t.get("batch_norm"), "tags": tags,
+                                                  "ranks": (s.get("ranks") or {}).get("world_size", 1)}))
     if not out:  # failed or unfinished runs still appear, so nothing is silently dropped
         out.append(Result(run, s.get("method", "?"), dataset, "-", 0, 0, math.nan, math.nan, None, None,
                           " ".join(sorted(overrides)), s.get("seed", 0), s.get("status", "?"),
@@ -117,7 +118,8 @@ def leaderboard(results: list[Result]) -> list[dict]:
                          "vs_leader": diff, "p_value": "" if p is None else p.p_value, "vs_leader_holm": verdict,
                          "seed": r.seed, "status": r.status, "config": r.config, "run": str(r.run),
                          "wall_time_s": r.extra.get("wall_time_s"), "episodes": r.digest,
-                         "test_batch_norm": r.extra.get("batch_norm") or "", "tags": ",".join(r.extra.get("tags", []))})
+                         "test_batch_norm": r.extra.get("batch_norm") or "", "tags": ",".join(r.extra.get("tags", [])),
+                         "ranks": r.extra.get("ranks", 1)})
     return rows
 
 
@@ -172,9 +174,10 @@ def markdown(rows: list[dict], seeds: list[dict]) -> str:
                   "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
         for r in (r for r in rows if (r["dataset"], r["task"]) == key):
             n = f", n={r['episodes_n']}" if r["episodes_n"] != "" else ""
+            ranks = f" ({r['ranks']} ranks)" if r["ranks"] > 1 else ""  # a torchrun run
             lines.append(f"| {r['rank']} | {r['method']} | {_pct(r['accuracy'])} ± {_pct(r['ci95'])}%{n} | "
                          f"{r['vs_leader']} | {r['vs_leader_holm']} | {r['test_batch_norm'] or '—'} | {r['seed']} | "
-                         f"{r['status']} | `{r['config']}` | {r['tags'] or '—'} | {Path(r['run']).name} |")
+                         f"{r['status']}{ranks} | `{r['config']}` | {r['tags'] or '—'} | {Path(r['run']).name} |")
         lines.append("")
     multi = [s for s in seeds if s["seeds"] > 1]
     if multi:

@@ -137,7 +137,8 @@ class RunFolder:
         return removed
 
     def write_summary(self, cfg: DictConfig, status: str, state: Any = None, test: dict | None = None,
-                      device: str | None = None, init: dict | None = None, error: str | None = None) -> dict:
+                      device: str | None = None, init: dict | None = None, error: str | None = None,
+                      processes: dict | None = None) -> dict:
         s = self.summary()
         now = dt.datetime.now().isoformat(timespec="seconds")
         choices = self.recorded_overrides()
@@ -160,6 +161,8 @@ class RunFolder:
                                    if st["best_step"] >= 0 else None)})
         if test is not None:
             s["test"] = test
+        if processes is not None:  # under torchrun: world size, backend, each rank's device (kept by later writes)
+            s["ranks"] = processes
         if init is not None:  # which weights the run started from (kept by later writes)
             s["init"] = init
         if error is not None:

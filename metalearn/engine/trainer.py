@@ -26,6 +26,7 @@ from metalearn.engine.distributed import (
     all_finite,
     any_rank,
     check_divisible,
+    describe_ranks,
     init_from_env,
     local_device,
     shard,
@@ -104,6 +105,7 @@ class Trainer:
         self.trackers = Trackers({})  # train() opens the ones cfg.logger names
         self.device = local_device(setup_device(cfg.hardware))
         self.ranks = init_from_env(self.device)
+        self.processes = describe_ranks(self.ranks, self.device)  # world size, backend, each rank's device
         self.amp = cfg.hardware.amp
         self.cuda_graph = bool(cfg.hardware.get("cuda_graph", False))  # run folders from before the option lack it
         check_cuda_graph(self.cuda_graph, self.device)
@@ -288,7 +290,8 @@ def _train(trainer: Trainer, cfg: DictConfig, folder: RunFolder) -> dict:
         init = initialize_from(trainer.method, cfg.init.run, cfg.init.checkpoint, list(cfg.init.only),
                                parse_rename(list(cfg.init.rename)))
     log.info("device: %s", describe_device(trainer.device))
-    folder.write_summary(cfg, status="running", device=describe_device(trainer.device), init=init)
+    folder.write_summary(cfg, status="running", device=describe_device(trainer.device), init=init,
+                         processes=trainer.processes)
     try:
         trainer.fit()
     except TrainingDiverged:
