@@ -4,7 +4,9 @@ Holm's correction when one leader is compared with several runs.
 Why t and not 1.96: with k values the mean's error is estimated from those k values, so its interval uses
 Student's t with k - 1 degrees of freedom (12.71 for two seeds, 4.30 for three, 1.96 only as k grows). For
 600 episodes the two agree to three digits; for two or three seeds 1.96 is 2.2x to 6.5x too narrow.
-scipy.stats gives the t quantiles and tail probabilities (a well-kept library, already needed by optuna).
+scipy gives the t quantiles and tail probabilities (a well-kept library, already needed by optuna): its
+special functions (stdtrit, stdtr), imported when first needed, which are what scipy.stats.t calls, at half
+the import time (0.29 s against 0.60 s here, on every run's start).
 """
 
 from __future__ import annotations
@@ -14,7 +16,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
-from scipy import stats
 
 
 @dataclass(frozen=True)
@@ -33,7 +34,9 @@ def t_interval(values: Sequence[float] | np.ndarray, level: float = 0.95) -> Int
     n = len(x)
     if n < 2:
         return Interval(float(x.mean()) if n else math.nan, math.nan, n)
-    q = stats.t.ppf(0.5 + level / 2, n - 1)
+    from scipy.special import stdtrit  # the inverse of Student's t distribution function
+
+    q = stdtrit(n - 1, 0.5 + level / 2)
     return Interval(float(x.mean()), float(q * x.std(ddof=1) / math.sqrt(n)), n)
 
 
@@ -59,7 +62,9 @@ def paired_difference(a: np.ndarray, b: np.ndarray) -> Paired:
         p = 1.0 if d.mean() == 0 else 0.0
     else:
         t = d.mean() / (sd / math.sqrt(n))
-        p = float(2 * stats.t.sf(abs(t), n - 1))
+        from scipy.special import stdtr  # Student's t distribution function
+
+        p = float(2 * stdtr(n - 1, -abs(t)))
     return Paired(float(d.mean()), ci.half_width, p, n)
 
 

@@ -14,7 +14,8 @@ Figures (issue 7):
    the peer also once more with our allocator setting (hardware.keep_freed_memory), for fairness;
 3. ProtoNet training step vs the bare forward+backward of the same images through the backbone;
 4. evaluation of 600 5-way 1-shot ProtoNet episodes on Omniglot (seconds);
-5. start-up: `metalearn-train --help` (seconds);
+5. start-up: `metalearn-train --help` (seconds), and `metalearn-train debug=smoke` and `metalearn-eval` of
+   that run as multiples of `python -c "import torch"` (issue 36's goals: 2x and 1.5x);
 6. peak RSS of the MAML workload, ours vs learn2learn.
 Peer figures are skipped, with a note, when learn2learn is not installed. Timings are medians.
 """
@@ -226,7 +227,27 @@ def bench_startup() -> dict:
     def once() -> None:
         subprocess.run(cmd, capture_output=True, check=True)
 
-    return {"help_s": median_time(once, 5)}
+    out = {"help_s": median_time(once, 5)}
+    out.update(bench_smoke())
+    return out
+
+
+def bench_smoke(repeats: int = 3) -> dict:
+    """Issue 36's start-up goals: `metalearn-train debug=smoke` and `metalearn-eval` of that run, each as a
+    multiple of the wall time of `python -c "import torch"` (median of `repeats`, alternating)."""
+    tools = {t: shutil.which(t) for t in ("metalearn-train", "metalearn-eval")}
+    walls: dict[str, list[float]] = {"torch": [], "smoke": [], "eval": []}
+    with tempfile.TemporaryDirectory() as tmp:
+        for i in range(repeats):
+            for key, cmd in (("torch", [sys.executable, "-c", "import torch"]),
+                             ("smoke", [tools["metalearn-train"], "debug=smoke", f"run_dir=run{i}"]),
+                             ("eval", [tools["metalearn-eval"], f"run=run{i}", "episodes=20"])):
+                start = time.perf_counter()
+                subprocess.run(cmd, capture_output=True, check=True, cwd=tmp)
+                walls[key].append(time.perf_counter() - start)
+    med = {k: statistics.median(v) for k, v in walls.items()}
+    return {"import_torch_s": med["torch"], "smoke_s": med["smoke"], "eval_s": med["eval"],
+            "smoke_ratio": med["smoke"] / med["torch"], "eval_ratio": med["eval"] / med["torch"]}
 
 
 def report(results: dict) -> str:
@@ -261,7 +282,12 @@ def report(results: dict) -> str:
                 f"{p['bare_forward_backward_s'] * 1000:.0f} ms | {p['ratio']:.2f} | <= 1.10 |")
     rows.append(f"| evaluation, 600 ProtoNet 5-way 1-shot Omniglot episodes | {results['eval']['eval_600_episodes_s']:.2f} s | "
                 f"| | <= 5 s |")
-    rows.append(f"| start-up, metalearn-train --help | {results['startup']['help_s']:.2f} s | | | <= 1.5 s |")
+    st = results["startup"]
+    rows.append(f"| start-up, metalearn-train --help | {st['help_s']:.2f} s | | | <= 1.5 s |")
+    rows.append(f"| metalearn-train debug=smoke, wall / python -c 'import torch' | {st['smoke_s']:.2f} s | "
+                f"{st['import_torch_s']:.2f} s | {st['smoke_ratio']:.2f}x | <= 2x |")
+    rows.append(f"| metalearn-eval of the smoke run (20 episodes), wall / import torch | {st['eval_s']:.2f} s | "
+                f"{st['import_torch_s']:.2f} s | {st['eval_ratio']:.2f}x | <= 1.5x |")
     head = "| figure | ours | reference | ratio | goal |\n| --- | --- | --- | --- | --- |"
     return head + "\n" + "\n".join(rows)
 

@@ -52,3 +52,22 @@ def test_the_test_set_is_the_same_for_every_method(store):
     a = evaluate(PixelNN(), store, "test", TaskSpec(5, 1, 3), 20, 2, torch.device("cpu"))
     b = evaluate(ProtoNet(Conv4(1, 8)), store, "test", TaskSpec(5, 1, 3), 20, 2, torch.device("cpu"))
     assert a.plans.digest() == b.plans.digest()
+
+
+def test_t_quantiles_and_p_values_equal_scipy_stats():
+    """metalearn.stats uses scipy.special (lighter to import); the figures are scipy.stats.t's."""
+    import math
+
+    import numpy as np
+    from scipy import stats
+
+    from metalearn.stats import paired_difference, t_interval
+
+    rng = np.random.default_rng(0)
+    for n in (2, 3, 6, 600):
+        x = rng.normal(size=n)
+        expected = stats.t.ppf(0.975, n - 1) * x.std(ddof=1) / math.sqrt(n)
+        assert t_interval(x).half_width == pytest.approx(expected, rel=1e-12)
+        d = paired_difference(x + 0.3, np.zeros(n))
+        t = (x + 0.3).mean() / ((x + 0.3).std(ddof=1) / math.sqrt(n))
+        assert d.p_value == pytest.approx(2 * stats.t.sf(abs(t), n - 1), rel=1e-10)
