@@ -92,6 +92,73 @@ class Learner:
             return self.method.predict(support.to(self.device), labels, query.to(self.device), ways)
 
 
-def load_run(run: str | Path, checkpoint: str = "best", device: str = "cpu") -> Learner:
+class NamedLearner(Learner):
+    """A Learner that knows its task's class names: fit a support set once, then classify any number of images.
+
+        learner = load_run(run)
+        learner.fit(support_images, ["cat", "cat", "dog", "dog"])   # one name per image
+        names, probs = learner.classify(query_images)               # each query's class and its probability
+        codes = learner.embed(images)                               # an embedding method's codes
+    """
+
+    support: torch.Tensor | None = None
+
+    def fit(self, images: Sequence[Any] | torch.Tensor, class_names: Sequence[str]) -> NamedLearner:
+        """Take a support set: images (PIL or a tensor, as preprocess takes) and one class name per image."""
+        if len(images) != len(class_names):
+            raise MetalearnError(f"fit got {len(images)} images and {len(class_names)} class names; give one name per image")
+        self.classes = sorted(set(class_names))
+        if len(self.classes) < 2:
+            raise MetalearnError(f"the support set has {len(self.classes)} class ({', '.join(self.classes)}); "
+                                 f"few-shot classification needs at least 2")
+        index = {c: i for i, c in enumerate(self.classes)}
+        self.support = self.preprocess(images)
+        self.labels = torch.tensor([index[c] for c in class_names], device=self.device)
+        self.method.check_task(TaskSpec(len(self.classes), 1, 1))
+        self._encoded = None
+        if self._fixed_encoder():  # encode the support set once
+            with torch.no_grad():
+                self._encoded = self.method.encode(self.support)
+        return self
+
+    def _fixed_encoder(self) -> bool:
+        """An embedding method whose code of an image does not depend on the other images of the task
+        (batch-norm on running statistics, or none): its support codes can be computed once."""
+        from metalearn.methods.base import EmbeddingMethod
+
+        return isinstance(self.method, EmbeddingMethod) and self.method.encodes_each_image_alone()
+
+    def probabilities(self, images: Sequence[Any] | torch.Tensor) -> torch.Tensor:
+        """[N, classes] probabilities (softmax of the method's logits), classes in `self.classes` order."""
+        if self.support is None:
+            raise MetalearnError("call fit(support_images, class_names) before classify or probabilities")
+        query = self.preprocess(images)
+        ways = len(self.classes)
+        with torch.no_grad():
+            if self._encoded is not None:
+                logits = self.method.head(self._encoded[None], self.labels[None], self.method.encode(query)[None],
+                                          ways)[0]
+            else:
+                logits = self.predict(self.support, self.labels, query)
+        return torch.softmax(logits.float(), dim=-1).cpu()
+
+    def classify(self, images: Sequence[Any] | torch.Tensor) -> tuple[list[str], torch.Tensor]:
+        """Each image's most probable class name and that probability."""
+        probs = self.probabilities(images)
+        best = probs.argmax(1)
+        return [self.classes[i] for i in best.tolist()], probs.gather(1, best[:, None])[:, 0]
+
+    def embed(self, images: Sequence[Any] | torch.Tensor) -> torch.Tensor:
+        """The codes an embedding method compares ([N, D]); methods that adapt at test time have none."""
+        from metalearn.methods.base import EmbeddingMethod
+
+        if not isinstance(self.method, EmbeddingMethod):
+            raise MetalearnError(f"{self.method.name} has no fixed embedding (it adapts at test time); embed is for "
+                                 f"embedding methods (protonet, matching, relation, siamese, baseline, baselinepp, ...)")
+        with torch.no_grad():
+            return self.method.encode(self.preprocess(images)).cpu()
+
+
+def load_run(run: str | Path, checkpoint: str = "best", device: str = "cpu") -> NamedLearner:
     method, ckpt = restore_method(run, checkpoint, device)
-    return Learner(method, ckpt["preprocess"], device)
+    return NamedLearner(method, ckpt["preprocess"], device)

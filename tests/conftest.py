@@ -19,7 +19,8 @@ OMNIGLOT = Path(os.environ.get("METALEARN_OMNIGLOT", REPO.parent / "shared" / "d
 # Files whose every test runs the console scripts as a user would; other files mark such tests one by one.
 # `pytest -m "not e2e"` is the quick loop of unit tests (one module at a time, in this process).
 E2E_FILES = {"test_cli.py", "test_train.py", "test_bad_input.py", "test_faults.py", "test_install.py",
-             "test_distributed.py", "test_report.py", "test_accuracy.py", "test_loggers.py", "test_cluster.py"}
+             "test_distributed.py", "test_report.py", "test_accuracy.py", "test_loggers.py", "test_cluster.py", "test_predict.py",
+             "test_export.py"}
 
 
 def pytest_collection_modifyitems(items) -> None:
@@ -88,9 +89,10 @@ def predictions_with_support_shuffled(method, batch):
 def run_main(tool: str, *args: str, cwd: Path) -> tuple[int, str]:
     """Call a console script's main() as the shell would; returns (exit status, stdout + stderr)."""
     from metalearn import eval as eval_cli
-    from metalearn import report, train
+    from metalearn import export, predict, report, train
 
-    main = {"metalearn-train": train.main, "metalearn-eval": eval_cli.main, "metalearn-report": report.main}[tool]
+    main = {"metalearn-train": train.main, "metalearn-eval": eval_cli.main, "metalearn-report": report.main,
+            "metalearn-predict": predict.main, "metalearn-export": export.main}[tool]
     import logging
 
     log = logging.getLogger("metalearn")
@@ -102,7 +104,7 @@ def run_main(tool: str, *args: str, cwd: Path) -> tuple[int, str]:
     sys.argv = [tool, *args]
     try:
         with contextlib.redirect_stderr(out), contextlib.redirect_stdout(out):
-            if tool == "metalearn-report":
+            if tool in ("metalearn-report", "metalearn-predict", "metalearn-export"):
                 main(list(args))
             else:
                 main()

@@ -49,6 +49,11 @@ class Progress:
         else:
             log.info("%s", line)
 
+    def tick(self, done: int, info: str = "") -> None:
+        """Move the bar to `done` (a terminal only: a log gets no line per batch)."""
+        if self.bar is not None:
+            self.bar.update(self.task, completed=done, info=info)
+
     def note(self, text: str) -> None:
         if self.bar is not None:
             self.bar.console.print(text)

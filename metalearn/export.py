@@ -1,0 +1,108 @@
+"""`metalearn-export`: an embedding method's encoder as a file a deployment loads without metalearn.
+
+    metalearn-export run=outputs/train/<date>/<run> format=onnx            # -> <run>/export/encoder.onnx
+    metalearn-export run=... format=pt2 out=encoder.pt2                     # a torch.export program
+
+The file maps preprocessed images [N, C, H, W] (any N) to the codes the method compares; the
+preprocessing (size, channels, mean, std, inversion) goes beside it as `<file>.json`. With the codes,
+classification is the method's head: ProtoNet's nearest class mean in squared Euclidean distance, the
+baselines' cosine or linear classifier fitted on the support codes. Only embedding methods have such
+an encoder; methods that adapt their weights at test time (MAML family, Meta-Learner LSTM) have none.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+from metalearn.errors import MetalearnError
+
+KEYS = {"run": None, "format": "onnx", "out": None, "checkpoint": "best"}
+FORMATS = ("onnx", "pt2")
+
+
+def parse_args(argv: list[str]) -> dict[str, str | None]:
+    args: dict[str, str | None] = dict(KEYS)
+    for a in argv:
+        key, eq, value = a.partition("=")
+        if not eq or key not in KEYS:
+            raise MetalearnError(f"{a!r} is not a key=value argument of metalearn-export; its keys are: {', '.join(KEYS)}")
+        args[key] = value
+    if not args["run"]:
+        raise MetalearnError("give run=<run folder> (metalearn-export run=outputs/train/<date>/<run> format=onnx)")
+    if args["format"] not in FORMATS:
+        raise MetalearnError(f"format={args['format']} is not one of: {', '.join(FORMATS)}")
+    return args
+
+
+class Encoder:
+    """The method's encode() as a module of its own (what is exported), in eval mode."""
+
+    def __new__(cls, method):
+        import torch
+
+        class _Encoder(torch.nn.Module):
+            def __init__(self, m):
+                super().__init__()
+                self.m = m
+
+            def forward(self, x: torch.Tensor) -> torch.Tensor:
+                return self.m.encode(x).flatten(1)
+
+        return _Encoder(method).eval()
+
+
+def export(run: str, fmt: str, out: str | None = None, checkpoint: str = "best") -> Path:
+    """Write the encoder of `run` as `fmt` (onnx | pt2); returns the file."""
+    import torch
+
+    from metalearn.api import restore_method
+    from metalearn.methods.base import EmbeddingMethod
+
+    method, ckpt = restore_method(run, checkpoint)
+    if not isinstance(method, EmbeddingMethod) or not method.encodes_each_image_alone():
+        raise MetalearnError(f"{method.name} has no fixed encoder to export: it adapts at test time or normalises each "
+                             f"image by its task's batch statistics (method.test_batch_norm); export works for embedding "
+                             f"methods on running statistics (protonet, matching without fce, relation, siamese, baselines)")
+    pre = ckpt["preprocess"]
+    path = Path(out) if out else Path(run) / "export" / f"encoder.{fmt}"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    encoder = Encoder(method)
+    x = torch.zeros(2, pre["channels"], pre["image_size"], pre["image_size"])
+    batch = torch.export.Dim("batch", min=1)
+    with torch.no_grad():
+        if fmt == "pt2":
+            program = torch.export.export(encoder, (x,), dynamic_shapes={"x": {0: batch}})
+            torch.export.save(program, str(path))
+        else:
+            try:
+                import onnxscript  # noqa: F401 - torch's ONNX exporter needs it
+            except ImportError:
+                raise MetalearnError('format=onnx needs the onnx and onnxscript packages; install them with '
+                                     'pip install -e ".[export]"') from None
+            torch.onnx.export(encoder, (x,), str(path), input_names=["images"], output_names=["codes"],
+                              dynamic_shapes={"x": {0: batch}}, dynamo=True, external_data=False)
+    sidecar = {"method": method.name, "input": "images [N, C, H, W], float32, preprocessed as below",
+               "output": "codes [N, D]", "preprocess": {k: (v.tolist() if hasattr(v, "tolist") else v)
+                                                        for k, v in pre.items()}}
+    path.with_name(path.name + ".json").write_text(json.dumps(sidecar, indent=2))
+    return path
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    if any(a in ("--help", "-h") for a in argv):
+        print(__doc__)
+        return
+    try:
+        args = parse_args(argv)
+        path = export(args["run"], args["format"], args["out"], args["checkpoint"])
+    except MetalearnError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    print(f"{path} (preprocessing: {path.name}.json)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,168 @@
+"""`metalearn-predict`: classify your own images with a trained run, from a support folder of class folders.
+
+    metalearn-predict run=outputs/train/<date>/<run> support=my_support query=my_queries
+    metalearn-predict run=... support=my_support query='shots/*.png' out=predictions.json top_k=3
+
+support: a folder with one sub-folder per class (its name is the class name) holding that class's images;
+query: a folder of images, one image file, or a glob. Any image size and mode: each is read and
+preprocessed as the run's own training images were. The support set is encoded once (methods that adapt
+at test time adapt once); the queries go through in batches. Writes a CSV (or JSON, by out='s suffix) with
+each query's file, its top_k class names and their probabilities, and prints a table.
+"""
+
+from __future__ import annotations
+
+import glob
+import sys
+from pathlib import Path
+
+from metalearn.errors import MetalearnError
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
+KEYS = {"run": None, "support": None, "query": None, "out": "predictions.csv", "top_k": "3", "checkpoint": "best",
+        "batch": "256", "device": "cpu"}
+
+
+def parse_args(argv: list[str]) -> dict[str, str]:
+    """key=value arguments, each a known key, run/support/query required."""
+    args = {k: v for k, v in KEYS.items() if v is not None}
+    for a in argv:
+        key, eq, value = a.partition("=")
+        if not eq or key not in KEYS:
+            raise MetalearnError(f"{a!r} is not a key=value argument of metalearn-predict; its keys are: {', '.join(KEYS)}")
+        args[key] = value
+    missing = [k for k in ("run", "support", "query") if not args.get(k)]
+    if missing:
+        raise MetalearnError(f"give {', '.join(f'{k}=' for k in missing)} (metalearn-predict run=<run folder> "
+                             f"support=<folder of class folders> query=<folder, image or glob>)")
+    for key in ("top_k", "batch"):
+        if not args[key].isdigit() or int(args[key]) < 1:
+            raise MetalearnError(f"{key}={args[key]} must be a whole number >= 1")
+    return args
+
+
+def _images_in(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+
+
+def read_image(path: Path):
+    """The image at `path`, decoded; an unreadable file is one error naming it."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as img:
+            img.load()
+            return img.copy()
+    except (UnidentifiedImageError, OSError, ValueError) as e:
+        raise MetalearnError(f"cannot read the image {path}: {type(e).__name__}: {e}; remove it or replace it") from None
+
+
+def support_set(folder: Path) -> tuple[list, list[int], list[str]]:
+    """Images, labels and class names (the sub-folder names, sorted) of a support folder."""
+    if not folder.is_dir():
+        raise MetalearnError(f"support={folder} is not a folder; give a folder with one sub-folder of images per class")
+    classes = sorted(p for p in folder.iterdir() if p.is_dir())
+    if len(classes) < 2:
+        raise MetalearnError(f"support={folder} has {len(classes)} class folder(s); few-shot classification needs at "
+                             f"least 2 (one sub-folder of images per class)")
+    images, labels = [], []
+    for i, c in enumerate(classes):
+        files = _images_in(c)
+        if not files:
+            raise MetalearnError(f"support class {c.name!r} ({c}) has no image file ({', '.join(IMAGE_SUFFIXES)}); "
+                                 f"add its examples or remove the folder")
+        for f in files:
+            images.append(read_image(f))
+            labels.append(i)
+    return images, labels, [c.name for c in classes]
+
+
+def query_files(query: str) -> list[Path]:
+    """The query images: a folder's image files, one file, or a glob's matches."""
+    p = Path(query)
+    if p.is_dir():
+        files = _images_in(p)
+    elif p.is_file():
+        files = [p]
+    else:
+        files = sorted(Path(m) for m in glob.glob(query) if Path(m).is_file())
+    if not files:
+        raise MetalearnError(f"query={query} holds no image file ({', '.join(IMAGE_SUFFIXES)}); give a folder of "
+                             f"images, an image file or a glob such as 'photos/*.png'")
+    return files
+
+
+def predict(args: dict[str, str]) -> list[dict]:
+    import torch
+
+    from metalearn.api import load_run
+    from metalearn.engine.progress import Progress
+
+    learner = load_run(args["run"], args["checkpoint"], args["device"])
+    images, labels, names = support_set(Path(args["support"]))
+    files = query_files(args["query"])
+    learner.fit(images, [names[i] for i in labels])
+    k = min(int(args["top_k"]), len(names))
+    rows: list[dict] = []
+    batch = int(args["batch"])
+    with Progress(len(files), 0, "queries") as bar:
+        for start in range(0, len(files), batch):
+            chunk = files[start:start + batch]
+            probs = learner.probabilities([read_image(f) for f in chunk])
+            top = torch.topk(probs, k, dim=1)
+            for f, p, i in zip(chunk, top.values.tolist(), top.indices.tolist(), strict=True):
+                row = {"file": str(f)}
+                for r in range(k):
+                    row[f"class_{r + 1}"] = names[i[r]]
+                    row[f"probability_{r + 1}"] = round(p[r], 6)
+                rows.append(row)
+            bar.tick(start + len(chunk))
+    return rows
+
+
+def write(rows: list[dict], out: Path) -> None:
+    import json
+
+    from metalearn.files import write_csv, write_text
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if out.suffix.lower() == ".json":
+        write_text(out, json.dumps(rows, indent=2))
+    else:
+        write_csv(rows, out)
+
+
+def show(rows: list[dict], limit: int = 20) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table("file", "top class", "probability", *(["next"] if "class_2" in rows[0] else []))
+    for r in rows[:limit]:
+        nxt = [f"{r['class_2']} ({r['probability_2']:.2f})"] if "class_2" in r else []
+        table.add_row(Path(r["file"]).name, r["class_1"], f"{r['probability_1']:.3f}", *nxt)
+    Console().print(table)
+    if len(rows) > limit:
+        print(f"... and {len(rows) - limit} more")
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    if any(a in ("--help", "-h") for a in argv):
+        print(__doc__)
+        return
+    from metalearn.cli import setup_logging
+
+    setup_logging(None)
+    try:
+        args = parse_args(argv)
+        rows = predict(args)
+        write(rows, Path(args["out"]))
+    except MetalearnError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    show(rows)
+    print(f"{len(rows)} predictions -> {args['out']}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()
