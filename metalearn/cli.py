@@ -114,3 +114,19 @@ def record_failure(folder, cfg, e: BaseException) -> None:
             log.error("unexpected failure, recorded in %s:", folder.path / "summary.json", exc_info=e)
     except Exception as inner:  # noqa: BLE001 - the original error matters more
         log.warning("could not record the failure in %s: %s", folder.path, _one_line(inner))
+
+
+def parse_key_values(argv: list[str], tool: str, defaults: dict[str, str | None],
+                     required: tuple[str, ...], usage: str) -> dict[str, str | None]:
+    """key=value arguments of a tool that needs no config composition (metalearn-predict, metalearn-export):
+    each a known key (`defaults`), the `required` ones given; anything else is one MetalearnError."""
+    args = dict(defaults)
+    for a in argv:
+        key, eq, value = a.partition("=")
+        if not eq or key not in defaults:
+            raise MetalearnError(f"{a!r} is not a key=value argument of {tool}; its keys are: {', '.join(defaults)}")
+        args[key] = value
+    missing = [k for k in required if not args.get(k)]
+    if missing:
+        raise MetalearnError(f"give {', '.join(f'{k}=' for k in missing)} ({usage})")
+    return args

@@ -23,34 +23,28 @@ FORMATS = ("onnx", "pt2")
 
 
 def parse_args(argv: list[str]) -> dict[str, str | None]:
-    args: dict[str, str | None] = dict(KEYS)
-    for a in argv:
-        key, eq, value = a.partition("=")
-        if not eq or key not in KEYS:
-            raise MetalearnError(f"{a!r} is not a key=value argument of metalearn-export; its keys are: {', '.join(KEYS)}")
-        args[key] = value
-    if not args["run"]:
-        raise MetalearnError("give run=<run folder> (metalearn-export run=outputs/train/<date>/<run> format=onnx)")
+    from metalearn.cli import parse_key_values
+
+    args = parse_key_values(argv, "metalearn-export", KEYS, ("run",),
+                            "metalearn-export run=outputs/train/<date>/<run> format=onnx")
     if args["format"] not in FORMATS:
         raise MetalearnError(f"format={args['format']} is not one of: {', '.join(FORMATS)}")
     return args
 
 
-class Encoder:
-    """The method's encode() as a module of its own (what is exported), in eval mode."""
+def encoder_module(method):
+    """The method's encode() as a module of its own (what is exported), in eval mode: images -> flat codes."""
+    import torch
 
-    def __new__(cls, method):
-        import torch
+    class Encoder(torch.nn.Module):
+        def __init__(self, m):
+            super().__init__()
+            self.m = m
 
-        class _Encoder(torch.nn.Module):
-            def __init__(self, m):
-                super().__init__()
-                self.m = m
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.m.encode(x).flatten(1)
 
-            def forward(self, x: torch.Tensor) -> torch.Tensor:
-                return self.m.encode(x).flatten(1)
-
-        return _Encoder(method).eval()
+    return Encoder(method).eval()
 
 
 def export(run: str, fmt: str, out: str | None = None, checkpoint: str = "best") -> Path:
@@ -68,7 +62,7 @@ def export(run: str, fmt: str, out: str | None = None, checkpoint: str = "best")
     pre = ckpt["preprocess"]
     path = Path(out) if out else Path(run) / "export" / f"encoder.{fmt}"
     path.parent.mkdir(parents=True, exist_ok=True)
-    encoder = Encoder(method)
+    encoder = encoder_module(method)
     x = torch.zeros(2, pre["channels"], pre["image_size"], pre["image_size"])
     batch = torch.export.Dim("batch", min=1)
     with torch.no_grad():

@@ -25,16 +25,11 @@ KEYS = {"run": None, "support": None, "query": None, "out": "predictions.csv", "
 
 def parse_args(argv: list[str]) -> dict[str, str]:
     """key=value arguments, each a known key, run/support/query required."""
-    args = {k: v for k, v in KEYS.items() if v is not None}
-    for a in argv:
-        key, eq, value = a.partition("=")
-        if not eq or key not in KEYS:
-            raise MetalearnError(f"{a!r} is not a key=value argument of metalearn-predict; its keys are: {', '.join(KEYS)}")
-        args[key] = value
-    missing = [k for k in ("run", "support", "query") if not args.get(k)]
-    if missing:
-        raise MetalearnError(f"give {', '.join(f'{k}=' for k in missing)} (metalearn-predict run=<run folder> "
-                             f"support=<folder of class folders> query=<folder, image or glob>)")
+    from metalearn.cli import parse_key_values
+
+    args = parse_key_values(argv, "metalearn-predict", KEYS, ("run", "support", "query"),
+                            "metalearn-predict run=<run folder> support=<folder of class folders> "
+                            "query=<folder, image or glob>")
     for key in ("top_k", "batch"):
         if not args[key].isdigit() or int(args[key]) < 1:
             raise MetalearnError(f"{key}={args[key]} must be a whole number >= 1")

@@ -50,6 +50,15 @@ class Tracker:
         """The run ended with `status` (completed, failed, diverged, interrupted); upload and close."""
 
 
+RECORDS = ("config.yaml", "overrides.json", "summary.json", "metrics.jsonl", "train.log", "learning_curve.png")
+
+
+def artifacts(folder: Path, checkpoints: bool) -> list[Path]:
+    """What a tracker with artifacts stores of a run folder: its record files, eval/, and checkpoints/ on request."""
+    subs = ("eval", "checkpoints") if checkpoints else ("eval",)
+    return [folder / n for n in RECORDS if (folder / n).is_file()] + [folder / d for d in subs if (folder / d).is_dir()]
+
+
 def require(package: str, logger: str, extra: str | None = None) -> None:
     """A clear error when a tracker's library is missing, naming the extra that installs it."""
     if importlib.util.find_spec(package) is None:

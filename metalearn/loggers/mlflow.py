@@ -11,11 +11,10 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from metalearn.loggers import RunInfo, Tracker, check_schema, flat, numbers, require
+from metalearn.loggers import RunInfo, Tracker, artifacts, check_schema, flat, numbers, require
 from metalearn.registry import LOGGERS
 
 STATUS = {"completed": "FINISHED", "interrupted": "KILLED"}  # anything else: FAILED
-RECORDS = ("config.yaml", "overrides.json", "summary.json", "metrics.jsonl", "train.log", "learning_curve.png")
 
 
 @dataclass
@@ -73,13 +72,11 @@ class MLflow(Tracker):
         self._log({f"test/{tag}/{k}": float(r[k]) for tag, r in results.items() for k in ("accuracy", "ci95")}, 0)
 
     def finish(self, status: str) -> None:
-        folder = self.info.folder
-        for name in RECORDS:
-            if (folder / name).is_file():
-                self.client.log_artifact(self.run_id, str(folder / name))
-        for sub in ("eval", *(("checkpoints",) if self.settings.checkpoints else ())):
-            if (folder / sub).is_dir():
-                self.client.log_artifacts(self.run_id, str(folder / sub), artifact_path=sub)
+        for path in artifacts(self.info.folder, self.settings.checkpoints):
+            if path.is_dir():
+                self.client.log_artifacts(self.run_id, str(path), artifact_path=path.name)
+            else:
+                self.client.log_artifact(self.run_id, str(path))
         self.client.set_terminated(self.run_id, status=STATUS.get(status, "FAILED"))
 
 

@@ -7,11 +7,10 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
-from metalearn.loggers import RunInfo, Tracker, check_schema, numbers, require
+from metalearn.loggers import RunInfo, Tracker, artifacts, check_schema, numbers, require
 from metalearn.registry import LOGGERS
 
 log = logging.getLogger("metalearn")
-RECORDS = ("config.yaml", "overrides.json", "summary.json", "metrics.jsonl", "train.log", "learning_curve.png")
 
 
 @dataclass
@@ -44,14 +43,12 @@ class Wandb(Tracker):
     def finish(self, status: str) -> None:
         import wandb
 
-        folder = self.info.folder
         artifact = wandb.Artifact(f"run-{self.run.id}", type="run-folder")
-        for name in RECORDS:
-            if (folder / name).is_file():
-                artifact.add_file(str(folder / name))
-        for sub in ("eval", *(("checkpoints",) if self.settings.checkpoints else ())):
-            if (folder / sub).is_dir():
-                artifact.add_dir(str(folder / sub), name=sub)
+        for path in artifacts(self.info.folder, self.settings.checkpoints):
+            if path.is_dir():
+                artifact.add_dir(str(path), name=path.name)
+            else:
+                artifact.add_file(str(path))
         self.run.log_artifact(artifact)
         self.run.summary["status"] = status
         where = self.run.settings.sync_dir
