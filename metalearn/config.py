@@ -133,6 +133,10 @@ class SamplerConfig:
     train_shots: int = MISSING
     train_queries: int = MISSING
     meta_batch: int = 1
+    # each training episode's classes from one group (alphabet | superclass | folder: what the dataset groups by;
+    # hard negatives: similar classes in one episode); null: from all training classes
+    within: str | None = None
+    disjoint_drawers: bool = False  # support and query images by different drawers (Omniglot)
 
 
 @dataclass
@@ -343,12 +347,24 @@ class InitConfig:
 
 
 @dataclass
+class TestSetting:
+    """A further test setting beside test.ways x test.shots, e.g. Lake et al.'s one-shot protocol:
+    {ways: 20, within: alphabet, disjoint_drawers: true}."""
+
+    ways: int = MISSING
+    shots: int | None = None  # null: each of test.shots (or shots)
+    within: str | None = None  # alphabet | superclass | folder: each episode's classes from one such group
+    disjoint_drawers: bool = False  # support and query images by different drawers (Omniglot)
+
+
+@dataclass
 class TestConfig:
     episodes: int = 600
     seed: int = 2
     ways: list[int] = field(default_factory=list)  # empty = [ways]
     shots: list[int] = field(default_factory=list)  # empty = [shots]
     batch: int = 50  # episodes per forward pass
+    extra: list[TestSetting] = field(default_factory=list)  # further settings, scored on the same test split
 
 
 @schema(None, "train_schema")
@@ -391,6 +407,8 @@ class EvalConfig:
     ways: int | None = None  # null = the run's own
     shots: int | None = None
     queries: int | None = None
+    within: str | None = None  # alphabet | superclass | folder: each episode's classes from one group
+    disjoint_drawers: bool = False  # support and query images by different drawers (Omniglot)
     batch: int = 50
     dataset_root: str | None = None  # when the data moved since training
     test_batch_norm: str | None = None  # an embedding method's test-time batch-norm statistics; null = the run's own
@@ -475,6 +493,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "method.task_batching": ("auto", "loop", "vmap", "split"),
     "method.inner_optimizer": ("adam", "sgd"),
     "method.inner_state": ("persistent", "fresh"),
+    "sampler.within": ("alphabet", "superclass", "folder"),
 }
 
 

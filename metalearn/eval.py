@@ -4,6 +4,7 @@
     metalearn-eval run=... ways=20 shots=1 episodes=1000 checkpoint=last
     metalearn-eval run=... test_batch_norm=support  # other test-time batch-norm statistics (embedding methods)
     metalearn-eval run=... inner_steps=10          # other test-time adaptation steps (MAML family, meta_lstm)
+    metalearn-eval run=... ways=20 within=alphabet disjoint_drawers=true   # Lake et al.'s one-shot protocol
 
 The episodes are drawn from `seed` on the run's test split, so every method
 trained on the same dataset config is scored on identical episodes; the
@@ -56,12 +57,14 @@ def run(cfg: DictConfig) -> dict:
             raise MetalearnError(f"{key}={value}: it must be a whole number >= 1{own}")
     if cfg.seed < 0:
         raise MetalearnError(f"seed={cfg.seed}: episode seeds are whole numbers >= 0")
-    spec = TaskSpec(*(saved[k] if cfg[k] is None else cfg[k] for k in ("ways", "shots", "queries")))
+    spec = TaskSpec(*(saved[k] if cfg[k] is None else cfg[k] for k in ("ways", "shots", "queries")),
+                    cfg.within, bool(cfg.disjoint_drawers))
     method.check_task(spec)
     r = evaluate(method, store, cfg.split, spec, cfg.episodes, cfg.seed, device, cfg.batch,
                  autocast(device, cfg.hardware.amp))
     path = r.save(folder / "eval", result_name(cfg, spec, ckpt["checkpoint_name"]))
-    print(f"{saved['method']['name']} on {saved['dataset']['name']} {cfg.split} {spec.ways}-way {spec.shots}-shot: "
+    print(f"{saved['method']['name']} on {saved['dataset']['name']} {cfg.split} {spec.ways}-way {spec.shots}-shot"
+          f"{f' within one {spec.within}' if spec.within else ''}{', drawer-disjoint' if spec.disjoint_drawers else ''}: "
           f"{100 * r.accuracy:.2f} ± {100 * r.ci95:.2f}% (95% CI, {len(r.per_episode)} episodes, "
           f"episodes {r.plans.digest()}{'' if r.batch_norm is None else ', batch norm: ' + r.batch_norm}"
           f"{'' if cfg.inner_steps is None else f', {cfg.inner_steps} inner steps'}) -> {path}")

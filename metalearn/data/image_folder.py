@@ -1,5 +1,9 @@
 """A user's own images: root/<class name>/*.{png,jpg,jpeg,...}, one folder per class.
 
+Or two levels, root/<group>/<class name>/*.jpg (a superclass, an alphabet, a site): the classes are
+then named <group>/<class> and grouped by folder, for episodes drawn within one group
+(sampler.within=folder).
+
 Classes are split into train/val/test by `split_fractions` and `split_seed`, or by a split file
 (JSON: {"train": [class names], "val": [...], "test": [...]}). Images are resized to
 image_size x image_size with `channels` channels (1: grey, 3: RGB), decoded once and cached.
@@ -26,6 +30,13 @@ FORMAT_VERSION = 1
 def class_folders(root: Path) -> list[Path]:
     """Sub-folders of root that hold at least one image, sorted by name."""
     return sorted(p for p in root.iterdir() if p.is_dir() and image_files(p))
+
+
+def two_level_classes(root: Path) -> list[Path]:
+    """root/<group>/<class>/ folders holding images, sorted; empty when root holds class folders directly."""
+    if class_folders(root):
+        return []
+    return [c for g in sorted(p for p in root.iterdir() if p.is_dir()) for c in class_folders(g)]
 
 
 def read_split_file(path: Path, names: list[str]) -> dict[str, np.ndarray]:
@@ -58,10 +69,14 @@ def build_image_folder(cfg: ImageFolderConfig) -> ImageStore:
     if cfg.channels not in (1, 3):
         raise MetalearnError(f"dataset.channels must be 1 (grey) or 3 (RGB), got {cfg.channels}")
     folders = class_folders(root)
-    if len(folders) < 2:
+    nested = two_level_classes(root)
+    if len(folders) < 2 and len(nested) < 2:
         raise MetalearnError(f"{root} has {len(folders)} class folders with images; a few-shot dataset needs at least "
-                             f"two (root/<class>/*.jpg)")
-    files = [(f.name, [str(p) for p in image_files(f)]) for f in folders]
+                             f"two (root/<class>/*.jpg, or root/<group>/<class>/*.jpg)")
+    if nested:
+        files = [(f"{f.parent.name}/{f.name}", [str(p) for p in image_files(f)]) for f in nested]
+    else:
+        files = [(f.name, [str(p) for p in image_files(f)]) for f in folders]
     key = {"v": FORMAT_VERSION, "root": str(root.resolve()), "size": cfg.image_size, "channels": cfg.channels,
            "files": [[name, len(fs), max(os.path.getmtime(n) for n in fs)] for name, fs in files]}
     data = cached(cfg.cache_dir, "image_folder", key, lambda: decode_classes(files, cfg.image_size, cfg.channels))
@@ -70,5 +85,6 @@ def build_image_folder(cfg: ImageFolderConfig) -> ImageStore:
         splits = read_split_file(Path(cfg.split_file).expanduser(), names)
     else:
         splits = split_by_fractions(len(names), list(cfg.split_fractions), cfg.split_seed)
+    groups = {"class_groups": [n.split("/", 1)[0] for n in names], "group_by": "folder"} if nested else {}
     return ImageStore.from_classes(data["images"], data["counts"].numpy(), names, splits,
-                                   meta={"name": "image_folder", "root": str(root)})
+                                   meta={"name": "image_folder", "root": str(root)}, **groups)

@@ -1,7 +1,9 @@
 """Omniglot from its original archives (or their extracted folders).
 
 Layout inside every archive: <archive>/<alphabet>/characterNN/<id>_<drawer>.png,
-105x105 black ink on white. Images are decoded once, resized to image_size,
+105x105 black ink on white. Each character was drawn once by each of 20 people (the drawers);
+the store keeps each image's drawer and each class's alphabet, for Lake et al.'s within-alphabet,
+drawer-disjoint episodes (sampler.within=alphabet, sampler.disjoint_drawers=true). Images are decoded once, resized to image_size,
 inverted (ink = bright) and cached. Splits are made at the character (or whole
 alphabet) level *before* rotations are added, so a rotated copy of a character
 always lands in that character's split. The standard splits (``vinyals``,
@@ -30,7 +32,7 @@ from metalearn.data.store import SPLITS, ImageStore, split_by_fractions
 from metalearn.errors import MetalearnError
 from metalearn.registry import DATASETS
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: each image's drawer
 # MD5 of the original zips (brendenlake/omniglot, python/): the two full archives as torchvision
 # lists them, the two small ones as released (checked on ../shared/data/omniglot's copies)
 ARCHIVE_MD5 = {"images_background": "68d2efa1b9178cc56df9314c21c6e718",
@@ -128,7 +130,7 @@ def _decode(read: Callable[[str], bytes], source: _Source, member: str, size: in
 def _load_characters(sources: list[_Source], size: int, check: bool = True) -> dict:
     """Decode every character once: images sorted by character, with alphabet names."""
     seen: set[tuple[str, str]] = set()
-    images, counts, names, alphabets = [], [], [], []
+    images, counts, names, alphabets, drawers = [], [], [], [], []
     for src in sources:
         if check and src.path.is_file() and src.path.name == f"{src.name}.zip" and src.name in ARCHIVE_MD5:
             check_md5(src.path, ARCHIVE_MD5[src.name],  # before decoding: a damaged zip is named as such
@@ -143,6 +145,7 @@ def _load_characters(sources: list[_Source], size: int, check: bool = True) -> d
                     continue
                 seen.add(key)
                 images.extend(_decode(read, src, m, size) for m in by_char[key])
+                drawers.extend(drawer_of(m) for m in by_char[key])
                 counts.append(len(by_char[key]))
                 names.append(f"{key[0]}/{key[1]}")
                 alphabets.append(key[0])
@@ -151,7 +154,22 @@ def _load_characters(sources: list[_Source], size: int, check: bool = True) -> d
     if not images:
         raise MetalearnError(f"no .png images found in {', '.join(str(s.path) for s in sources)}. {HOW_TO_GET}")
     return {"images": torch.from_numpy(np.stack(images))[:, None], "counts": torch.tensor(counts),
-            "names": names, "alphabets": alphabets}
+            "names": names, "alphabets": alphabets, "drawers": torch.tensor(drawers, dtype=torch.int16)}
+
+
+def drawer_of(member: str) -> int:
+    """The drawer in an Omniglot file name (``0851_07.png``: 7), or -1 for a name without one."""
+    stem = member.rsplit("/", 1)[-1].rsplit(".", 1)[0]
+    tail = stem.rsplit("_", 1)[-1] if "_" in stem else ""
+    return int(tail) if tail.isdigit() else -1
+
+
+def alphabet_group(name: str) -> str:
+    """A class's alphabet, with its rotation or mirroring: Korean/character05/rot90 -> Korean/rot90. A rotated
+    alphabet is a new alphabet, as a rotated character is a new character: its characters resemble each other
+    as the upright ones do, and never mix with upright ones in a within-alphabet episode."""
+    parts = name.split("/")
+    return "/".join([parts[0], *parts[2:]])
 
 
 def standard_splits() -> dict:
@@ -205,7 +223,7 @@ def _split(cfg: OmniglotConfig, names: list[str], alphabets: list[str]) -> dict[
     raise MetalearnError(f"dataset.split={cfg.split!r} is not one of: vinyals, lake, character, alphabet")
 
 
-Classes = tuple[torch.Tensor, np.ndarray, list[str], dict[str, np.ndarray]]
+Classes = tuple[torch.Tensor, np.ndarray, list[str], dict[str, np.ndarray], np.ndarray]
 _TRANSFORMS = {
     "rotations": [(f"rot{90 * k}", lambda b, k=k: torch.rot90(b, k, dims=(2, 3))) for k in (1, 2, 3)],
     "reflections": [("mirror", lambda b: torch.flip(b, dims=(3,)))],
@@ -213,7 +231,8 @@ _TRANSFORMS = {
 
 
 def _add_transformed_classes(images: torch.Tensor, counts: np.ndarray, names: list[str],
-                             splits: dict[str, np.ndarray], kind: str, chosen: list[str]) -> Classes:
+                             splits: dict[str, np.ndarray], drawers: np.ndarray, kind: str,
+                             chosen: list[str]) -> Classes:
     """Append transformed copies of every class of the `chosen` splits as new classes.
 
     `kind` is "rotations" (90/180/270 degrees, Santoro et al.'s and Vinyals et al.'s class augmentation)
@@ -225,18 +244,19 @@ def _add_transformed_classes(images: torch.Tensor, counts: np.ndarray, names: li
     if bad:
         raise MetalearnError(f"dataset.{kind} names unknown split(s) {bad}; use a subset of {list(SPLITS)}")
     starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
-    new_images, new_counts, new_names = [images], list(counts), list(names)
+    new_images, new_counts, new_names, new_drawers = [images], list(counts), list(names), [drawers]
     splits = {k: list(v) for k, v in splits.items()}
     for split in chosen:
         for c in list(splits[split]):
             block = images[starts[c]: starts[c] + counts[c]]
             for suffix, transform in _TRANSFORMS[kind]:
                 new_images.append(transform(block))
+                new_drawers.append(drawers[starts[c]: starts[c] + counts[c]])
                 splits[split].append(len(new_names))
                 new_counts.append(int(counts[c]))
                 new_names.append(f"{names[c]}/{suffix}")
     return (torch.cat(new_images), np.array(new_counts), new_names,
-            {k: np.array(sorted(v), dtype=np.int64) for k, v in splits.items()})
+            {k: np.array(sorted(v), dtype=np.int64) for k, v in splits.items()}, np.concatenate(new_drawers))
 
 
 @DATASETS.register("omniglot")
@@ -248,9 +268,11 @@ def build_omniglot(cfg: OmniglotConfig) -> ImageStore:
     data = cached(cfg.cache_dir, "omniglot", key, lambda: _load_characters(sources, cfg.image_size, cfg.check_md5))
     counts = data["counts"].numpy()
     splits = _split(cfg, data["names"], data["alphabets"])
-    classes = (data["images"], counts, data["names"], splits)
+    classes = (data["images"], counts, data["names"], splits, data["drawers"].numpy().astype(np.int64))
     for kind in ("rotations", "reflections"):
         classes = _add_transformed_classes(*classes, kind=kind, chosen=list(getattr(cfg, kind)))
-    images, counts, names, splits = classes
+    images, counts, names, splits, drawers = classes
     return ImageStore.from_classes(images, counts, names, splits, invert=True,
-                                   meta={"name": "omniglot", "archives": [s.name for s in sources]})
+                                   meta={"name": "omniglot", "archives": [s.name for s in sources]},
+                                   class_groups=[alphabet_group(n) for n in names], group_by="alphabet",
+                                   drawers=drawers)

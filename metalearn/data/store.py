@@ -27,6 +27,12 @@ class ImageStore:
     mean: float = 0.0
     std: float = 1.0
     meta: dict = field(default_factory=dict)
+    # A level above the class (Omniglot's alphabet, tieredImageNet's superclass, a folder of class folders):
+    # each class's group name, and what the level is called (sampler.within names it). None: no such level.
+    class_groups: list[str] | None = None
+    group_by: str | None = None
+    # Who drew each image (Omniglot's file names: <id>_<drawer>.png), -1 unknown; None: the dataset has no drawers.
+    drawers: np.ndarray | None = None
     # the normalised float32 copy load() keeps on the CPU for a small store (built on first use)
     _normalized: torch.Tensor | None = field(default=None, repr=False, compare=False)
 
@@ -60,6 +66,10 @@ class ImageStore:
                 raise ValueError(f"class split '{name}' has class ids outside 0..{self.num_classes - 1}")
         if int(self.class_count.sum()) != self.images.shape[0]:
             raise ValueError("class counts do not add up to the number of images")
+        if self.class_groups is not None and (len(self.class_groups) != self.num_classes or not self.group_by):
+            raise ValueError("class_groups needs one group per class and group_by naming the level")
+        if self.drawers is not None and len(self.drawers) != self.images.shape[0]:
+            raise ValueError("drawers needs one entry per image")
 
     def pixel_stats(self, split: str, max_images: int = 20_000) -> tuple[float, float]:
         """Mean and std of the split's pixels (from up to `max_images` images spread over it, in chunks

@@ -8,6 +8,9 @@ Reads, under dataset.root, either
    ``label_specific_str``: the class wnids), or
 2. class folders ``{train,val,test}/<wnid>/*.jpg``.
 
+The pickles also give each class's category (``label_general``), kept as its superclass for episodes
+drawn within one category (sampler.within=superclass); class folders carry no category.
+
 The split is the one the files carry (the release is already split by category); when all three
 are complete their class counts are the standard 351 / 97 / 160, and anything else is reported.
 """
@@ -30,7 +33,7 @@ from metalearn.data.store import SPLITS, ImageStore
 from metalearn.errors import MetalearnError
 from metalearn.registry import DATASETS
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: each class's superclass (label_general)
 log = logging.getLogger("metalearn")
 HOW_TO_GET = ("Put in dataset.root the released files (train_images_png.pkl, train_labels.pkl and the same for "
               "val and test, from Ren et al.'s tiered-imagenet.tar, github.com/renmengye/few-shot-ssl-public), or "
@@ -53,12 +56,18 @@ def _png_bytes(pngs: list, i: int) -> bytes:
 def _from_pickles(root: Path, size: int) -> dict:
     """The label files first (small) to size the store, then one split's PNG pickle at a time decoded
     into it and dropped: building holds the store plus one split's PNG bytes."""
-    plan = []  # (split, class name, rows)
+    plan, groups = [], []  # (split, class name, rows, images in the split); each class's superclass
     for s in SPLITS:
         labels = load_pickle(root / f"{s}_labels.pkl", HOW_TO_GET)
         y = np.asarray(labels["label_specific"])
         names = list(labels.get("label_specific_str") or [f"{s}_{i}" for i in range(int(y.max()) + 1)])
         plan += [(s, str(name), np.flatnonzero(y == c), len(y)) for c, name in enumerate(names)]
+        general = np.asarray(labels["label_general"]) if "label_general" in labels else None
+        general_names = list(labels.get("label_general_str") or [])
+        for c in range(len(names)):
+            rows = np.flatnonzero(y == c)
+            g = int(general[rows[0]]) if general is not None and len(rows) else -1
+            groups.append(str(general_names[g]) if 0 <= g < len(general_names) else f"superclass_{g}")
     images = torch.empty((sum(len(rows) for *_, rows, _ in plan), size, size, 3), dtype=torch.uint8)
     i = 0
     for s in SPLITS:
@@ -74,7 +83,7 @@ def _from_pickles(root: Path, size: int) -> dict:
                 i += 1
         del pngs
     return {"images": nchw(images), "counts": torch.tensor([len(rows) for *_, rows, _ in plan]),
-            "names": [name for _, name, _, _ in plan], "split": [s for s, *_ in plan]}
+            "names": [name for _, name, _, _ in plan], "split": [s for s, *_ in plan], "groups": groups}
 
 
 def _from_folders(root: Path, size: int) -> dict:
@@ -105,5 +114,6 @@ def build_tiered_imagenet(cfg: MiniImageNetConfig) -> ImageStore:
     if counts != standard:
         log.warning("tieredImageNet in %s has %s classes per split, not the standard %s: a subset or another "
                     "version", root, counts, standard)
+    groups = {"class_groups": list(data["groups"]), "group_by": "superclass"} if "groups" in data else {}
     return ImageStore.from_classes(data["images"], data["counts"].numpy(), data["names"], splits,
-                                   meta={"name": "tiered_imagenet", "layout": layout})
+                                   meta={"name": "tiered_imagenet", "layout": layout}, **groups)

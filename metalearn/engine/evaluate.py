@@ -41,7 +41,8 @@ class EvalResult:
 
     def summary(self) -> dict:
         return {"split": self.split, "ways": self.spec.ways, "shots": self.spec.shots, "queries": self.spec.queries,
-                "episodes": len(self.per_episode), "seed": self.seed, "accuracy": self.accuracy, "ci95": self.ci95,
+                **self.spec.protocol(), "episodes": len(self.per_episode), "seed": self.seed,
+                "accuracy": self.accuracy, "ci95": self.ci95,
                 "episodes_digest": self.plans.digest(), **({"batch_norm": self.batch_norm} if self.batch_norm else {}),
                 **({"inner_steps": self.inner_steps} if self.inner_steps else {})}
 

@@ -79,9 +79,14 @@ def preprocess_spec(store: ImageStore, image_size: int) -> dict:
 
 
 def test_specs(cfg: DictConfig) -> list[TaskSpec]:
+    """test.ways x test.shots on random episodes, then each of test.extra (older run configs lack it)."""
     ways = list(cfg.test.ways) or [cfg.ways]
     shots = list(cfg.test.shots) or [cfg.shots]
-    return [TaskSpec(w, s, cfg.queries) for w in ways for s in shots]
+    specs = [TaskSpec(w, s, cfg.queries) for w in ways for s in shots]
+    for extra in cfg.test.get("extra") or []:
+        for s in [extra.shots] if extra.shots is not None else shots:
+            specs.append(TaskSpec(extra.ways, s, cfg.queries, extra.within, bool(extra.disjoint_drawers)))
+    return specs
 
 
 @dataclass
@@ -110,7 +115,8 @@ class Trainer:
         self.cuda_graph = bool(cfg.hardware.get("cuda_graph", False))  # run folders from before the option lack it
         check_cuda_graph(self.cuda_graph, self.device)
         torch.manual_seed(cfg.seed)
-        self.train_spec = TaskSpec(cfg.sampler.train_ways, cfg.sampler.train_shots, cfg.sampler.train_queries)
+        self.train_spec = TaskSpec(cfg.sampler.train_ways, cfg.sampler.train_shots, cfg.sampler.train_queries,
+                                   cfg.sampler.get("within"), bool(cfg.sampler.get("disjoint_drawers", False)))
         self.eval_spec = TaskSpec(cfg.ways, cfg.shots, cfg.queries)
         self.test_specs = test_specs(cfg)
         self.store = build_store(cfg.dataset)
