@@ -206,6 +206,16 @@ class BaselineConfig(EmbeddingMethodConfig):
     finetune_lr: float = 0.1
 
 
+@schema("method", "meta_baseline_schema", "meta_baseline")
+@dataclass
+class MetaBaselineConfig(EmbeddingMethodConfig):
+    """Cosine similarity to class centroids times a learned temperature (the episodic stage of Meta-Baseline)."""
+
+    name: str = "meta_baseline"
+    temperature: float = 10.0  # tau's start (the paper's code: 10)
+    learn_temperature: bool = True
+
+
 @schema("method", "meta_lstm_schema", "meta_lstm")
 @dataclass
 class MetaLSTMConfig(MethodConfig):
@@ -347,6 +357,15 @@ class InitConfig:
 
 
 @dataclass
+class PretrainConfig:
+    """A pre-training stage run first, in <run>/pretrain (metalearn.engine.stages): a preset of
+    configs/experiment/ (e.g. baseline_omniglot_small), then this run starts from its weights (init.only)."""
+
+    experiment: str | None = None
+    overrides: list[str] = field(default_factory=list)  # further overrides for the stage, e.g. [steps=3000]
+
+
+@dataclass
 class TestSetting:
     """A further test setting beside test.ways x test.shots, e.g. Lake et al.'s one-shot protocol:
     {ways: 20, within: alphabet, disjoint_drawers: true}."""
@@ -394,6 +413,7 @@ class TrainConfig:
     val: ValConfig = field(default_factory=ValConfig)
     test: TestConfig = field(default_factory=TestConfig)
     init: InitConfig = field(default_factory=InitConfig)
+    pretrain: PretrainConfig = field(default_factory=PretrainConfig)
 
 
 @schema(None, "eval_schema")

@@ -133,6 +133,10 @@ def check_run_folder(out: Path, cfg: DictConfig) -> None:
         if folder.checkpoint("last").is_file():
             load_checkpoint(folder.checkpoint("last"))  # refused now, before this process writes to the folder
             return
+        from metalearn.engine.stages import stage_folder
+
+        if stage_folder(out).checkpoint("last").is_file():  # stopped in its pre-training stage
+            return
         made_here = not RUN_DIR_EXISTED.get(str(out.absolute()), True) or cfg.run_dir is None
         if made_here and out.is_dir() and not any(out.iterdir()):
             out.rmdir()
@@ -184,7 +188,13 @@ def run(cfg: DictConfig) -> dict | None:
             folder.write_config(cfg, list(hc.overrides.task), dict(hc.runtime.choices))
         run_cfg = saved if cfg.resume else cfg
         started.append((folder, run_cfg))
-        return train(run_cfg, folder, group=str(hc.sweep.dir) if multirun else None)
+        group = str(hc.sweep.dir) if multirun else None
+        if (run_cfg.get("pretrain") or {}).get("experiment"):  # stage 1 in <run>/pretrain, then this run from it
+            from metalearn.engine.stages import run_pretraining
+
+            overrides = folder.recorded_overrides()["overrides"] if cfg.resume else list(hc.overrides.task)
+            run_cfg = run_pretraining(run_cfg, folder, overrides, group)
+        return train(run_cfg, folder, group=group)
 
     try:
         return report_errors(go, multirun=multirun,

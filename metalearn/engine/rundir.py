@@ -62,9 +62,11 @@ def _step_of(line: str) -> float:
 
 
 class RunFolder:
-    def __init__(self, path: str | Path, read_only: bool = False):
-        """read_only: the folder of another process (rank 0 of a distributed run): read, never written."""
+    def __init__(self, path: str | Path, read_only: bool = False, resume_dir: str | Path | None = None):
+        """read_only: the folder of another process (rank 0 of a distributed run): read, never written.
+        resume_dir: the folder `resume=true run_dir=` names to continue this one (a stage's run; default: itself)."""
         self.path, self.read_only = Path(path), read_only
+        self.resume_dir = Path(resume_dir) if resume_dir is not None else self.path
         if not read_only:
             self.path.mkdir(parents=True, exist_ok=True)
         self.metrics_path = self.path / "metrics.jsonl"

@@ -290,7 +290,7 @@ def train(cfg: DictConfig, folder: RunFolder, group: str | None = None) -> dict:
 
 def _train(trainer: Trainer, cfg: DictConfig, folder: RunFolder) -> dict:
     init = None
-    if cfg.resume:  # the run's own checkpoint, which already holds any init.run weights
+    if cfg.resume and folder.checkpoint("last").is_file():  # its own checkpoint, holding any init.run weights
         trainer.restore()
     elif cfg.init.run:
         init = initialize_from(trainer.method, cfg.init.run, cfg.init.checkpoint, list(cfg.init.only),
@@ -307,13 +307,13 @@ def _train(trainer: Trainer, cfg: DictConfig, folder: RunFolder) -> dict:
     except KeyboardInterrupt:
         folder.write_summary(cfg, status="interrupted", state=trainer.state)
         log.warning("interrupted at step %d; the last checkpoint is kept, continue with: "
-                    "metalearn-train resume=true run_dir=%s", trainer.state.step, folder.path)
+                    "metalearn-train resume=true run_dir=%s", trainer.state.step, folder.resume_dir)
         raise
     except TimeLimitReached:
         folder.write_summary(cfg, status="interrupted", state=trainer.state)
         log.warning("max_minutes=%s reached at step %d of %d; checkpointed there, continue with: "
                     "metalearn-train resume=true run_dir=%s", cfg.max_minutes, trainer.state.step, cfg.steps,
-                    folder.path)
+                    folder.resume_dir)
         raise
     tests = trainer.test()
     trainer.trackers.log_test(tests)

@@ -1,0 +1,69 @@
+"""Pre-train, then meta-learn, by one command (metalearn.engine.stages): both stages in one run folder,
+the stage resumable and skipped once done, and no stage that reads other data than the run."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from conftest import cli, compose
+
+from metalearn.errors import MetalearnError
+
+
+def pipeline(tmp_path, omniglot, *extra: str):
+    return cli("metalearn-train", "experiment=meta_baseline_omniglot_small", f"dataset.root={omniglot}", "debug=smoke",
+               "run_dir=run", "test.episodes=5", "test.extra=[]", *extra, cwd=tmp_path)
+
+
+def weights(run) -> dict[str, torch.Tensor]:
+    return torch.load(run / "checkpoints" / "last.pt", weights_only=True)["method"]
+
+
+@pytest.mark.e2e
+def test_one_command_runs_both_stages_and_a_stage_cut_short_resumes(tmp_path, omniglot):
+    whole = tmp_path / "whole"
+    whole.mkdir()
+    r = pipeline(whole, omniglot)
+    assert r.returncode == 0, r.stderr[-2000:]
+    run, stage = whole / "run", whole / "run" / "pretrain"
+    summary, stage_summary = (json.loads((p / "summary.json").read_text()) for p in (run, stage))
+    assert stage_summary["status"] == "completed" and stage_summary["method"] == "baseline"
+    assert summary["status"] == "completed" and summary["init"]["from"] == str(stage / "checkpoints" / "last.pt")
+    assert summary["init"]["fresh"] == ["temperature"]  # everything else is the pre-trained encoder
+    stage_cfg = (stage / "config.yaml").read_text()
+    assert f"root: {omniglot}" in stage_cfg and "width: 16" in stage_cfg  # dataset.root and debug=smoke reach it
+    assert "stage 1 of 2: pre-training (baseline_omniglot_small)" in r.stderr
+
+    cut = tmp_path / "cut"
+    cut.mkdir()
+    r = pipeline(cut, omniglot, "max_minutes=0")  # stops (checkpointed) after the stage's first step
+    assert r.returncode == 124, r.stderr[-2000:]
+    assert json.loads((cut / "run" / "pretrain" / "summary.json").read_text())["status"] == "interrupted"
+    assert not (cut / "run" / "checkpoints" / "last.pt").exists()
+    r = cli("metalearn-train", "resume=true", "run_dir=run", "max_minutes=null", cwd=cut)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "stage 1 of 2: resuming the pre-training" in r.stderr
+    for a, b in [(whole / "run" / "pretrain", cut / "run" / "pretrain"), (whole / "run", cut / "run")]:
+        wa, wb = weights(a), weights(b)
+        assert all(torch.equal(wa[k], wb[k]) for k in wa), f"{b} did not end where the uninterrupted run did"
+
+    r = cli("metalearn-train", "resume=true", "run_dir=run", "steps=25", cwd=cut)  # train stage 2 further
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "already completed" in r.stderr and "resumed from step 20 of 25" in r.stderr
+
+
+def test_a_stage_on_other_data_or_beside_init_run_is_refused(tmp_path):
+    from metalearn.engine.rundir import RunFolder
+    from metalearn.engine.stages import check_same_data, run_pretraining
+
+    cfg = compose("experiment=meta_baseline_omniglot_small")
+    other = compose("experiment=protonet_omniglot_5w1s")  # the full archives: other classes, other test split
+    differ = "reads other data than this run: dataset.alphabets, dataset.archives, dataset.split differ"
+    with pytest.raises(MetalearnError, match=differ):
+        check_same_data(cfg, other)
+    check_same_data(cfg, compose("experiment=baseline_omniglot_small", "dataset.reflections=[]"))  # copies only
+    cfg.init.run = "outputs/train/elsewhere"
+    with pytest.raises(MetalearnError, match="give one of them"):
+        run_pretraining(cfg, RunFolder(tmp_path), [], None)
