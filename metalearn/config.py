@@ -141,9 +141,11 @@ class SamplerConfig:
 
 @dataclass
 class BackboneConfig:
-    name: str = "conv4"
-    width: int = 64
-    pool: str = "max"  # max (Snell et al.) | stride (Finn et al.)
+    name: str = "conv4"  # conv4 | conv4_relation | resnet12 | wrn28_10 | resnet18 (metalearn/backbones/)
+    width: int = 64  # conv4's channels; the ResNets' channels scale with width/64 (64: the papers' networks)
+    pool: str = "max"  # conv4: max (Snell et al.) | stride (Finn et al.)
+    drop_rate: float = 0.1  # resnet12: dropout after blocks 1-2, DropBlock after blocks 3-4 (MetaOptNet's 0.1)
+    block_size: int = 5  # resnet12: DropBlock's block size
 
 
 @dataclass
@@ -491,6 +493,8 @@ BOUNDS: dict[str, tuple[float | None, float | None, str]] = {
     "method.plus.msl_anneal_steps": (1, None, "MAML++ multi-step-loss annealing steps"),
     "method.plus.first_order_until": (0, None, "MAML++ first-order steps"),
     "method.hard_negatives": (0, 1, "fraction of hard negative pairs"),
+    "method.backbone.drop_rate": (0, 0.99, "resnet12's dropout and DropBlock rate"),
+    "method.backbone.block_size": (1, None, "resnet12's DropBlock block size"),
     "method.scale": (1e-12, None, "the cosine's scale, > 0"),
 }
 

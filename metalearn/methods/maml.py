@@ -151,8 +151,8 @@ class MAML(AdaptingMethod):
             return nn.functional.cross_entropy(fp32(logits), yq), logits
 
         with vmap_safe(self.model):
-            return torch.func.vmap(task, in_dims=(None, 0, 0, 0, 0))(params, batch.support, batch.support_labels,
-                                                                     batch.query, batch.query_labels)
+            return torch.func.vmap(task, in_dims=(None, 0, 0, 0, 0), randomness="different")(
+                params, batch.support, batch.support_labels, batch.query, batch.query_labels)
 
     def train_step(self, batch: EpisodeBatch, optimizer: torch.optim.Optimizer) -> dict[str, float]:
         """One outer step for the meta-batch: tasks one by one (one graph alive at a time) or under vmap."""

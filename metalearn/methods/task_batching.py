@@ -168,8 +168,8 @@ class TaskBatching:
         model = method.model
         params = dict(model.named_parameters())
         with vmap_safe(model):
-            adapted = torch.func.vmap(method.adapt_fn(), in_dims=(None, 0, 0))(params, batch.support,
-                                                                               batch.support_labels)
+            adapted = torch.func.vmap(method.adapt_fn(), in_dims=(None, 0, 0), randomness="different")(
+                params, batch.support, batch.support_labels)
         adapted = {n: adapted[n] for n in method.adapted}
         outer = {n: torch.zeros_like(v) for n, v in adapted.items()}  # d(query loss) / d(adapted weights)
         fixed = {**dict(model.named_buffers()), **params}
