@@ -218,6 +218,16 @@ class MetaBaselineConfig(EmbeddingMethodConfig):
     learn_temperature: bool = True
 
 
+@schema("method", "simpleshot_schema", "simpleshot")
+@dataclass
+class SimpleShotConfig(EmbeddingMethodConfig):
+    """Nearest centroid on transformed features of a pre-trained classifier (its preset's first stage)."""
+
+    name: str = "simpleshot"
+    norm: str = "cl2n"  # cl2n (centre on the base mean, then L2) | l2n | un
+    batch_size: int = 1024  # training images encoded per step to measure the base mean
+
+
 @schema("method", "meta_lstm_schema", "meta_lstm")
 @dataclass
 class MetaLSTMConfig(MethodConfig):
@@ -517,6 +527,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "method.task_batching": ("auto", "loop", "vmap", "split"),
     "method.inner_optimizer": ("adam", "sgd"),
     "method.inner_state": ("persistent", "fresh"),
+    "method.norm": ("cl2n", "l2n", "un"),
     "sampler.within": ("alphabet", "superclass", "folder"),
 }
 

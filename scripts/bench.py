@@ -16,7 +16,10 @@ Figures (issue 7):
 4. evaluation of 600 5-way 1-shot ProtoNet episodes on Omniglot (seconds);
 5. start-up: `metalearn-train --help` (seconds), and `metalearn-train debug=smoke` and `metalearn-eval` of
    that run as multiples of `python -c "import torch"` (issue 36's goals: 2x and 1.5x);
-6. peak RSS of the MAML workload, ours vs learn2learn.
+6. peak RSS of the MAML workload, ours vs learn2learn;
+7. backbones (issue 38): images/s of a training forward+backward at 84x84 RGB for conv4, resnet12, wrn28_10
+   and resnet18 (batch 16, each in its own process), and the peak RSS of one 5-way 5-shot 15-query ProtoNet
+   training step on ResNet-12 (`--only backbones` runs just these).
 Peer figures are skipped, with a note, when learn2learn is not installed. Timings are medians.
 """
 
@@ -202,6 +205,67 @@ def bench_protonet_step() -> dict:
     return {"protonet_step_s": step, "bare_forward_backward_s": base, "ratio": step / base, "images": x.shape[0]}
 
 
+def backbone_worker(name: str, batch: int, iters: int) -> None:
+    """Images/s of forward+backward+Adam step at 84x84 RGB through one backbone, in this process."""
+    import torch
+
+    from metalearn.backbones import build_backbone
+    from metalearn.config import BackboneConfig
+
+    torch.manual_seed(0)
+    net = build_backbone(BackboneConfig(name=name), 3)
+    opt = torch.optim.Adam(net.parameters(), 1e-3)
+    x = torch.randn(batch, 3, 84, 84)
+
+    def step() -> None:
+        opt.zero_grad()
+        net(x).square().mean().backward()
+        opt.step()
+
+    seconds = median_time(step, iters)
+    print(json.dumps({"images_per_s": batch / seconds, "params": sum(p.numel() for p in net.parameters())}))
+
+
+def episode_worker(name: str) -> None:
+    """Peak RSS of one 5-way 5-shot 15-query ProtoNet training step at 84x84 RGB (and the RSS before it)."""
+    import torch
+
+    from metalearn.backbones import build_backbone
+    from metalearn.config import BackboneConfig
+    from metalearn.methods.protonet import ProtoNet
+    from metalearn.tasks.episodes import EpisodeBatch, episode_labels
+
+    m = ProtoNet(build_backbone(BackboneConfig(name=name), 3))
+    opt = torch.optim.Adam(m.parameters(), 1e-3)
+    b = EpisodeBatch(torch.randn(1, 25, 3, 84, 84), episode_labels(1, 5, 5), torch.randn(1, 75, 3, 84, 84),
+                     episode_labels(1, 5, 15), 5)
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    start = time.perf_counter()
+    m.train_step(b, opt)
+    seconds = time.perf_counter() - start
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(json.dumps({"peak_rss_mb": peak, "before_mb": before, "step_s": seconds}))
+
+
+def bench_backbones() -> dict:
+    out = {}
+    for name in ("conv4", "resnet12", "wrn28_10", "resnet18"):
+        out[name] = json.loads(run_python([__file__, "--worker", "backbone", name, "16", "3"]).strip().splitlines()[-1])
+    out["episode_resnet12"] = json.loads(run_python([__file__, "--worker", "episode", "resnet12"]).strip().splitlines()[-1])
+    return out
+
+
+def report_backbones(b: dict) -> str:
+    conv4 = b["conv4"]["images_per_s"]
+    rows = [f"| {n} ({b[n]['params'] / 1e6:.2f}M parameters) | {b[n]['images_per_s']:.1f} images/s | "
+            f"{b[n]['images_per_s'] / conv4:.3f}x conv4 |" for n in ("conv4", "resnet12", "wrn28_10", "resnet18")]
+    e = b["episode_resnet12"]
+    rows.append(f"| one 5-way 5-shot 15-query ResNet-12 ProtoNet step (100 images) | peak RSS {e['peak_rss_mb']:.0f} MB "
+                f"({e['before_mb']:.0f} MB before it), {e['step_s']:.1f} s | |")
+    return ("| backbone, forward+backward+Adam at 84x84 RGB, batch 16 | speed | vs conv4 |\n| --- | --- | --- |\n"
+            + "\n".join(rows))
+
+
 def bench_eval(omniglot: Path, folder: Path) -> dict:
     import torch
 
@@ -300,14 +364,26 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=1,
                     help="runs of every MAML configuration, alternating ours and the peer's; medians are reported")
     ap.add_argument("--json", type=Path, default=None, help="also write the raw figures here")
+    ap.add_argument("--only", choices=["backbones"], default=None, help="run one section alone")
     ap.add_argument("--worker", nargs="*", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.worker:
         kind, *rest = args.worker
         if kind == "maml":
             maml_worker(int(rest[0]), rest[1], int(rest[2]), *rest[3:])
+        elif kind == "backbone":
+            backbone_worker(rest[0], int(rest[1]), int(rest[2]))
+        elif kind == "episode":
+            episode_worker(rest[0])
         else:
             l2l_worker(rest[0], rest[1:])
+        return
+    if args.only == "backbones":
+        import platform
+
+        print(f"metalearn backbones, {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
+              f"{time.strftime('%Y-%m-%d')}")
+        print(report_backbones(bench_backbones()))
         return
     l2l = args.l2l
     if l2l is not None and not (l2l / "learn2learn").is_dir():
@@ -326,10 +402,12 @@ def main() -> None:
                               f"torch {torch.__version__}", "date": time.strftime("%Y-%m-%d"),
                    "sampler": bench_sampler(args.omniglot, l2l, folder), "maml": bench_maml(l2l, args.iters, args.repeats),
                    "protonet": bench_protonet_step(), "eval": bench_eval(args.omniglot, folder),
-                   "startup": bench_startup()}
+                   "startup": bench_startup(), "backbones": bench_backbones()}
     print(f"metalearn benchmarks, {results['machine']}, {results['date']}, MAML: {args.iters} timed meta-batches, "
           f"median of {args.repeats} alternating run(s) per configuration")
     print(report(results))
+    print()
+    print(report_backbones(results["backbones"]))
     if args.json:
         args.json.write_text(json.dumps(results, indent=1))
 

@@ -134,7 +134,7 @@ class Trainer:
         check_divisible(self.train_source.per_step, self.train_source.unit, self.ranks)
         for spec in [self.eval_spec, *self.test_specs]:
             self.method.check_task(spec)
-        self.trainable = any(p.requires_grad for p in self.method.parameters())
+        self.trainable = self.method.learns()
         self.optimizer = build_optimizer(cfg.optimizer, self.method.parameters() if self.trainable
                                          else [torch.zeros(1, requires_grad=True)])
         self.schedule = build_schedule(cfg.schedule, self.optimizer, cfg.steps)

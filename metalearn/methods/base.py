@@ -83,6 +83,10 @@ class Method(nn.Module):
     def check_task(self, spec: TaskSpec) -> None:
         """Raise a MetalearnError when this method cannot be evaluated on `spec` (checked before training)."""
 
+    def learns(self) -> bool:
+        """Whether training steps change anything (pixel NN: no; the trainer then goes straight to the test)."""
+        return any(p.requires_grad for p in self.parameters())
+
     def loss(self, batch: EpisodeBatch) -> tuple[torch.Tensor, torch.Tensor]:
         """Mean training loss over the batch's tasks, and query logits [T, Q, ways]."""
         logits = self.predict(batch.support, batch.support_labels, batch.query, batch.ways)
