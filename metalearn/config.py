@@ -228,6 +228,32 @@ class SimpleShotConfig(EmbeddingMethodConfig):
     batch_size: int = 1024  # training images encoded per step to measure the base mean
 
 
+@schema("method", "metaoptnet_schema", "metaoptnet")
+@dataclass
+class MetaOptNetConfig(EmbeddingMethodConfig):
+    """A convex classifier solved on each task's support embeddings, differentiated through (Lee et al. 2019)."""
+
+    name: str = "metaoptnet"
+    head: str = "svm"  # svm (Crammer-Singer) | ridge (R2-D2's closed form)
+    ridge_lambda: float = 50.0  # the authors' code
+    svm_c: float = 0.1  # the authors' code
+    svm_iterations: int = 15  # unrolled solver iterations in meta-training
+    svm_iterations_eval: int = 50  # and at test
+
+
+@schema("method", "tim_schema", "tim")
+@dataclass
+class TIMConfig(EmbeddingMethodConfig):
+    """Transductive information maximisation at test time on a classifier's features (Boudiaf et al. 2020)."""
+
+    name: str = "tim"
+    batch_size: int = 128  # the classifier's training minibatch, as baseline's
+    iterations: int = 1000  # Adam steps on each test task's class weights (TIM-GD)
+    tim_lr: float = 1e-4
+    temperature: float = 15.0
+    loss_weights: list[float] = field(default_factory=lambda: [0.1, 1.0, 0.1])  # CE, marginal H, conditional H
+
+
 @schema("method", "meta_lstm_schema", "meta_lstm")
 @dataclass
 class MetaLSTMConfig(MethodConfig):
@@ -503,6 +529,13 @@ BOUNDS: dict[str, tuple[float | None, float | None, str]] = {
     "method.plus.msl_anneal_steps": (1, None, "MAML++ multi-step-loss annealing steps"),
     "method.plus.first_order_until": (0, None, "MAML++ first-order steps"),
     "method.hard_negatives": (0, 1, "fraction of hard negative pairs"),
+    "method.ridge_lambda": (1e-12, None, "the ridge head's regulariser, > 0"),
+    "method.svm_c": (1e-12, None, "the SVM head's C, > 0"),
+    "method.svm_iterations": (1, None, "unrolled SVM solver iterations in training"),
+    "method.svm_iterations_eval": (1, None, "unrolled SVM solver iterations at test"),
+    "method.iterations": (1, None, "TIM's test-time steps"),
+    "method.tim_lr": (1e-12, None, "TIM's test-time learning rate, > 0"),
+    "method.temperature": (1e-12, None, "a logit temperature, > 0"),
     "method.backbone.drop_rate": (0, 0.99, "resnet12's dropout and DropBlock rate"),
     "method.backbone.block_size": (1, None, "resnet12's DropBlock block size"),
     "method.scale": (1e-12, None, "the cosine's scale, > 0"),
@@ -528,6 +561,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "method.inner_optimizer": ("adam", "sgd"),
     "method.inner_state": ("persistent", "fresh"),
     "method.norm": ("cl2n", "l2n", "un"),
+    "method.head": ("svm", "ridge"),
     "sampler.within": ("alphabet", "superclass", "folder"),
 }
 

@@ -10,7 +10,9 @@ for the number of comparisons; the test-time batch-norm statistics of each embed
 every run used one seed, the repeats and whether they reproduced it exactly), learning_curves.png and
 accuracy_vs_shots.png.
 
-Runs scored on different episodes are never paired: their row says so. Pairing removes the episode-to-
+Runs scored on different episodes are never paired: their row says so. Transductive results (a task's
+queries classified together: TIM, batch norm with the queries' statistics) get tables of their own,
+"5w1s (transductive)", so they are never ranked or paired with inductive ones. Pairing removes the episode-to-
 episode variance two runs share, so it can separate methods whose own intervals overlap.
 """
 
@@ -61,6 +63,14 @@ def find_runs(paths: list[Path]) -> list[Path]:
     return sorted(found)
 
 
+def transductive(summary: dict, test: dict) -> bool:
+    """Whether a test result classified each task's queries together: recorded since 2026-12 (`transductive`);
+    for older runs, inferred from their batch-norm settings (the MAML family's and meta_lstm's batch statistics)."""
+    method = summary.get("method_config") or {}
+    return bool(test.get("transductive") or test.get("batch_norm") == "transductive"
+                or method.get("batch_norm") == "transductive" or summary.get("method") == "meta_lstm")
+
+
 def load_results(run: Path) -> list[Result]:
     from metalearn.engine.rundir import observed_status
 
@@ -79,7 +89,8 @@ def load_results(run: Path) -> list[Result]:
         path = run / "eval" / f"test_{tag}.json"
         if path.is_file():
             per = np.asarray(json.loads(path.read_text())["per_episode"], dtype=np.float64)
-        out.append(Result(run, s.get("method", "?"), dataset, tag, t["ways"], t["shots"], t["accuracy"],
+        shown = f"{tag} (transductive)" if transductive(s, t) else tag  # its own table: never paired with inductive
+        out.append(Result(run, s.get("method", "?"), dataset, shown, t["ways"], t["shots"], t["accuracy"],
                           t["ci95"], t.get("episodes_digest"), per, " ".join(sorted(overrides)), s.get("seed", 0),
                           s.get("status", "?"), {"wall_time_s": s.get("wall_time_s"), "steps": s.get("steps_done"),
                                                   "batch_norm": t.get("batch_norm"), "tags": tags,

@@ -85,7 +85,8 @@ def batch_for(method, ways: int = 3):
                         episode_labels(2, ways, 2), ways)
 
 
-BACKBONE_METHODS = ["protonet", "matching", "relation", "siamese", "baseline", "baselinepp", "meta_baseline", "maml",
+BACKBONE_METHODS = ["protonet", "matching", "relation", "siamese", "baseline", "baselinepp", "meta_baseline", "simpleshot",
+                    "metaoptnet", "tim", "maml",
                     "fomaml", "anil", "metasgd", "reptile", "meta_lstm", "mann"]
 
 
@@ -94,7 +95,7 @@ BACKBONE_METHODS = ["protonet", "matching", "relation", "siamese", "baseline", "
 def test_every_method_with_a_backbone_trains_and_predicts_with_each(name, backbone):
     torch.manual_seed(0)
     method = build_method(method_cfg(name, backbone), (3, 32, 32), ways=3, train_classes=5)
-    optimizer = torch.optim.Adam([p for p in method.parameters() if p.requires_grad], lr=1e-3)
+    optimizer = torch.optim.Adam([p for p in method.parameters() if p.requires_grad] or list(method.parameters()))
     stats = method.train_step(batch_for(method), optimizer)
     assert torch.isfinite(torch.tensor(stats["loss"]))
     method.eval()

@@ -17,7 +17,8 @@ def test_train_log_keeps_every_step_and_validation_line_under_a_progress_bar(tmp
     monkeypatch.setattr(progress.sys.stderr, "isatty", lambda: True, raising=False)
     monkeypatch.setattr(progress, "console", lambda: Console(file=io.StringIO(), force_terminal=True))
     fh = logging.FileHandler(tmp_path / "train.log")
-    log.handlers, log.level, log.propagate = [fh], logging.INFO, False
+    log.handlers, log.propagate = [fh], False
+    log.setLevel(logging.INFO)  # setLevel, not `log.level =`: it clears the logger's cached isEnabledFor answers
     try:
         with progress.Progress(40, 0, "protonet on synthetic") as bar:
             assert bar.bar is not None  # the rich bar, as on a terminal
@@ -27,7 +28,8 @@ def test_train_log_keeps_every_step_and_validation_line_under_a_progress_bar(tmp
                     bar.note(f"step {step}: validation 90.00 ± 1.00%")
         fh.close()
     finally:
-        log.handlers, log.level, log.propagate = saved
+        log.handlers, log.propagate = saved[0], saved[2]
+        log.setLevel(saved[1])
     lines = (tmp_path / "train.log").read_text().splitlines()
     assert [int(m[1]) for line in lines if (m := re.search(r"step (\d+)/40 ", line))] == list(range(5, 45, 5))
     assert sum("validation" in line for line in lines) == 2

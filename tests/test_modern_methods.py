@@ -63,12 +63,128 @@ def test_simpleshot_measures_the_exact_base_mean_without_changing_a_weight():
     torch.testing.assert_close(m.head(zs, labels, zq, 4), -torch.cdist(cl2n(zq), cl2n(zs)).pow(2), atol=1e-5, rtol=1e-5)
 
 
-@pytest.mark.parametrize("name", ["meta_baseline", "simpleshot"])
+@pytest.mark.parametrize("name,extra", [("meta_baseline", []), ("simpleshot", []), ("metaoptnet", []),
+                                        ("metaoptnet", ["method.head=ridge"]), ("tim", ["method.iterations=50"])],
+                         ids=["meta_baseline", "simpleshot", "metaoptnet-svm", "metaoptnet-ridge", "tim"])
 @pytest.mark.e2e
-def test_smoke_train_then_eval_through_the_cli(tmp_path, name):
+def test_smoke_train_then_eval_through_the_cli(tmp_path, name, extra):
     from conftest import smoke_train_then_eval
 
-    e = smoke_train_then_eval(tmp_path, name, [], "ways=7")
+    e = smoke_train_then_eval(tmp_path, name, extra, "ways=7")
     assert f"{name} on synthetic test 7-way 1-shot" in e.stdout
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert summary["status"] == "completed" and summary["method_config"]["name"] == name
+
+
+def test_ridge_head_equals_the_primal_closed_form():
+    from metalearn.methods.metaoptnet import ridge_weights
+
+    g = torch.Generator().manual_seed(0)
+    xs, ys = torch.randn(2, 6, 10, generator=g, dtype=torch.float64), torch.eye(3, dtype=torch.float64)[[0, 1, 2] * 2]
+    ys = ys.expand(2, -1, -1)
+    dual = ridge_weights(xs, ys, 50.0)
+    primal = torch.linalg.solve(xs.transpose(1, 2) @ xs + 50.0 * torch.eye(10, dtype=torch.float64), xs.transpose(1, 2) @ ys)
+    torch.testing.assert_close(dual, primal)
+
+
+def test_simplex_projection_and_the_svm_dual_against_scipy():
+    """The unrolled solver's optimum is SLSQP's on the same Crammer-Singer dual, and its gradient exists."""
+    import numpy as np
+    from scipy.optimize import minimize
+
+    from metalearn.methods.metaoptnet import project_simplex, svm_dual
+
+    v = torch.tensor([[0.5, 2.0, -1.0], [0.1, 0.1, 0.1]], dtype=torch.float64)
+    p = project_simplex(v, 1.0)
+    torch.testing.assert_close(p, torch.tensor([[0.0, 1.0, 0.0], [1 / 3, 1 / 3, 1 / 3]], dtype=torch.float64))
+
+    g = torch.Generator().manual_seed(1)
+    n, k, c = 6, 3, 0.1
+    xs = torch.randn(1, n, 5, generator=g, dtype=torch.float64)
+    y = torch.tensor([0, 1, 2, 0, 1, 2])
+    ys = nn.functional.one_hot(y, k).to(torch.float64)[None]
+    a = svm_dual(xs, ys, c, iterations=500)[0].numpy()
+    kern, yy = (xs[0] @ xs[0].T).numpy(), ys[0].numpy()
+
+    def negative_dual(flat):
+        m = flat.reshape(n, k)
+        return 0.5 * np.trace(m.T @ kern @ m) - (m * yy).sum()
+
+    cons = [{"type": "eq", "fun": lambda f: f.reshape(n, k).sum(1)},
+            {"type": "ineq", "fun": lambda f: (c * yy - f.reshape(n, k)).ravel()}]
+    ref = minimize(negative_dual, np.zeros(n * k), constraints=cons, method="SLSQP", options={"ftol": 1e-12, "maxiter": 500})
+    assert ref.success
+    assert abs(negative_dual(a.ravel()) - ref.fun) < 1e-6
+    np.testing.assert_allclose(a, ref.x.reshape(n, k), atol=2e-3)
+    assert np.allclose(a.sum(1), 0) and (a <= c * yy + 1e-9).all()  # feasible
+    xs.requires_grad_(True)
+    svm_dual(xs, ys, c, iterations=5).sum().backward()
+    assert xs.grad is not None and torch.isfinite(xs.grad).all()
+
+
+def test_tim_objective_by_hand_and_its_steps_lower_it():
+    import math
+
+    from metalearn.methods.tim import TIM, distance_logits, tim_loss
+
+    zs = torch.tensor([[[1.0, 0.0], [0.0, 1.0]]])
+    onehot = torch.eye(2)[None]
+    zq = torch.tensor([[[0.6, 0.8], [1.0, 0.0], [0.0, 1.0]]])
+    w = torch.tensor([[[1.0, 0.0], [0.0, 1.0]]])
+    tau = 15.0
+
+    def probs(z):
+        d = [[-tau / 2 * sum((z[i][j] - w[0, k, j]) ** 2 for j in range(2)) for k in range(2)] for i in range(len(z))]
+        return [[math.exp(v) / sum(math.exp(u) for u in row) for v in row] for row in d]
+
+    ps, pq = probs(zs[0].tolist()), probs(zq[0].tolist())
+    ce = -sum(math.log(ps[i][i]) for i in range(2)) / 2
+    cond = -sum(p * math.log(p) for row in pq for p in row) / 3
+    marg = [sum(row[k] for row in pq) / 3 for k in range(2)]
+    h_marg = -sum(m * math.log(m) for m in marg)
+    expected = 0.1 * ce - (1.0 * h_marg - 0.1 * cond)
+    torch.testing.assert_close(tim_loss(zs, onehot, zq, w, tau, (0.1, 1.0, 0.1)), torch.tensor([expected]))
+
+    torch.manual_seed(0)
+    m = TIM(Conv4(1, 8), 8, num_classes=4, iterations=100, lr=1e-2)
+    zs, zq = torch.randn(2, 6, 8), torch.randn(2, 9, 8)
+    labels = torch.tensor([[0, 1, 2] * 2] * 2)
+    logits = m.head(zs, labels, zq, 3)
+    ns, nq = nn.functional.normalize(zs, dim=-1), nn.functional.normalize(zq, dim=-1)
+    oh = nn.functional.one_hot(labels, 3).float()
+    start = oh.transpose(1, 2) @ ns / 2
+    # the fitted weights are those whose distance logits the head returned; recover them by refitting
+    w_fit = torch.linalg.lstsq(torch.cat([nq, torch.ones(2, 9, 1)], -1), logits / tau + 0.5 * nq.pow(2).sum(-1, keepdim=True)
+                               ).solution[:, :8].transpose(1, 2)
+    assert (tim_loss(ns, oh, nq, w_fit, tau, m.weights) < tim_loss(ns, oh, nq, start, tau, m.weights)).all()
+    assert distance_logits(nq, start, tau).shape == logits.shape
+
+
+def test_tim_is_transductive_and_protonet_is_not():
+    from metalearn.methods.protonet import ProtoNet
+    from metalearn.methods.tim import TIM
+
+    torch.manual_seed(0)
+    zs, zq = torch.randn(1, 4, 8), torch.randn(1, 5, 8)
+    labels = torch.tensor([[0, 1, 0, 1]])
+    other = zq.clone()
+    other[0, 4] += 3.0  # change one query
+    tim = TIM(Conv4(1, 8), 8, num_classes=4, iterations=30, lr=1e-2).eval()
+    assert tim.is_transductive() and not ProtoNet(Conv4(1, 8)).eval().is_transductive()
+    assert not torch.allclose(tim.head(zs, labels, zq, 2)[0, 0], tim.head(zs, labels, other, 2)[0, 0])
+    proto = ProtoNet(Conv4(1, 8))
+    torch.testing.assert_close(proto.head(zs, labels, zq, 2)[0, 0], proto.head(zs, labels, other, 2)[0, 0])
+
+
+def test_the_report_gives_transductive_results_a_table_of_their_own(tmp_path):
+    from metalearn.report import leaderboard, load_results
+
+    for name, extra in [("protonet", {}), ("tim", {"transductive": True})]:
+        run = tmp_path / name
+        run.mkdir()
+        test = {"5w1s": {"ways": 5, "shots": 1, "accuracy": 0.9, "ci95": 0.01, "episodes_digest": "d", **extra}}
+        (run / "summary.json").write_text(json.dumps({"method": name, "dataset": "omniglot", "status": "completed",
+                                                      "test": test}))
+    rows = leaderboard([r for run in ("protonet", "tim") for r in load_results(tmp_path / run)])
+    assert {(r["task"], r["method"], r["rank"]) for r in rows} == {("5w1s", "protonet", 1),
+                                                                   ("5w1s (transductive)", "tim", 1)}

@@ -57,8 +57,9 @@ def test_a_method_defined_in_this_file_trains_and_evaluates_through_the_cli(tmp_
 
 def test_every_built_in_part_is_registered_once_with_its_schema():
     assert {"protonet", "matching", "relation", "siamese", "baseline", "baselinepp", "pixel_nn", "maml", "fomaml",
-            "anil", "metasgd", "mamlpp", "reptile", "meta_lstm", "mann"} <= set(METHODS.names())
-    assert set(BACKBONES.names()) == {"conv4", "conv4_relation"}
+            "anil", "metasgd", "mamlpp", "reptile", "meta_lstm", "mann", "meta_baseline", "simpleshot", "metaoptnet",
+            "tim"} <= set(METHODS.names())
+    assert set(BACKBONES.names()) == {"conv4", "conv4_relation", "resnet12", "wrn28_10", "resnet18"}
     assert set(DATASETS.names()) == {"synthetic", "omniglot", "mini_imagenet", "tiered_imagenet", "cifar_fs", "fc100",
                                      "image_folder"}
     assert set(METHODS.names()) == set(SCHEMAS["method"])  # every method has a typed config, and only methods do

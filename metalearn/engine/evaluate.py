@@ -28,6 +28,7 @@ class EvalResult:
     plans: EpisodePlans
     batch_norm: str | None = None  # an embedding method's test-time batch-norm statistics (None: no such layers)
     inner_steps: int | None = None  # a method that adapts by gradient steps: how many each test task took
+    transductive: bool = False  # predictions used the task's other queries (metalearn.methods.base.Method)
 
     @property
     def accuracy(self) -> float:
@@ -44,7 +45,8 @@ class EvalResult:
                 **self.spec.protocol(), "episodes": len(self.per_episode), "seed": self.seed,
                 "accuracy": self.accuracy, "ci95": self.ci95,
                 "episodes_digest": self.plans.digest(), **({"batch_norm": self.batch_norm} if self.batch_norm else {}),
-                **({"inner_steps": self.inner_steps} if self.inner_steps else {})}
+                **({"inner_steps": self.inner_steps} if self.inner_steps else {}),
+                **({"transductive": True} if self.transductive else {})}
 
     def save(self, folder: Path, name: str) -> Path:
         """<name>.json (summary + per-episode accuracies) and <name>_episodes.npz (the plans)."""
@@ -78,7 +80,7 @@ def evaluate(method: Method, store: ImageStore, split: str, spec: TaskSpec, epis
     method.train(was_training)
     bn = method.batch_norm if isinstance(method, EmbeddingMethod) and batch_norm_layers(method) else None
     return EvalResult(split, spec, seed, torch.cat(accs).numpy().astype(np.float64), plans, bn,
-                      getattr(method, "inner_steps_eval", None))
+                      getattr(method, "inner_steps_eval", None), method.is_transductive())
 
 
 def encode_distinct(method: EmbeddingMethod, store: ImageStore, ids: np.ndarray,

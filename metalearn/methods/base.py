@@ -83,6 +83,18 @@ class Method(nn.Module):
     def check_task(self, spec: TaskSpec) -> None:
         """Raise a MetalearnError when this method cannot be evaluated on `spec` (checked before training)."""
 
+    transductive = False  # True: a query's prediction uses the task's other queries (TIM)
+
+    def is_transductive(self) -> bool:
+        """Whether, as set up now, a query's prediction depends on the task's other queries: by the method
+        (TIM) or by batch-norm layers normalising with the queries' statistics (the MAML family's reference
+        setting, an embedding method's test_batch_norm=transductive). Results say so wherever they appear."""
+        from metalearn.backbones import BatchStatNorm2d
+
+        if self.transductive or any(isinstance(m, BatchStatNorm2d) for m in self.modules()):
+            return True
+        return getattr(self, "batch_norm", None) == "transductive" and bool(batch_norm_layers(self))
+
     def learns(self) -> bool:
         """Whether training steps change anything (pixel NN: no; the trainer then goes straight to the test)."""
         return any(p.requires_grad for p in self.parameters())
