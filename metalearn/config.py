@@ -254,6 +254,19 @@ class TIMConfig(EmbeddingMethodConfig):
     loss_weights: list[float] = field(default_factory=lambda: [0.1, 1.0, 0.1])  # CE, marginal H, conditional H
 
 
+@schema("method", "feat_schema", "feat")
+@dataclass
+class FEATConfig(EmbeddingMethodConfig):
+    """Prototypes adapted to the task by a set-to-set Transformer (Ye et al. 2020); defaults: the authors' Conv-4 runs."""
+
+    name: str = "feat"
+    temperature: float = 64.0  # query logits: -distance / temperature
+    temperature2: float = 16.0  # the contrastive regulariser's
+    balance: float = 1.0  # the regulariser's weight (0: none)
+    dropout: float = 0.5
+    lr_multiplier: float = 10.0  # the Transformer's learning rate over the encoder's
+
+
 @schema("method", "meta_lstm_schema", "meta_lstm")
 @dataclass
 class MetaLSTMConfig(MethodConfig):
@@ -536,6 +549,10 @@ BOUNDS: dict[str, tuple[float | None, float | None, str]] = {
     "method.iterations": (1, None, "TIM's test-time steps"),
     "method.tim_lr": (1e-12, None, "TIM's test-time learning rate, > 0"),
     "method.temperature": (1e-12, None, "a logit temperature, > 0"),
+    "method.temperature2": (1e-12, None, "FEAT's regulariser temperature, > 0"),
+    "method.dropout": (0, 0.99, "FEAT's Transformer dropout"),
+    "method.balance": (0, None, "FEAT's regulariser weight"),
+    "method.lr_multiplier": (1e-12, None, "FEAT's Transformer learning-rate multiplier, > 0"),
     "method.backbone.drop_rate": (0, 0.99, "resnet12's dropout and DropBlock rate"),
     "method.backbone.block_size": (1, None, "resnet12's DropBlock block size"),
     "method.scale": (1e-12, None, "the cosine's scale, > 0"),

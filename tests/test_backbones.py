@@ -86,7 +86,7 @@ def batch_for(method, ways: int = 3):
 
 
 BACKBONE_METHODS = ["protonet", "matching", "relation", "siamese", "baseline", "baselinepp", "meta_baseline", "simpleshot",
-                    "metaoptnet", "tim", "maml",
+                    "metaoptnet", "tim", "feat", "maml",
                     "fomaml", "anil", "metasgd", "reptile", "meta_lstm", "mann"]
 
 

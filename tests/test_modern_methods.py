@@ -64,8 +64,9 @@ def test_simpleshot_measures_the_exact_base_mean_without_changing_a_weight():
 
 
 @pytest.mark.parametrize("name,extra", [("meta_baseline", []), ("simpleshot", []), ("metaoptnet", []),
-                                        ("metaoptnet", ["method.head=ridge"]), ("tim", ["method.iterations=50"])],
-                         ids=["meta_baseline", "simpleshot", "metaoptnet-svm", "metaoptnet-ridge", "tim"])
+                                        ("metaoptnet", ["method.head=ridge"]), ("tim", ["method.iterations=50"]),
+                                        ("feat", [])],
+                         ids=["meta_baseline", "simpleshot", "metaoptnet-svm", "metaoptnet-ridge", "tim", "feat"])
 @pytest.mark.e2e
 def test_smoke_train_then_eval_through_the_cli(tmp_path, name, extra):
     from conftest import smoke_train_then_eval
@@ -188,3 +189,44 @@ def test_the_report_gives_transductive_results_a_table_of_their_own(tmp_path):
     rows = leaderboard([r for run in ("protonet", "tim") for r in load_results(tmp_path / run)])
     assert {(r["task"], r["method"], r["rank"]) for r in rows} == {("5w1s", "protonet", 1),
                                                                    ("5w1s (transductive)", "tim", 1)}
+
+
+def test_feat_set_attention_equals_its_formula_and_is_permutation_equivariant():
+    from metalearn.methods.feat import FEAT, SetAttention
+
+    torch.manual_seed(0)
+    att = SetAttention(6, dropout=0.5).eval()
+    x = torch.randn(2, 4, 6)
+    q, k, v = x @ att.q.weight.T, x @ att.k.weight.T, x @ att.v.weight.T
+    manual = torch.zeros_like(x)
+    for b in range(2):
+        for i in range(4):
+            w = torch.softmax(torch.stack([q[b, i] @ k[b, j] / 6 ** 0.5 for j in range(4)]), 0)
+            manual[b, i] = sum(w[j] * v[b, j] for j in range(4))
+    expected = nn.functional.layer_norm(manual @ att.out.weight.T + att.out.bias + x, (6,), att.norm.weight, att.norm.bias)
+    torch.testing.assert_close(att(x), expected)
+    perm = torch.tensor([2, 0, 3, 1])
+    torch.testing.assert_close(att(x[:, perm]), att(x)[:, perm])  # a set function: order does not matter
+
+    m = FEAT(Conv4(1, 8), 8).eval()
+    zs, zq = torch.randn(1, 6, 8), torch.randn(1, 5, 8)
+    labels = torch.tensor([[0, 0, 1, 1, 2, 2]])
+    relabel = torch.tensor([2, 0, 1])  # class c becomes relabel[c]: the logits' columns move with it
+    a, b = m.head(zs, labels, zq, 3), m.head(zs, relabel[labels], zq, 3)
+    torch.testing.assert_close(b[..., relabel], a)
+
+
+def test_feat_contrastive_term_by_class_loops_and_its_faster_transformer():
+    from metalearn.methods.feat import FEAT
+
+    torch.manual_seed(1)
+    m = FEAT(Conv4(1, 8), 8, temperature2=4.0).eval()
+    ways, shots, queries = 3, 2, 2
+    zs, zq = torch.randn(1, ways * shots, 8), torch.randn(1, ways * queries, 8)
+    sets = [m.attention(torch.cat([zs[0, c * shots:(c + 1) * shots], zq[0, c * queries:(c + 1) * queries]])[None])[0]
+            for c in range(ways)]
+    centres = torch.stack([s.mean(0) for s in sets])
+    terms = [-torch.log_softmax(-((e - centres) ** 2).sum(-1) / 4.0, 0)[c] for c, s in enumerate(sets) for e in s]
+    torch.testing.assert_close(m.contrastive(zs, zq, ways), torch.stack(terms).mean())
+    groups = m.parameter_groups(1e-4)
+    assert groups[1]["lr"] == 1e-3 and len(groups[0]["params"]) + len(groups[1]["params"]) == len(list(m.parameters()))

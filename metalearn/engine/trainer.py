@@ -135,7 +135,7 @@ class Trainer:
         for spec in [self.eval_spec, *self.test_specs]:
             self.method.check_task(spec)
         self.trainable = self.method.learns()
-        self.optimizer = build_optimizer(cfg.optimizer, self.method.parameters() if self.trainable
+        self.optimizer = build_optimizer(cfg.optimizer, self.method.parameter_groups(cfg.optimizer.lr) if self.trainable
                                          else [torch.zeros(1, requires_grad=True)])
         self.schedule = build_schedule(cfg.schedule, self.optimizer, cfg.steps)
         self.state = TrainState()

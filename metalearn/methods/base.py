@@ -95,6 +95,10 @@ class Method(nn.Module):
             return True
         return getattr(self, "batch_norm", None) == "transductive" and bool(batch_norm_layers(self))
 
+    def parameter_groups(self, lr: float) -> list[dict]:
+        """The optimiser's parameter groups at outer learning rate `lr` (FEAT: its Transformer faster)."""
+        return [{"params": list(self.parameters())}]
+
     def learns(self) -> bool:
         """Whether training steps change anything (pixel NN: no; the trainer then goes straight to the test)."""
         return any(p.requires_grad for p in self.parameters())
