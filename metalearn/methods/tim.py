@@ -27,8 +27,11 @@ from metalearn.registry import METHODS
 
 
 def distance_logits(z: torch.Tensor, w: torch.Tensor, temperature: float) -> torch.Tensor:
-    """-temperature/2 * ||z - w_k||^2: z [T, N, D], w [T, K, D] -> [T, N, K]."""
-    return -0.5 * temperature * (z[:, :, None] - w[:, None]).pow(2).sum(-1)
+    """-temperature/2 * ||z - w_k||^2: z [T, N, D], w [T, K, D] -> [T, N, K], expanded as
+    ||z||^2 - 2 z.w + ||w||^2 so that no [T, N, K, D] tensor is made: a 20-way test batch's 1,000 steps
+    are matrix products (measured: the broadcast form took 15 min for 600 20-way episodes on 1 thread)."""
+    squared = z.pow(2).sum(-1, keepdim=True) - 2 * z @ w.transpose(1, 2) + w.pow(2).sum(-1)[:, None]
+    return -0.5 * temperature * squared
 
 
 def tim_loss(zs: torch.Tensor, onehot: torch.Tensor, zq: torch.Tensor, w: torch.Tensor, temperature: float,
