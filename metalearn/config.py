@@ -146,6 +146,7 @@ class BackboneConfig:
     pool: str = "max"  # conv4: max (Snell et al.) | stride (Finn et al.)
     drop_rate: float = 0.1  # resnet12: dropout after blocks 1-2, DropBlock after blocks 3-4 (MetaOptNet's 0.1)
     block_size: int = 5  # resnet12: DropBlock's block size
+    global_pool: bool = True  # resnet12: average the last map (640-d); false: flatten it (MetaOptNet's 16,000-d)
 
 
 @dataclass

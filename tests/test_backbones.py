@@ -104,3 +104,8 @@ def test_every_method_with_a_backbone_trains_and_predicts_with_each(name, backbo
     with grad:
         logits = method.predict(b.support, b.support_labels, b.query, b.ways)
     assert logits.shape == (2, 6, 3) and torch.isfinite(logits).all()
+
+
+def test_resnet12_without_the_global_pool_gives_metaoptnets_16000_features():
+    net = build_backbone(BackboneConfig(name="resnet12", global_pool=False), 3).eval()
+    assert net(torch.randn(1, 3, 84, 84)).shape == (1, 640 * 5 * 5)

@@ -67,3 +67,29 @@ def test_a_stage_on_other_data_or_beside_init_run_is_refused(tmp_path):
     cfg.init.run = "outputs/train/elsewhere"
     with pytest.raises(MetalearnError, match="give one of them"):
         run_pretraining(cfg, RunFolder(tmp_path), [], None)
+
+
+def test_the_stage_gets_the_data_hardware_seed_and_smoke_overrides_only():
+    from metalearn.engine.stages import forwarded
+
+    given = ["dataset=tiered_imagenet", "dataset.root=/data/t", "hardware=cuda", "hardware.threads=2", "seed=3",
+             "debug=smoke", "max_minutes=10", "steps=100", "method.temperature=5", "+tags=[a]", "optimizer.lr=1"]
+    assert forwarded(given) == given[:7]
+
+
+def test_every_preset_with_a_stage_names_one_that_reads_its_data():
+    from test_config import options
+
+    from metalearn.engine.stages import check_same_data
+
+    staged = 0
+    for name in options("experiment"):
+        for data in (["dataset=tiered_imagenet"] if name.endswith("_resnet12") else []), []:
+            cfg = compose(f"experiment={name}", *data)
+            if not cfg.pretrain.experiment:
+                continue
+            stage = compose(f"experiment={cfg.pretrain.experiment}", *data, *cfg.pretrain.overrides)
+            assert not stage.pretrain.experiment
+            check_same_data(cfg, stage)
+            staged += 1
+    assert staged >= 8

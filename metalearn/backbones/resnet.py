@@ -66,8 +66,9 @@ class ResNet12Block(nn.Module):
 
 class ResNet12(nn.Module):
     def __init__(self, in_channels: int, width: int = 64, drop_rate: float = 0.1, block_size: int = 5,
-                 bn_running_stats: bool = True):
+                 bn_running_stats: bool = True, global_pool: bool = True):
         super().__init__()
+        self.global_pool = global_pool  # False: the flattened last map, MetaOptNet's 640 x 5 x 5 = 16,000 at 84x84
         bn = batch_norm_2d(bn_running_stats)
         channels = [round(width * m) for m in (1, 2.5, 5, 10)]  # 64-160-320-640 at width 64
         blocks, c_in = [], in_channels
@@ -77,12 +78,13 @@ class ResNet12(nn.Module):
             c_in = c
         self.features = nn.Sequential(*blocks)
 
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        maps = self.features(x)
+        return maps.mean(dim=(2, 3)) if self.global_pool else maps.flatten(1)
+
     def feature_maps(self, x: torch.Tensor) -> torch.Tensor:
         """[B, C, h, w] before the pool, for the methods that compare maps (Relation Networks)."""
         return self.features(x)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.features(x).mean(dim=(2, 3))
 
 
 class WideBlock(nn.Module):
@@ -163,7 +165,7 @@ class ResNet18(nn.Module):
 
 @BACKBONES.register("resnet12")
 def _resnet12(cfg: BackboneConfig, in_channels: int, channels_last: bool, bn_running_stats: bool) -> nn.Module:
-    return ResNet12(in_channels, cfg.width, cfg.drop_rate, cfg.block_size, bn_running_stats)
+    return ResNet12(in_channels, cfg.width, cfg.drop_rate, cfg.block_size, bn_running_stats, cfg.global_pool)
 
 
 @BACKBONES.register("wrn28_10")

@@ -21,8 +21,8 @@ from metalearn.errors import MetalearnError
 
 log = logging.getLogger("metalearn")
 STAGE_DIR = "pretrain"
-# command-line overrides that reach the stage too: where the data is, the hardware, the seed, smoke sizes
-FORWARDED = ("dataset.", "hardware.", "seed", "debug", "max_minutes")
+# command-line overrides that reach the stage too: which data and where, the hardware, the seed, smoke sizes
+FORWARDED = ("dataset", "hardware", "seed", "debug", "max_minutes")
 # dataset keys the stage may set differently: they add transformed copies of a split's own classes
 STAGE_MAY_DIFFER = ("rotations", "reflections")
 
