@@ -230,3 +230,16 @@ def test_feat_contrastive_term_by_class_loops_and_its_faster_transformer():
     torch.testing.assert_close(m.contrastive(zs, zq, ways), torch.stack(terms).mean())
     groups = m.parameter_groups(1e-4)
     assert groups[1]["lr"] == 1e-3 and len(groups[0]["params"]) + len(groups[1]["params"]) == len(list(m.parameters()))
+
+
+def test_the_svm_solver_only_improves_with_more_steps():
+    """Restarted FISTA: more unrolled steps never give a worse dual objective (plain FISTA did, at 20 ways)."""
+    from metalearn.methods.metaoptnet import dual_objective, svm_dual
+
+    g = torch.Generator().manual_seed(0)
+    xs = torch.randn(20, 20, 64, generator=g, dtype=torch.float64) * 3
+    ys = nn.functional.one_hot(torch.arange(20), 20).to(torch.float64).expand(20, -1, -1)
+    kernel = xs @ xs.transpose(1, 2)
+    values = [dual_objective(kernel, svm_dual(xs, ys, 0.1, k), ys) for k in (5, 15, 50, 200)]
+    for before, after in zip(values, values[1:], strict=False):
+        assert (after >= before - 1e-9).all()

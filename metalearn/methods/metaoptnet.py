@@ -12,7 +12,7 @@ is meta-trained through that solution. Two heads (`method.head`):
 
   with K = X X^T and class weights W = X^T A. Substituting B[n] = C e_{y_n} - A[n] turns each row's
   constraints into the simplex {B[n] >= 0, sum B[n] = C}, so the problem is solved by accelerated
-  projected gradient ascent (FISTA, step 1/||K||, Euclidean projection onto the simplex), unrolled for
+  projected gradient ascent (FISTA with restarts, step 1/||K||, Euclidean projection onto the simplex), unrolled for
   `method.svm_iterations` and differentiated by autograd. Why not qpth (the authors' QP layer): its
   release pins numpy<2 and cvxpy, which this project's environment cannot take; the unrolled solver
   needs nothing, and MetaOptNet itself runs its solver for only 3 iterations in meta-training. A test
@@ -48,19 +48,29 @@ def project_simplex(v: torch.Tensor, total: float) -> torch.Tensor:
     return (v - theta).clamp_min(0)
 
 
+def dual_objective(kernel: torch.Tensor, a: torch.Tensor, ys: torch.Tensor) -> torch.Tensor:
+    """-1/2 tr(A^T K A) + sum_n A[n, y_n] of each task [T]."""
+    return -0.5 * (a * (kernel @ a)).sum((1, 2)) + (a * ys).sum((1, 2))
+
+
 def svm_dual(xs: torch.Tensor, ys: torch.Tensor, c: float, iterations: int) -> torch.Tensor:
-    """The Crammer-Singer dual's A [T, N, K] (see the module docstring) by unrolled FISTA on B = C Y - A."""
+    """The Crammer-Singer dual's A [T, N, K] (see the module docstring) by unrolled FISTA on B = C Y - A, its
+    momentum restarted per task whenever it points against the projected gradient step (O'Donoghue & Candes
+    2015). Why the restart: plain FISTA is not monotone, and at 50 steps it left 20-way tasks far from the
+    optimum the 15- and 200-step solutions agree on (measured: 53% vs 84% test accuracy, metaoptnet preset)."""
     kernel = xs @ xs.transpose(1, 2)  # [T, N, N]
     step = 1.0 / torch.linalg.matrix_norm(kernel, ord=2).clamp_min(1e-6)[:, None, None]
     b = project_simplex(torch.full_like(ys, c / ys.shape[-1]), c)
-    z, t = b, 1.0
+    z, t = b, torch.ones(ys.shape[0], 1, 1, dtype=ys.dtype, device=ys.device)
     for _ in range(iterations):
         a = c * ys - z
         gradient_b = kernel @ a - ys  # the ascent direction in A is -K A + Y, so in B = C Y - A it is K A - Y
         b_next = project_simplex(z + step * gradient_b, c)
-        t_next = (1 + (1 + 4 * t * t) ** 0.5) / 2
-        z = b_next + ((t - 1) / t_next) * (b_next - b)
-        b, t = b_next, t_next
+        restart = ((b_next - z) * (b_next - b)).sum((1, 2), keepdim=True) < 0
+        t_next = (1 + torch.sqrt(1 + 4 * t * t)) / 2
+        momentum = torch.where(restart, torch.zeros_like(t), (t - 1) / t_next)
+        z = b_next + momentum * (b_next - b)
+        b, t = b_next, torch.where(restart, torch.ones_like(t), t_next)
     return c * ys - b
 
 
