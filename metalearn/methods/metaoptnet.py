@@ -13,9 +13,13 @@ is meta-trained through that solution. Two heads (`method.head`):
   with K = X X^T and class weights W = X^T A. Substituting B[n] = C e_{y_n} - A[n] turns each row's
   constraints into the simplex {B[n] >= 0, sum B[n] = C}, so the problem is solved by accelerated
   projected gradient ascent (FISTA with restarts, step 1/||K||, Euclidean projection onto the simplex), unrolled for
-  `method.svm_iterations` and differentiated by autograd. Why not qpth (the authors' QP layer): its
+  `method.svm_iterations` (100; 300 at test) and differentiated by autograd. The step is 1/||K||, and raw
+  features share a large common direction (||K|| ~ 3e4 on Conv-4's Omniglot codes), so the solver needs
+  ~200 steps there: at 15 the solution is still near its start (a prototype-like head, 82% at 20-way),
+  at 50 it is between the two (53%), from 200 on it is the SVM (84%); measured on the preset's run.
+  Why not qpth (the authors' QP layer): its
   release pins numpy<2 and cvxpy, which this project's environment cannot take; the unrolled solver
-  needs nothing, and MetaOptNet itself runs its solver for only 3 iterations in meta-training. A test
+  needs nothing, while MetaOptNet runs its interior-point solver for 3 iterations in meta-training. A test
   checks the solution against scipy's SLSQP on the same dual.
 
 Logits are the head's scores times a learned scale (initialised to 1 as in the authors' code).
@@ -78,7 +82,7 @@ class MetaOptNet(EmbeddingMethod):
     name = "metaoptnet"
 
     def __init__(self, backbone: nn.Module, head: str = "svm", ridge_lambda: float = 50.0, svm_c: float = 0.1,
-                 svm_iterations: int = 15, svm_iterations_eval: int = 50):
+                 svm_iterations: int = 100, svm_iterations_eval: int = 300):
         super().__init__()
         self.backbone, self.head_kind = backbone, head
         self.ridge_lambda, self.svm_c = ridge_lambda, svm_c
