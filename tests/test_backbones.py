@@ -69,7 +69,7 @@ def test_dropblock_drops_about_its_rate_in_blocks_and_nothing_at_test():
 
 def method_cfg(name: str, backbone: str):
     cfg = OmegaConf.structured(SCHEMAS["method"][name])
-    cfg.name, cfg.backbone.name, cfg.backbone.width = name, backbone, 8
+    cfg.name, cfg.backbone.name, cfg.backbone.width = name, backbone, 4  # width 4: the matrix in seconds
     if "encoder" in cfg:
         cfg.encoder = "conv"
     return cfg
