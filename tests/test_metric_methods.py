@@ -255,9 +255,12 @@ def test_baseline_pretraining_learns_the_training_classes(store, cosine):
 @pytest.mark.parametrize("name,extra", [("matching", []), ("matching", ["method.fce=true"]), ("relation", []),
                                         ("siamese", []),
                                         ("siamese", ["method.embedding=32", "method.backbone.name=conv4_relation"]),
-                                        ("baseline", []), ("baselinepp", []), ("pixel_nn", [])],
+                                        ("baseline", []), ("baselinepp", []), ("pixel_nn", []), ("meta_baseline", []),
+                                        ("simpleshot", []), ("metaoptnet", []), ("metaoptnet", ["method.head=ridge"]),
+                                        ("tim", ["method.iterations=50"]), ("feat", [])],
                          ids=["matching", "matching-fce", "relation", "siamese", "siamese-fc", "baseline", "baselinepp",
-                              "pixel_nn"])
+                              "pixel_nn", "meta_baseline", "simpleshot", "metaoptnet-svm", "metaoptnet-ridge", "tim",
+                              "feat"])
 @pytest.mark.e2e
 def test_smoke_train_then_eval_through_the_cli(tmp_path, name, extra):
     from conftest import smoke_train_then_eval
@@ -268,5 +271,6 @@ def test_smoke_train_then_eval_through_the_cli(tmp_path, name, extra):
     assert summary["status"] == "completed" and summary["method_config"]["name"] == name
     if name != "pixel_nn":
         lines = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
-        unit = {"siamese": "pairs", "baseline": "images", "baselinepp": "images"}.get(name, "episodes")
+        unit = {"siamese": "pairs", "baseline": "images", "baselinepp": "images", "simpleshot": "images",
+                "tim": "images"}.get(name, "episodes")
         assert any(f"{unit}_per_s" in x for x in lines if x["kind"] == "train")

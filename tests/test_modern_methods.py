@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 
-import pytest
 import torch
 from torch import nn
 
@@ -61,20 +60,6 @@ def test_simpleshot_measures_the_exact_base_mean_without_changing_a_weight():
     labels = torch.tensor([[0, 1, 2, 3]])
     cl2n = lambda x: nn.functional.normalize(x - expected, dim=-1)  # noqa: E731
     torch.testing.assert_close(m.head(zs, labels, zq, 4), -torch.cdist(cl2n(zq), cl2n(zs)).pow(2), atol=1e-5, rtol=1e-5)
-
-
-@pytest.mark.parametrize("name,extra", [("meta_baseline", []), ("simpleshot", []), ("metaoptnet", []),
-                                        ("metaoptnet", ["method.head=ridge"]), ("tim", ["method.iterations=50"]),
-                                        ("feat", [])],
-                         ids=["meta_baseline", "simpleshot", "metaoptnet-svm", "metaoptnet-ridge", "tim", "feat"])
-@pytest.mark.e2e
-def test_smoke_train_then_eval_through_the_cli(tmp_path, name, extra):
-    from conftest import smoke_train_then_eval
-
-    e = smoke_train_then_eval(tmp_path, name, extra, "ways=7")
-    assert f"{name} on synthetic test 7-way 1-shot" in e.stdout
-    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
-    assert summary["status"] == "completed" and summary["method_config"]["name"] == name
 
 
 def test_ridge_head_equals_the_primal_closed_form():
