@@ -3,7 +3,12 @@ turning a MetalearnError into one clear message and exit status 2 (no traceback)
 
 from __future__ import annotations
 
+import atexit
+import contextlib
+import functools
+import gc
 import logging
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -13,6 +18,68 @@ from metalearn.errors import MetalearnError
 
 T = TypeVar("T")
 log = logging.getLogger("metalearn")
+_console = False  # this process runs a console script (not the library from someone's Python)
+
+
+def console_script(main: Callable[..., T]) -> Callable[..., T]:
+    """Mark a console script's main().
+
+    While it runs, work nobody waits for may be left to a detached process (`in_console_script`: the
+    learning-curve PNG). Called as the program itself (from `__main__`: the installed command, `python -m`),
+    it ends the process when done (end_process); called from other Python (a test), it returns."""
+
+    @functools.wraps(main)
+    def wrapped(*args, **kwargs) -> T:
+        global _console
+        # the program itself, not watched: a profiler (cProfile -m) or debugger reports after main returns
+        program = (sys._getframe(1).f_globals.get("__name__") == "__main__" and sys.getprofile() is None
+                   and sys.gettrace() is None)
+        before, _console = _console, True
+        try:
+            result = main(*args, **kwargs)
+        except SystemExit as e:
+            if program:
+                end_process(e.code)
+            raise
+        finally:
+            _console = before
+        if program:
+            end_process(result)
+        return result
+
+    return wrapped
+
+
+def end_process(code: object) -> None:
+    """Exit as the interpreter would at the program's end, less tearing down its modules.
+
+    That teardown frees, one by one, every object torch, Hydra and matplotlib made (~0.3 s of a 3.5 s smoke
+    run here; its last garbage collection another ~1 s) for memory the exiting process returns anyway.
+    What an exit owes is still done: the exit handlers run (logging's, the trackers', multiprocessing's),
+    output is flushed, and every file was closed already (metalearn writes with `with` and atomic
+    replaces). While another Python thread runs, the interpreter's own exit joins it: this returns, having
+    only frozen the heap (the last collection skipped)."""
+    import threading
+
+    if threading.active_count() > 1:
+        gc.freeze()
+        return
+    atexit._run_exitfuncs()
+    if code is None:
+        status = 0
+    elif isinstance(code, int):
+        status = code
+    else:  # sys.exit("message"): printed, status 1
+        print(code, file=sys.stderr)
+        status = 1
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(OSError, ValueError):  # a closed pipe: nothing more can be said on it
+            stream.flush()
+    os._exit(status)
+
+
+def in_console_script() -> bool:
+    return _console
 
 
 def setup_logging(log_file: Path | None = None, quiet: bool = False) -> None:

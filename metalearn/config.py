@@ -458,6 +458,7 @@ class TrainConfig:
     max_minutes: float | None = None  # stop training after this long (this process), checkpointed, exit 124
     tags: list[str] = field(default_factory=list)  # recorded in summary.json, the trackers and the report
     notes: str = ""
+    plots: str = "auto"  # the learning-curve PNG: auto (drawn after exit where safe) | foreground | background
     logger: dict[str, Any] = field(default_factory=dict)  # tracker name -> its settings (configs/logger)
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
@@ -581,6 +582,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "method.norm": ("cl2n", "l2n", "un"),
     "method.head": ("svm", "ridge"),
     "sampler.within": ("alphabet", "superclass", "folder"),
+    "plots": ("auto", "foreground", "background"),
 }
 
 
@@ -658,7 +660,11 @@ def complete_saved_config(saved: dict) -> tuple[dict, list[str]]:
 
 
 def register() -> None:
-    """Register schemas once; safe to call repeatedly."""
+    """Put back any schema the ConfigStore lost (declaring one stores it; a launcher may hand a job a fresh
+    store). Storing converts the dataclass again, ~0.1 s for all of them, so a present node is kept."""
+    from hydra.core.object_type import ObjectType
+
     cs = ConfigStore.instance()
     for group, node, cls in _NODES:
-        cs.store(group=group, name=node, node=cls)
+        if cs.get_type(f"{group}/{node}.yaml" if group else f"{node}.yaml") != ObjectType.CONFIG:
+            cs.store(group=group, name=node, node=cls)

@@ -18,6 +18,7 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig
 
+from metalearn.cli import console_script
 from metalearn.config import config_dir, register
 from metalearn.help import answer_help
 
@@ -111,20 +112,22 @@ def set_inner_steps(method, name: str, steps: int) -> None:
 @hydra.main(version_base=None, config_path=config_dir(), config_name="eval")
 def _hydra_main(cfg: DictConfig) -> None:
     from metalearn.cli import report_errors, setup_logging
+    from metalearn.preflight import task_started
 
+    task_started()
     setup_logging()
     report_errors(lambda: run(cfg))
 
 
+@console_script
 def main() -> None:
     """The console script: --help answered fast (metalearn.help), everything else by Hydra."""
     if not answer_help("metalearn-eval", "eval", __doc__ or ""):
         import sys
 
-        from metalearn.preflight import run_preflight
+        from metalearn.preflight import run_checked
 
-        run_preflight(sys.argv[1:], "eval")
-        _hydra_main()
+        run_checked(sys.argv[1:], "eval", _hydra_main)
 
 
 if __name__ == "__main__":

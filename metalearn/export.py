@@ -16,6 +16,7 @@ import json
 import sys
 from pathlib import Path
 
+from metalearn.cli import console_script
 from metalearn.errors import MetalearnError
 
 KEYS = {"run": None, "format": "onnx", "out": None, "checkpoint": "best"}
@@ -84,6 +85,7 @@ def export(run: str, fmt: str, out: str | None = None, checkpoint: str = "best")
     return path
 
 
+@console_script
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     if any(a in ("--help", "-h") for a in argv):

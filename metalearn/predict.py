@@ -16,6 +16,7 @@ import glob
 import sys
 from pathlib import Path
 
+from metalearn.cli import console_script
 from metalearn.errors import MetalearnError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
@@ -140,6 +141,7 @@ def show(rows: list[dict], limit: int = 20) -> None:
         print(f"... and {len(rows) - limit} more")
 
 
+@console_script
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     if any(a in ("--help", "-h") for a in argv):

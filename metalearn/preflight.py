@@ -3,7 +3,10 @@
 Why here and not in Hydra: Hydra reports a composition error in several lines with exit status 1,
 lists every option of a group (the internal `*_schema` entries too), accepts an unknown key when it
 is written `+key=value` (its own hint for a misspelt key), and creates run_dir before any of our code
-runs. One composition of the command line (~0.1 s) finds all of these first.
+runs. The checks that need no composition run first; composing the command line (~0.1 s) is left to
+Hydra, which does it anyway, and repeated here only when Hydra's fails, to say why in one line
+(`run_checked`). A sweep is composed here first, each value, so a bad last value stops it before the
+first job.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ import difflib
 import importlib.util
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from omegaconf import OmegaConf
@@ -71,8 +75,9 @@ def check_run_dir(value: str) -> None:
             break
 
 
-def preflight(argv: list[str], config_name: str) -> None:
-    """Raise MetalearnError for the first bad override of argv (a metalearn-train / -eval command line)."""
+def preflight(argv: list[str], config_name: str, compose_all: bool = True) -> None:
+    """Raise MetalearnError for the first bad override of argv (a metalearn-train / -eval command line).
+    compose_all=False: only what needs no composition (group options, `+key`, run_dir), unless argv sweeps."""
     from hydra import compose, initialize_config_dir
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from hydra.errors import HydraException
@@ -122,19 +127,24 @@ def preflight(argv: list[str], config_name: str) -> None:
         single.append(o.input_line)
     register()
     with initialize_config_dir(config_dir=str(root), version_base=None):
-        base = compose(config_name=config_name, overrides=[s for s in single if s.split("=", 1)[0] in groups])
-        known = _keys(base)
+
+        def known() -> list[str]:  # the keys a message suggests from: composed only for a message (~0.1 s)
+            return _keys(compose(config_name=config_name,
+                                 overrides=[s for s in single if s.split("=", 1)[0] in groups]))
+
         for key in appended:
             raise MetalearnError(f"+{key}: no such key or config group, and metalearn does not add new keys"
-                                 f"{_closest(key, known + list(groups))}. "
+                                 f"{_closest(key, known() + list(groups))}. "
                                  f"See the keys with `{_app(config_name)} --help`")
+        if not (compose_all or others):
+            return
         try:
             compose(config_name=config_name, overrides=single)
             for at, value in others:
                 compose(config_name=config_name, overrides=[*single[:at], value, *single[at + 1:]])
         except Exception as e:  # noqa: BLE001 - Hydra and OmegaConf raise several kinds; each becomes one line
             detail = "\n".join(str(x) for x in (e, e.__cause__) if x is not None)
-            raise MetalearnError(_one_line(detail, known, config_name)) from None
+            raise MetalearnError(_one_line(detail, known(), config_name)) from None
 
 
 def _app(config_name: str) -> str:
@@ -155,10 +165,44 @@ def _one_line(message: str, known: list[str], config_name: str) -> str:
     return " ".join(keep) + f" (see `{_app(config_name)} --help`)"
 
 
-def run_preflight(argv: list[str], config_name: str) -> None:
-    """The console scripts' first step: print `error: ...` and exit 2 on a bad command line."""
+def run_preflight(argv: list[str], config_name: str, compose_all: bool = True) -> None:
+    """Print `error: ...` and exit 2 on a bad command line."""
     try:
-        preflight(argv, config_name)
+        preflight(argv, config_name, compose_all)
     except MetalearnError as e:
         print(f"error: {e}", file=sys.stderr)
         raise SystemExit(2) from None
+
+
+FULL_ERROR = "HYDRA_FULL_ERROR"
+_full_error_before: list[str | None] = []  # the variable's value, kept while run_checked has it set
+
+
+def run_checked(argv: list[str], config_name: str, hydra_main: Callable[[], object]) -> None:
+    """A console script's Hydra main, its command line checked: the checks without composition first, then
+    Hydra. Until the task function starts (task_started) Hydra raises its errors (HYDRA_FULL_ERROR) rather
+    than printing them in several lines; such an error has the command line checked in full, which says
+    in one line what is wrong with it (exit 2), or the error goes on. The task's own errors are not
+    touched."""
+    run_preflight(argv, config_name, compose_all=False)
+    _full_error_before.append(os.environ.get(FULL_ERROR))
+    os.environ[FULL_ERROR] = "1"
+    try:
+        hydra_main()
+    except Exception:
+        if _full_error_before:  # raised before the task started: composing or launching
+            task_started()
+            run_preflight(argv, config_name)
+        raise
+    finally:
+        task_started()
+
+
+def task_started() -> None:
+    """The task function's first step: from here Hydra reports an error its own way (a bug's traceback)."""
+    if _full_error_before:
+        before = _full_error_before.pop()
+        if before is None:
+            os.environ.pop(FULL_ERROR, None)
+        else:
+            os.environ[FULL_ERROR] = before

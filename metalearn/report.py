@@ -28,6 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
+from metalearn.cli import console_script
 from metalearn.engine.rundir import read_metrics
 from metalearn.errors import MetalearnError
 from metalearn.files import write_csv
@@ -318,6 +319,7 @@ def report(paths: list[Path], out: Path, tags: list[str] | None = None) -> dict:
                                                                       out / "seeds.csv", *images]}
 
 
+@console_script
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(prog="metalearn-report", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
+from metalearn.cli import console_script
 from metalearn.config import config_dir, register
 from metalearn.help import answer_help
 
@@ -237,6 +238,9 @@ def _stop_on_sigterm() -> None:
 
 @hydra.main(version_base=None, config_path=config_dir(), config_name="train")
 def _hydra_main(cfg: DictConfig) -> float | None:
+    from metalearn.preflight import task_started
+
+    task_started()
     _stop_on_sigterm()
     return objective(run(cfg))
 
@@ -266,16 +270,15 @@ def _raise(e: Exception):
     raise e
 
 
+@console_script
 def main() -> None:
     """The console script: --help answered fast (metalearn.help), everything else by Hydra."""
     if not answer_help("metalearn-train", "train", __doc__ or ""):
         from metalearn.errors import TimeLimitReached
-        from metalearn.preflight import run_preflight
-
-        run_preflight(sys.argv[1:], "train")
+        from metalearn.preflight import run_checked
 
         try:
-            _hydra_main()
+            run_checked(sys.argv[1:], "train", _hydra_main)
         except KeyboardInterrupt:  # Ctrl-C or SIGTERM: the run said where it stopped; no traceback
             sys.exit(130)
         except TimeLimitReached:  # max_minutes: likewise, with timeout(1)'s status for a requeueing script

@@ -8,6 +8,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -44,12 +45,36 @@ def omniglot() -> Path:
     return OMNIGLOT
 
 
+def detached_plots() -> list[int]:
+    """The processes drawing a learning curve after their metalearn-train exited (metalearn.engine.plots)."""
+    found = []
+    for proc in Path("/proc").glob("[0-9]*"):
+        try:
+            if b"metalearn.engine.plots" in (proc / "cmdline").read_bytes():
+                found.append(int(proc.name))
+        except OSError:
+            continue
+    return found
+
+
+def wait_for_detached_plots(timeout: float = 120) -> None:
+    """A console script leaves its learning curve to a detached process (`plots=auto`): a test reads or
+    snapshots the run folder once that process is done too, as a user's next command would in practice."""
+    end = time.monotonic() + timeout
+    while detached_plots():
+        if time.monotonic() > end:
+            raise TimeoutError(f"learning-curve processes still running after {timeout} s: {detached_plots()}")
+        time.sleep(0.05)
+
+
 def cli(tool: str, *args: str, cwd: Path, timeout: float = 300) -> subprocess.CompletedProcess:
     """Run a console script as a user would; falls back to `python -m` when not on PATH."""
     exe = shutil.which(tool)
     cmd = [exe] if exe else [sys.executable, "-m", "metalearn." + tool.split("-")[1]]
-    return subprocess.run(cmd + list(args), cwd=cwd, capture_output=True, text=True, timeout=timeout,
+    done = subprocess.run(cmd + list(args), cwd=cwd, capture_output=True, text=True, timeout=timeout,
                           env={**os.environ, "PYTHONWARNINGS": "ignore"})
+    wait_for_detached_plots()
+    return done
 
 
 def smoke_train_then_eval(tmp_path: Path, name: str, extra: list[str], *eval_args: str) -> subprocess.CompletedProcess:
@@ -120,4 +145,5 @@ def run_main(tool: str, *args: str, cwd: Path) -> tuple[int, str]:
         for h in saved_log[0]:
             log.addHandler(h)
         log.propagate, log.level = saved_log[1], saved_log[2]
+    wait_for_detached_plots()
     return (code if isinstance(code, int) else 1), out.getvalue()

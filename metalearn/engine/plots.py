@@ -1,7 +1,10 @@
-"""The learning-curve PNG of a run, drawn from its metrics.jsonl."""
+"""The learning-curve PNG of a run, drawn from its metrics.jsonl, in the run's process or a detached one."""
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 from pathlib import Path
 
 from metalearn.engine.rundir import read_metrics
@@ -54,3 +57,39 @@ def plot_learning_curve(metrics_path: Path, out: Path, title: str = "", best: di
     with atomic_open(out) as f:
         fig.savefig(f, dpi=100, format="png")
     plt.close(fig)
+
+
+def draw_run(run: Path, title: str) -> None:
+    """learning_curve.png of the run folder `run`, with its summary's best checkpoint and test results."""
+    summary = run / "summary.json"
+    s = json.loads(summary.read_text()) if summary.is_file() else {}
+    plot_learning_curve(run / "metrics.jsonl", run / "learning_curve.png", title, best=s.get("best_val"),
+                        test=s.get("test"))
+
+
+def draw_detached(run: Path, title: str) -> None:
+    """draw_run in a process of its own that outlives this one: its own session (a Ctrl-C at the prompt does
+    not reach it) and no inherited output, so a caller reading this process's output is not held open."""
+    subprocess.Popen([sys.executable, "-m", "metalearn.engine.plots", str(run), title], stdin=subprocess.DEVNULL,
+                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True, close_fds=True)
+
+
+def main(argv: list[str]) -> int:
+    """The detached process: draw, or record in the run's train.log why not."""
+    run, title = Path(argv[0]), argv[1]
+    try:
+        draw_run(run, title)
+    except Exception as e:  # noqa: BLE001 - nobody waits for this process; the run folder keeps the reason
+        from metalearn.cli import log, setup_logging
+
+        if not run.is_dir():  # the folder was removed meanwhile: nothing to record in
+            return 1
+
+        setup_logging(run / "train.log")
+        log.error("learning_curve.png was not drawn: %s: %s", type(e).__name__, " ".join(str(e).split()))
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
