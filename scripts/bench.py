@@ -15,7 +15,8 @@ Figures (issue 7):
 3. ProtoNet training step vs the bare forward+backward of the same images through the backbone;
 4. evaluation of 600 5-way 1-shot ProtoNet episodes on Omniglot (seconds);
 5. start-up: `metalearn-train --help` (seconds), and `metalearn-train debug=smoke` and `metalearn-eval` of
-   that run as multiples of `python -c "import torch"` (issue 36's goals: 2x and 1.5x);
+   that run as multiples of `python -c "import torch"` (issue 36's goals: 2x and 1.5x; `--only startup` runs
+   just these, medians of 7);
 6. peak RSS of the MAML workload, ours vs learn2learn;
 7. backbones (issue 38): images/s of a training forward+backward at 84x84 RGB for conv4, resnet12, wrn28_10
    and resnet18 (batch 16, each in its own process), and the peak RSS of one 5-way 5-shot 15-query ProtoNet
@@ -284,16 +285,25 @@ def bench_eval(omniglot: Path, folder: Path) -> dict:
     return {"eval_600_episodes_s": seconds}
 
 
-def bench_startup() -> dict:
-    exe = shutil.which("metalearn-train")
-    cmd = [exe, "--help"] if exe else [sys.executable, "-m", "metalearn.train", "--help"]
+def bench_startup(repeats: int = 3) -> dict:
+    cmd = [console_tool("metalearn-train"), "--help"]
 
     def once() -> None:
         subprocess.run(cmd, capture_output=True, check=True)
 
     out = {"help_s": median_time(once, 5)}
-    out.update(bench_smoke())
+    out.update(bench_smoke(repeats))
     return out
+
+
+def report_startup(st: dict) -> str:
+    return "\n".join([
+        "| figure | ours | python -c 'import torch' | ratio | goal |", "| --- | --- | --- | --- | --- |",
+        f"| metalearn-train --help | {st['help_s']:.2f} s | | | <= 1.5 s |",
+        f"| metalearn-train debug=smoke | {st['smoke_s']:.2f} s | {st['import_torch_s']:.2f} s | "
+        f"{st['smoke_ratio']:.2f}x | <= 2x |",
+        f"| metalearn-eval of that run (20 episodes) | {st['eval_s']:.2f} s | {st['import_torch_s']:.2f} s | "
+        f"{st['eval_ratio']:.2f}x | <= 1.5x |"])
 
 
 def console_tool(name: str) -> str:
@@ -388,7 +398,7 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=1,
                     help="runs of every MAML configuration, alternating ours and the peer's; medians are reported")
     ap.add_argument("--json", type=Path, default=None, help="also write the raw figures here")
-    ap.add_argument("--only", choices=["backbones"], default=None, help="run one section alone")
+    ap.add_argument("--only", choices=["backbones", "startup"], default=None, help="run one section alone")
     ap.add_argument("--worker", nargs="*", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.worker:
@@ -408,6 +418,11 @@ def main() -> None:
         print(f"metalearn backbones, {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
               f"{time.strftime('%Y-%m-%d')}")
         print(report_backbones(bench_backbones()))
+        return
+    if args.only == "startup":
+        st = bench_startup(repeats=7)
+        print(f"metalearn start-up, {os.cpu_count()} cores, {time.strftime('%Y-%m-%d')}, medians of 7 alternating runs")
+        print(report_startup(st))
         return
     l2l = args.l2l
     if l2l is not None and not (l2l / "learn2learn").is_dir():
