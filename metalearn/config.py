@@ -469,6 +469,18 @@ class TrainConfig:
     pretrain: PretrainConfig = field(default_factory=PretrainConfig)
 
 
+@dataclass
+class TTAConfig:
+    """Test-time augmentation (metalearn-eval tta.copies=8): each image's code averaged over `copies` random
+    affine copies of it, the first the image itself. Inductive: no image's code depends on another's."""
+
+    copies: int = 1  # 1: none
+    rotate: float = 10.0  # max degrees either way
+    scale: float = 0.1  # max relative change
+    shift: float = 0.1  # max fraction of the image side
+    seed: int = 0  # the copies' random affine transforms
+
+
 @schema(None, "eval_schema")
 @dataclass
 class EvalConfig:
@@ -486,6 +498,7 @@ class EvalConfig:
     dataset_root: str | None = None  # when the data moved since training
     test_batch_norm: str | None = None  # an embedding method's test-time batch-norm statistics; null = the run's own
     inner_steps: int | None = None  # test-time adaptation steps (MAML family, meta_lstm); null = the run's own
+    tta: TTAConfig = field(default_factory=TTAConfig)  # test-time augmentation of an embedding method's codes
     hardware: HardwareConfig = field(default_factory=HardwareConfig)
 
 

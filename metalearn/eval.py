@@ -5,6 +5,7 @@
     metalearn-eval run=... test_batch_norm=support  # other test-time batch-norm statistics (embedding methods)
     metalearn-eval run=... inner_steps=10          # other test-time adaptation steps (MAML family, meta_lstm)
     metalearn-eval run=... ways=20 within=alphabet disjoint_drawers=true   # Lake et al.'s one-shot protocol
+    metalearn-eval run=... tta.copies=8           # each image's code averaged over 8 augmented copies (embedding methods)
 
 The episodes are drawn from `seed` on the run's test split, so every method
 trained on the same dataset config is scored on identical episodes; the
@@ -16,7 +17,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import hydra
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from metalearn.cli import console_script
 from metalearn.config import config_dir, register
@@ -58,17 +59,22 @@ def run(cfg: DictConfig) -> dict:
             raise MetalearnError(f"{key}={value}: it must be a whole number >= 1{own}")
     if cfg.seed < 0:
         raise MetalearnError(f"seed={cfg.seed}: episode seeds are whole numbers >= 0")
+    if cfg.tta.copies < 1:
+        raise MetalearnError(f"tta.copies={cfg.tta.copies}: the copies of each image whose codes are averaged, >= 1 "
+                             f"(1: no test-time augmentation)")
+    tta = OmegaConf.to_object(cfg.tta) if cfg.tta.copies > 1 else None
     spec = TaskSpec(*(saved[k] if cfg[k] is None else cfg[k] for k in ("ways", "shots", "queries")),
                     cfg.within, bool(cfg.disjoint_drawers))
     method.check_task(spec)
     r = evaluate(method, store, cfg.split, spec, cfg.episodes, cfg.seed, device, cfg.batch,
-                 autocast(device, cfg.hardware.amp))
+                 autocast(device, cfg.hardware.amp), tta=tta)
     path = r.save(folder / "eval", result_name(cfg, spec, ckpt["checkpoint_name"]))
     print(f"{saved['method']['name']} on {saved['dataset']['name']} {cfg.split} {spec.ways}-way {spec.shots}-shot"
           f"{f' within one {spec.within}' if spec.within else ''}{', drawer-disjoint' if spec.disjoint_drawers else ''}: "
           f"{100 * r.accuracy:.2f} ± {100 * r.ci95:.2f}% (95% CI, {len(r.per_episode)} episodes, "
           f"episodes {r.plans.digest()}{'' if r.batch_norm is None else ', batch norm: ' + r.batch_norm}"
-          f"{'' if cfg.inner_steps is None else f', {cfg.inner_steps} inner steps'}) -> {path}")
+          f"{'' if cfg.inner_steps is None else f', {cfg.inner_steps} inner steps'}"
+          f"{'' if tta is None else f', test-time augmentation: {tta.copies} copies'}) -> {path}")
     return r.summary()
 
 
@@ -77,7 +83,9 @@ def result_name(cfg: DictConfig, spec, checkpoint: str) -> str:
     never share a file and the same protocol always writes the same one (batch only groups episodes)."""
     bn = "" if cfg.test_batch_norm is None else f"_bn-{cfg.test_batch_norm}"
     steps = "" if cfg.inner_steps is None else f"_steps-{cfg.inner_steps}"
-    return f"{cfg.split}_{spec.tag}_q{spec.queries}_e{cfg.episodes}_seed{cfg.seed}_{checkpoint}{bn}{steps}"
+    t = cfg.tta
+    tta = "" if t.copies <= 1 else f"_tta-{t.copies}-r{t.rotate:g}-s{t.scale:g}-t{t.shift:g}-seed{t.seed}"
+    return f"{cfg.split}_{spec.tag}_q{spec.queries}_e{cfg.episodes}_seed{cfg.seed}_{checkpoint}{bn}{steps}{tta}"
 
 
 def set_policy(method, name: str, policy: str) -> None:

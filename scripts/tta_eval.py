@@ -1,11 +1,15 @@
-"""Test-time augmentation, measured as a lever (issue 39): an embedding run's test episodes scored with each
-image's code averaged over `--copies` random affine copies of it (the first copy is the image itself), next
-to the plain score on the same episodes, with the paired difference.
+"""Test-time augmentation and ensembles of runs, measured as levers (issue 39): an embedding run's test
+episodes scored with each image's code averaged over `--copies` random affine copies of it (the first copy
+is the image itself), next to the plain score on the same episodes, with the paired difference. Given
+several runs (seeds of one preset), it also scores their ensemble: each query's class probabilities
+averaged over the runs, plain and with the copies.
 
     python scripts/tta_eval.py RUN --ways 20 --within alphabet --disjoint-drawers --copies 8
     python scripts/tta_eval.py RUN --ways 5 --copies 8 --rotate 10 --scale 0.1 --shift 0.1
+    python scripts/tta_eval.py RUN_SEED0 RUN_SEED1 --ways 20 --within alphabet --disjoint-drawers
 
-Inductive: every image is augmented on its own, and a query's code never depends on another query.
+Every image is augmented on its own, so an inductive method stays inductive (a query's code never depends
+on another query); a transductive run (TIM) stays transductive.
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ from metalearn.api import restore_method
 from metalearn.config import AugmentConfig
 from metalearn.data import build_store
 from metalearn.engine.evaluate import encode_distinct
-from metalearn.methods.base import accuracy, fp32
+from metalearn.methods.base import fp32
 from metalearn.stats import paired_difference
 from metalearn.tasks.augment import random_affine
 from metalearn.tasks.episodes import EpisodeSampler, TaskSpec, episode_labels
@@ -41,20 +45,28 @@ def averaged_codes(method, store, ids: np.ndarray, copies: int, aug: AugmentConf
     return torch.cat(codes), torch.from_numpy(inverse.reshape(ids.shape))
 
 
-def scores(method, codes: torch.Tensor, rows: torch.Tensor, ways: int, shots: int, queries: int) -> np.ndarray:
+def probabilities(method, codes: torch.Tensor, rows: torch.Tensor, ways: int, shots: int,
+                  queries: int) -> torch.Tensor:
+    """Each episode's query class probabilities [episodes, ways * queries, ways]."""
     out = []
     with torch.no_grad():
         for start in range(0, rows.shape[0], 50):
             z = codes[rows[start:start + 50]]
             t = z.shape[0]
             logits = method.head(z[:, : ways * shots], episode_labels(t, ways, shots), z[:, ways * shots:], ways)
-            out.append(accuracy(logits, episode_labels(t, ways, queries), 1))
-    return torch.cat(out).numpy().astype(np.float64)
+            out.append(fp32(logits).softmax(-1))
+    return torch.cat(out)
+
+
+def per_episode(probs: torch.Tensor, ways: int, queries: int) -> np.ndarray:
+    """The accuracy of each episode."""
+    labels = episode_labels(probs.shape[0], ways, queries)
+    return (probs.argmax(-1) == labels).double().mean(-1).numpy()
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("run")
+    ap.add_argument("runs", nargs="+", help="one run, or several (their ensemble is scored too) on one dataset")
     ap.add_argument("--ways", type=int, default=20)
     ap.add_argument("--within", default=None)
     ap.add_argument("--disjoint-drawers", action="store_true")
@@ -64,21 +76,39 @@ def main() -> None:
     ap.add_argument("--scale", type=float, default=0.1)
     ap.add_argument("--shift", type=float, default=0.1)
     args = ap.parse_args()
-    method, ckpt = restore_method(args.run, "last", "cpu")
-    method.eval()
-    saved = ckpt["config"]
-    store = build_store(DictConfig(saved["dataset"]))
-    spec = TaskSpec(args.ways, 1, saved["queries"], args.within, args.disjoint_drawers)
-    plans = EpisodeSampler(store, "test", spec, 2).plans(0, args.episodes)
     aug = AugmentConfig(enabled=True, rotate=args.rotate, scale=args.scale, shift=args.shift)
-    plain_codes, rows = encode_distinct(method, store, plans.image_ids(), torch.device("cpu"))
-    plain = scores(method, plain_codes, rows, spec.ways, 1, spec.queries)
-    tta_codes, rows = averaged_codes(method, store, plans.image_ids(), args.copies, aug)
-    tta = scores(method, tta_codes, rows, spec.ways, 1, spec.queries)
-    p = paired_difference(tta, plain)
-    print(f"{spec.tag}, {args.episodes} episodes (digest {plans.digest()}): plain {100 * plain.mean():.2f}%, "
-          f"{args.copies} copies {100 * tta.mean():.2f}%, paired {100 * p.mean:+.2f} ± {100 * p.half_width:.2f} "
-          f"(p={p.p_value:.2g})")
+    plain_probs, tta_probs = [], []
+    for i, run in enumerate(args.runs):
+        method, ckpt = restore_method(run, "last", "cpu")
+        method.eval()
+        saved = ckpt["config"]
+        if i == 0:
+            dataset = saved["dataset"]
+            store = build_store(DictConfig(dataset))
+            spec = TaskSpec(args.ways, 1, saved["queries"], args.within, args.disjoint_drawers)
+            plans = EpisodeSampler(store, "test", spec, 2).plans(0, args.episodes)
+        elif saved["dataset"] != dataset:
+            raise SystemExit(f"{run} was trained on another dataset configuration than {args.runs[0]}; "
+                             "an ensemble is scored on one dataset's episodes")
+        codes, rows = encode_distinct(method, store, plans.image_ids(), torch.device("cpu"))
+        plain_probs.append(probabilities(method, codes, rows, spec.ways, 1, spec.queries))
+        codes, rows = averaged_codes(method, store, plans.image_ids(), args.copies, aug)
+        tta_probs.append(probabilities(method, codes, rows, spec.ways, 1, spec.queries))
+    first = per_episode(plain_probs[0], spec.ways, spec.queries)
+    print(f"{spec.tag}, {args.episodes} episodes (digest {plans.digest()})")
+    rows_out = [(f"{run}: plain", per_episode(p, spec.ways, spec.queries)) for run, p in zip(args.runs, plain_probs, strict=True)]
+    rows_out += [(f"{run}: {args.copies} copies", per_episode(p, spec.ways, spec.queries))
+                 for run, p in zip(args.runs, tta_probs, strict=True)]
+    if len(args.runs) > 1:
+        rows_out += [(f"ensemble of {len(args.runs)}: plain", per_episode(torch.stack(plain_probs).mean(0), spec.ways,
+                                                                           spec.queries)),
+                     (f"ensemble of {len(args.runs)}: {args.copies} copies",
+                      per_episode(torch.stack(tta_probs).mean(0), spec.ways, spec.queries))]
+    print(f"  {rows_out[0][0]}: {100 * first.mean():.2f}%")
+    for name, acc in rows_out[1:]:
+        p = paired_difference(acc, first)
+        print(f"  {name}: {100 * acc.mean():.2f}%, vs the first run plain {100 * p.mean:+.2f} ± {100 * p.half_width:.2f} "
+              f"(p={p.p_value:.2g})")
 
 
 if __name__ == "__main__":

@@ -71,3 +71,36 @@ def test_t_quantiles_and_p_values_equal_scipy_stats():
         d = paired_difference(x + 0.3, np.zeros(n))
         t = (x + 0.3).mean() / ((x + 0.3).std(ddof=1) / math.sqrt(n))
         assert d.p_value == pytest.approx(2 * stats.t.sf(abs(t), n - 1), rel=1e-10)
+
+
+def test_test_time_augmentation_averages_codes_of_copies_reproducibly(store):
+    """tta.copies=1 is the plain evaluation; more copies give another, reproducible result, drawn from
+    tta.seed without touching the caller's random state."""
+    from metalearn.backbones import Conv4
+    from metalearn.config import TTAConfig
+    from metalearn.methods.protonet import ProtoNet
+
+    torch.manual_seed(0)
+    method = ProtoNet(Conv4(1, 8))
+    args = (method, store, "test", TaskSpec(5, 1, 3), 30, 2, torch.device("cpu"))
+    plain = evaluate(*args)
+    assert np.array_equal(evaluate(*args, tta=TTAConfig(copies=1)).per_episode, plain.per_episode)
+    state = torch.random.get_rng_state()
+    a = evaluate(*args, tta=TTAConfig(copies=4, rotate=20, scale=0.2, shift=0.2))
+    assert torch.equal(torch.random.get_rng_state(), state)
+    b = evaluate(*args, tta=TTAConfig(copies=4, rotate=20, scale=0.2, shift=0.2))
+    c = evaluate(*args, tta=TTAConfig(copies=4, rotate=20, scale=0.2, shift=0.2, seed=1))
+    assert np.array_equal(a.per_episode, b.per_episode) and not np.array_equal(a.per_episode, plain.per_episode)
+    assert not np.array_equal(a.per_episode, c.per_episode)
+    assert a.summary()["tta"]["copies"] == 4 and "tta" not in plain.summary()
+
+
+def test_test_time_augmentation_is_refused_for_a_method_that_does_not_encode_each_image_alone(store):
+    from metalearn.backbones import Conv4
+    from metalearn.config import TTAConfig
+    from metalearn.errors import MetalearnError
+    from metalearn.methods.maml import MAML
+
+    maml = MAML(Conv4(1, 8, pool="stride"), 8, 5, 0.4, 1, 1)
+    with pytest.raises(MetalearnError, match="tta.copies=4 averages an embedding method's codes"):
+        evaluate(maml, store, "test", TaskSpec(5, 1, 3), 4, 2, torch.device("cpu"), tta=TTAConfig(copies=4))

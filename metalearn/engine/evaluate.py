@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import contextlib
 import json
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from metalearn.config import TTAConfig
 from metalearn.data.store import ImageStore
 from metalearn.errors import MetalearnError
 from metalearn.files import atomic_open, write_text
@@ -29,6 +30,7 @@ class EvalResult:
     batch_norm: str | None = None  # an embedding method's test-time batch-norm statistics (None: no such layers)
     inner_steps: int | None = None  # a method that adapts by gradient steps: how many each test task took
     transductive: bool = False  # predictions used the task's other queries (metalearn.methods.base.Method)
+    tta: dict | None = None  # test-time augmentation (metalearn.config.TTAConfig as a dict), when used
 
     @property
     def accuracy(self) -> float:
@@ -46,7 +48,8 @@ class EvalResult:
                 "accuracy": self.accuracy, "ci95": self.ci95,
                 "episodes_digest": self.plans.digest(), **({"batch_norm": self.batch_norm} if self.batch_norm else {}),
                 **({"inner_steps": self.inner_steps} if self.inner_steps else {}),
-                **({"transductive": True} if self.transductive else {})}
+                **({"transductive": True} if self.transductive else {}),
+                **({"tta": self.tta} if self.tta else {})}
 
     def save(self, folder: Path, name: str) -> Path:
         """<name>.json (summary + per-episode accuracies) and <name>_episodes.npz (the plans)."""
@@ -59,8 +62,9 @@ class EvalResult:
 
 def evaluate(method: Method, store: ImageStore, split: str, spec: TaskSpec, episodes: int, seed: int,
              device: torch.device, batch: int = 50, autocast: contextlib.AbstractContextManager | None = None,
-             plans: EpisodePlans | None = None) -> EvalResult:
-    """Accuracy of `method` on `episodes` episodes of `split`, drawn from `seed` (or the given plans)."""
+             plans: EpisodePlans | None = None, tta: TTAConfig | None = None) -> EvalResult:
+    """Accuracy of `method` on `episodes` episodes of `split`, drawn from `seed` (or the given plans); with
+    `tta` (copies > 1), an embedding method's codes averaged over augmented copies of each image."""
     if plans is None and episodes < 1:
         raise MetalearnError(f"the number of evaluation episodes must be >= 1, got {episodes}")
     if plans is None:
@@ -70,7 +74,10 @@ def evaluate(method: Method, store: ImageStore, split: str, spec: TaskSpec, epis
     grad = torch.enable_grad() if getattr(method, "adapts_at_test", False) else torch.no_grad()
     with grad, (autocast or contextlib.nullcontext()):
         if isinstance(method, EmbeddingMethod) and method.encodes_each_image_alone():
-            accs = _accuracies_from_codes(method, store, plans, device, batch)
+            accs = _accuracies_from_codes(method, store, plans, device, batch, tta)
+        elif tta is not None and tta.copies > 1:
+            raise MetalearnError(f"tta.copies={tta.copies} averages an embedding method's codes over augmented copies of "
+                                 f"each image; {type(method).__name__} does not encode each image alone; drop tta.copies=")
         else:
             accs = []
             for start in range(0, len(plans), max(1, batch)):
@@ -80,30 +87,43 @@ def evaluate(method: Method, store: ImageStore, split: str, spec: TaskSpec, epis
     method.train(was_training)
     bn = method.batch_norm if isinstance(method, EmbeddingMethod) and batch_norm_layers(method) else None
     return EvalResult(split, spec, seed, torch.cat(accs).numpy().astype(np.float64), plans, bn,
-                      getattr(method, "inner_steps_eval", None), method.is_transductive())
+                      getattr(method, "inner_steps_eval", None), method.is_transductive(),
+                      asdict(tta) if tta is not None and tta.copies > 1 else None)
 
 
-def encode_distinct(method: EmbeddingMethod, store: ImageStore, ids: np.ndarray,
-                    device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+def encode_distinct(method: EmbeddingMethod, store: ImageStore, ids: np.ndarray, device: torch.device,
+                    tta: TTAConfig | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Codes of the distinct images among `ids` (any shape), and `ids` as rows of those codes.
 
     Episodes share images: 600 5-way 1-shot episodes with 15 queries name 48,000 images, but a
     test split holds a few thousand, so each is encoded once. Chunks keep about 2M input values
-    (2,600 28x28 glyphs, 100 84x84 colour images) so activations stay a few hundred MB."""
+    (2,600 28x28 glyphs, 100 84x84 colour images) so activations stay a few hundred MB. With `tta`, each
+    code is the mean over the image and `tta.copies - 1` random affine copies of it, drawn from `tta.seed`
+    (the global random state is left as it was)."""
     distinct, inverse = np.unique(ids, return_inverse=True)
     chunk = max(16, 2**21 // int(np.prod(store.images.shape[1:])))
+    copies = tta.copies if tta is not None else 1
     codes = []
-    with torch.no_grad():
+    with torch.no_grad(), torch.random.fork_rng(devices=[]):
+        if copies > 1:
+            from metalearn.tasks.augment import random_affine
+
+            torch.manual_seed(tta.seed)
+            background = float(store.normalize(torch.zeros(())))
         for i in range(0, len(distinct), chunk):
-            codes.append(fp32(method.encode(store.load(distinct[i:i + chunk], device))))
+            x = store.load(distinct[i:i + chunk], device)
+            total = fp32(method.encode(x))
+            for _ in range(copies - 1):
+                total = total + fp32(method.encode(random_affine(x, tta, background)))
+            codes.append(total / copies)
     return torch.cat(codes), torch.from_numpy(inverse.reshape(ids.shape)).to(device)
 
 
 def _accuracies_from_codes(method: EmbeddingMethod, store: ImageStore, plans: EpisodePlans,
-                           device: torch.device, batch: int) -> list[torch.Tensor]:
+                           device: torch.device, batch: int, tta: TTAConfig | None = None) -> list[torch.Tensor]:
     """Per-episode accuracies, every image encoded once (same logits as predict, up to float rounding)."""
     ways, shots, queries = plans.support.shape[1], plans.support.shape[2], plans.query.shape[2]
-    codes, rows = encode_distinct(method, store, plans.image_ids(), device)
+    codes, rows = encode_distinct(method, store, plans.image_ids(), device, tta)
     accs = []
     for start in range(0, len(plans), max(1, batch)):
         z = codes[rows[start:start + batch]]  # [t, ways*(shots+queries), ...]
