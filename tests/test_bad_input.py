@@ -209,6 +209,7 @@ CASES: list[tuple[str, list[str], list[str]]] = [
     ("metalearn-eval", ["run={root}/run", "split=train2"], ["split 'train2' does not exist"]),
     ("metalearn-eval", ["run={root}/run", "test_batch_norm=foo"], ["test_batch_norm='foo' is not one of"]),
     ("metalearn-eval", ["run={root}/run", "inner_steps=5"], ["does not adapt by inner steps"]),
+    ("metalearn-eval", ["run={root}/run", "tta.copies=0"], ["tta.copies=0: the copies of each image"]),
     ("metalearn-eval", ["run={root}/run", "episds=3"], ["episds is not a key", "did you mean episodes"]),
     ("metalearn-eval", ["run={root}/evil_best"], ["could run code, so it is refused"]),
     # metalearn-report
