@@ -25,9 +25,11 @@ from metalearn.config import AugmentConfig
 from metalearn.data import build_store
 from metalearn.engine.evaluate import encode_distinct
 from metalearn.methods.base import fp32
-from metalearn.stats import paired_difference
+from metalearn.stats import paired_difference, t_interval
 from metalearn.tasks.augment import random_affine
 from metalearn.tasks.episodes import EpisodeSampler, TaskSpec, episode_labels
+
+WHERE = ("root", "cache_dir")  # where the files are, not which images: runs may name one place differently
 
 
 def averaged_codes(method, store, ids: np.ndarray, copies: int, aug: AugmentConfig) -> tuple[torch.Tensor, torch.Tensor]:
@@ -87,7 +89,8 @@ def main() -> None:
             store = build_store(DictConfig(dataset))
             spec = TaskSpec(args.ways, 1, saved["queries"], args.within, args.disjoint_drawers)
             plans = EpisodeSampler(store, "test", spec, 2).plans(0, args.episodes)
-        elif saved["dataset"] != dataset:
+        elif {k: v for k, v in saved["dataset"].items() if k not in WHERE} != {k: v for k, v in dataset.items()
+                                                                             if k not in WHERE}:
             raise SystemExit(f"{run} was trained on another dataset configuration than {args.runs[0]}; "
                              "an ensemble is scored on one dataset's episodes")
         codes, rows = encode_distinct(method, store, plans.image_ids(), torch.device("cpu"))
@@ -104,11 +107,11 @@ def main() -> None:
                                                                            spec.queries)),
                      (f"ensemble of {len(args.runs)}: {args.copies} copies",
                       per_episode(torch.stack(tta_probs).mean(0), spec.ways, spec.queries))]
-    print(f"  {rows_out[0][0]}: {100 * first.mean():.2f}%")
+    print(f"  {rows_out[0][0]}: {100 * first.mean():.2f} ± {100 * t_interval(first).half_width:.2f}%")
     for name, acc in rows_out[1:]:
         p = paired_difference(acc, first)
-        print(f"  {name}: {100 * acc.mean():.2f}%, vs the first run plain {100 * p.mean:+.2f} ± {100 * p.half_width:.2f} "
-              f"(p={p.p_value:.2g})")
+        print(f"  {name}: {100 * acc.mean():.2f} ± {100 * t_interval(acc).half_width:.2f}%, vs the first run plain "
+              f"{100 * p.mean:+.2f} ± {100 * p.half_width:.2f} (p={p.p_value:.2g})")
 
 
 if __name__ == "__main__":
