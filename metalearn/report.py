@@ -54,14 +54,30 @@ class Result:
 
 
 def find_runs(paths: list[Path]) -> list[Path]:
-    """Every folder holding a summary.json under the given paths (runs, sweeps, or output roots)."""
+    """Every folder holding a summary.json under the given paths (runs, sweeps, or output roots), less the
+    pre-training stages that only fed their run (is_feeding_stage)."""
     found: set[Path] = set()
     for p in paths:
         if (p / "summary.json").is_file():
             found.add(p.resolve())
         elif p.is_dir():
             found.update(s.parent.resolve() for s in p.rglob("summary.json"))
-    return sorted(found)
+    return sorted(f for f in found if not is_feeding_stage(f))
+
+
+def is_feeding_stage(folder: Path) -> bool:
+    """A pre-training stage (<run>/pretrain, metalearn.engine.stages) that completed without a test of its own: its
+    weights are its run's start, not a result, so it is no leaderboard row ("no test result"). A stage that failed,
+    or that was tested, is listed like any run."""
+    from metalearn.engine.stages import STAGE_DIR
+
+    if folder.name != STAGE_DIR or not (folder.parent / "summary.json").is_file():
+        return False
+    try:
+        s = json.loads((folder / "summary.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return s.get("status") == "completed" and not s.get("test")
 
 
 def transductive(summary: dict, test: dict) -> bool:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 import math
 from pathlib import Path
 
@@ -112,3 +113,22 @@ def test_report_from_real_runs(tmp_path):
     proto = [s for s in seeds if s["method"] == "protonet"]
     assert len(proto) == 1 and proto[0]["seeds"] == "2"  # the two seeds of one configuration, averaged
     assert (out / "learning_curves.png").stat().st_size > 1000 and (out / "accuracy_vs_shots.png").is_file()
+
+
+def test_a_pretraining_stage_that_only_fed_its_run_is_not_a_leaderboard_row(tmp_path):
+    """<run>/pretrain is a complete run folder; completed and untested, it is part of its run, not a result."""
+    from metalearn.report import find_runs
+
+    def summary(folder, **s):
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "summary.json").write_text(json.dumps(s))
+
+    summary(tmp_path / "meta", status="completed", test={"5w1s": {"accuracy": 0.9}})
+    summary(tmp_path / "meta" / "pretrain", status="completed")
+    summary(tmp_path / "tested" / "pretrain", status="completed", test={"5w1s": {"accuracy": 0.8}})
+    summary(tmp_path / "tested", status="completed", test={"5w1s": {"accuracy": 0.9}})
+    summary(tmp_path / "broken" / "pretrain", status="failed", error="out of memory")
+    summary(tmp_path / "broken", status="failed", error="the pre-training stage failed")
+    summary(tmp_path / "lone" / "pretrain", status="completed")  # a run folder someone named pretrain
+    found = {p.relative_to(tmp_path.resolve()).as_posix() for p in find_runs([tmp_path])}
+    assert found == {"meta", "tested", "tested/pretrain", "broken", "broken/pretrain", "lone/pretrain"}
