@@ -1,6 +1,7 @@
 """Test-time augmentation and ensembles of runs, measured as levers (issue 39): an embedding run's test
 episodes scored with each image's code averaged over `--copies` random affine copies of it (the first copy
-is the image itself), next to the plain score on the same episodes, with the paired difference. Given
+is the image itself; metalearn-eval's tta.copies, the same copies), next to the plain score on the same
+episodes, with the paired difference. Given
 several runs (seeds of one preset), it also scores their ensemble: each query's class probabilities
 averaged over the runs, plain and with the copies.
 
@@ -21,30 +22,14 @@ import torch
 from omegaconf import DictConfig
 
 from metalearn.api import restore_method
-from metalearn.config import AugmentConfig
+from metalearn.config import TTAConfig
 from metalearn.data import build_store
 from metalearn.engine.evaluate import encode_distinct
 from metalearn.methods.base import fp32
 from metalearn.stats import paired_difference, t_interval
-from metalearn.tasks.augment import random_affine
 from metalearn.tasks.episodes import EpisodeSampler, TaskSpec, episode_labels
 
 WHERE = ("root", "cache_dir")  # where the files are, not which images: runs may name one place differently
-
-
-def averaged_codes(method, store, ids: np.ndarray, copies: int, aug: AugmentConfig) -> tuple[torch.Tensor, torch.Tensor]:
-    distinct, inverse = np.unique(ids, return_inverse=True)
-    background = float(store.normalize(torch.zeros(())))
-    torch.manual_seed(0)
-    codes = []
-    with torch.no_grad():
-        for i in range(0, len(distinct), 1024):
-            x = store.load(distinct[i:i + 1024], "cpu")
-            total = fp32(method.encode(x))
-            for _ in range(copies - 1):
-                total = total + fp32(method.encode(random_affine(x, aug, background)))
-            codes.append(total / copies)
-    return torch.cat(codes), torch.from_numpy(inverse.reshape(ids.shape))
 
 
 def probabilities(method, codes: torch.Tensor, rows: torch.Tensor, ways: int, shots: int,
@@ -78,7 +63,7 @@ def main() -> None:
     ap.add_argument("--scale", type=float, default=0.1)
     ap.add_argument("--shift", type=float, default=0.1)
     args = ap.parse_args()
-    aug = AugmentConfig(enabled=True, rotate=args.rotate, scale=args.scale, shift=args.shift)
+    tta = TTAConfig(copies=args.copies, rotate=args.rotate, scale=args.scale, shift=args.shift)
     plain_probs, tta_probs = [], []
     for i, run in enumerate(args.runs):
         method, ckpt = restore_method(run, "last", "cpu")
@@ -95,7 +80,7 @@ def main() -> None:
                              "an ensemble is scored on one dataset's episodes")
         codes, rows = encode_distinct(method, store, plans.image_ids(), torch.device("cpu"))
         plain_probs.append(probabilities(method, codes, rows, spec.ways, 1, spec.queries))
-        codes, rows = averaged_codes(method, store, plans.image_ids(), args.copies, aug)
+        codes, rows = encode_distinct(method, store, plans.image_ids(), torch.device("cpu"), tta)
         tta_probs.append(probabilities(method, codes, rows, spec.ways, 1, spec.queries))
     first = per_episode(plain_probs[0], spec.ways, spec.queries)
     print(f"{spec.tag}, {args.episodes} episodes (digest {plans.digest()})")
