@@ -264,3 +264,15 @@ def test_standard_split_on_incomplete_archives_is_a_clear_error(tmp_path):
     cfg = OmniglotConfig(root=str(tmp_path), cache_dir=str(tmp_path / "c"), split="vinyals", check_md5=False)
     with pytest.raises(MetalearnError, match=r"Tibetan \(0 of 42\).*dataset.split=character"):
         build_omniglot(cfg)
+
+
+def test_stores_of_one_dataset_at_two_sizes_hold_the_same_images(omniglot, tmp_path):
+    """An ensemble's members may render the images at other sizes; one plan must mean the same task in both."""
+    small = build_omniglot(omni_cfg(omniglot, tmp_path, alphabets=SMALL_SPLIT))
+    large = build_omniglot(omni_cfg(omniglot, tmp_path, alphabets=SMALL_SPLIT, image_size=32))
+    assert large.images.shape[-1] == 32 and small.same_images(large) and large.same_images(small)
+    other_split = build_omniglot(omni_cfg(omniglot, tmp_path, alphabets={**SMALL_SPLIT, "val": [],
+                                                                         "train": SMALL_SPLIT["train"] + ["Greek"]}))
+    assert not small.same_images(other_split)
+    rotated = build_omniglot(omni_cfg(omniglot, tmp_path, alphabets=SMALL_SPLIT, rotations=["train"]))
+    assert not small.same_images(rotated)

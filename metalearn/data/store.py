@@ -54,6 +54,15 @@ class ImageStore:
     def image_shape(self) -> tuple[int, int, int]:
         return tuple(self.images.shape[1:])  # type: ignore[return-value]
 
+    def same_images(self, other: ImageStore) -> bool:
+        """Whether both stores hold the same images in the same order, so that one episode plan means the
+        same task in both; they may render them differently (dataset.image_size), as an ensemble's members may."""
+        return (self.class_names == other.class_names and np.array_equal(self.class_count, other.class_count)
+                and self.splits.keys() == other.splits.keys()
+                and all(np.array_equal(self.splits[k], other.splits[k]) for k in self.splits)
+                and (self.drawers is None) == (other.drawers is None)
+                and (self.drawers is None or np.array_equal(self.drawers, other.drawers)))
+
     def check(self) -> None:
         """Splits must be disjoint and in range: no class may leak between them."""
         seen: set[int] = set()

@@ -47,6 +47,26 @@ def tim_loss(zs: torch.Tensor, onehot: torch.Tensor, zq: torch.Tensor, w: torch.
     return w_ce * ce - (w_marginal * marginal - w_conditional * conditional)
 
 
+def tim_head(zs: torch.Tensor, support_labels: torch.Tensor, zq: torch.Tensor, ways: int, iterations: int = 1000,
+             lr: float = 1e-4, temperature: float = 15.0,
+             weights: tuple[float, float, float] = (0.1, 1.0, 0.1)) -> torch.Tensor:
+    """TIM-GD's inference on any encoder's codes of a batch of tasks (zs [T, S, D], zq [T, Q, D]): the query
+    logits [T, Q, ways]. A function of codes alone, so that it can also be measured on encoders trained
+    otherwise (scripts/tta_eval.py --head tim); the result is transductive whatever the encoder."""
+    zs, zq = nn.functional.normalize(zs.detach(), dim=-1), nn.functional.normalize(zq.detach(), dim=-1)
+    onehot = nn.functional.one_hot(support_labels, ways).to(zs.dtype)
+    w = (onehot.transpose(1, 2) @ zs / onehot.sum(1)[:, :, None]).clone().requires_grad_(True)
+    optimizer = torch.optim.Adam([w], lr=lr)
+    with torch.enable_grad():
+        for _ in range(iterations):
+            # summed over tasks: each task's weights follow its own objective (Adam is elementwise)
+            loss = tim_loss(zs, onehot, zq, w, temperature, weights).sum()
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+    return distance_logits(zq, w.detach(), temperature)
+
+
 class TIM(Baseline):
     transductive = True
 
@@ -57,18 +77,7 @@ class TIM(Baseline):
         self.iterations, self.lr, self.temperature, self.weights = iterations, lr, temperature, tuple(weights)
 
     def head(self, zs, support_labels, zq, ways):
-        zs, zq = nn.functional.normalize(zs.detach(), dim=-1), nn.functional.normalize(zq.detach(), dim=-1)
-        onehot = nn.functional.one_hot(support_labels, ways).to(zs.dtype)
-        w = (onehot.transpose(1, 2) @ zs / onehot.sum(1)[:, :, None]).clone().requires_grad_(True)
-        optimizer = torch.optim.Adam([w], lr=self.lr)
-        with torch.enable_grad():
-            for _ in range(self.iterations):
-                # summed over tasks: each task's weights follow its own objective (Adam is elementwise)
-                loss = tim_loss(zs, onehot, zq, w, self.temperature, self.weights).sum()
-                optimizer.zero_grad()
-                loss.backward()
-                optimizer.step()
-        return distance_logits(zq, w.detach(), self.temperature)
+        return tim_head(zs, support_labels, zq, ways, self.iterations, self.lr, self.temperature, self.weights)
 
 
 @METHODS.register("tim")
