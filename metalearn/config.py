@@ -389,6 +389,11 @@ class AugmentConfig:
     rotate: float = 15.0  # max degrees either way
     scale: float = 0.15  # max relative change
     shift: float = 0.1  # max fraction of the image side
+    # Elastic distortion (Simard et al. 2003): a uniform(-1, 1) displacement field per image, smoothed by a
+    # Gaussian of elastic_sigma pixels and scaled by elastic_alpha pixels: strokes bend as another hand's
+    # would, keeping their order and joins. 0: off (and no random numbers drawn for it).
+    elastic_alpha: float = 0.0
+    elastic_sigma: float = 4.0
 
 
 @dataclass
@@ -499,6 +504,7 @@ class EvalConfig:
     test_batch_norm: str | None = None  # an embedding method's test-time batch-norm statistics; null = the run's own
     inner_steps: int | None = None  # test-time adaptation steps (MAML family, meta_lstm); null = the run's own
     tta: TTAConfig = field(default_factory=TTAConfig)  # test-time augmentation of an embedding method's codes
+    head: str | None = None  # tim: TIM's transductive inference on an embedding method's codes; null = its own head
     hardware: HardwareConfig = field(default_factory=HardwareConfig)
 
 
@@ -520,6 +526,8 @@ BOUNDS: dict[str, tuple[float | None, float | None, str]] = {
     "augment.rotate": (0, 180, "the largest rotation, in degrees"),
     "augment.scale": (0, 0.99, "the largest relative change of scale"),
     "augment.shift": (0, 1, "the largest shift, as a fraction of the image side"),
+    "augment.elastic_alpha": (0, 1000, "the elastic distortion's strength in pixels (Simard et al.'s alpha; 0: off)"),
+    "augment.elastic_sigma": (0.5, 100, "the elastic displacement field's smoothing, in pixels"),
     "val.every": (0, None, "steps between validations (0: never)"),
     "val.episodes": (1, 1_000_000, "validation episodes"),
     "val.seed": (0, None, "the validation episodes' seed"),

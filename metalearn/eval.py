@@ -6,6 +6,7 @@
     metalearn-eval run=... inner_steps=10          # other test-time adaptation steps (MAML family, meta_lstm)
     metalearn-eval run=... ways=20 within=alphabet disjoint_drawers=true   # Lake et al.'s one-shot protocol
     metalearn-eval run=... tta.copies=8           # each image's code averaged over 8 augmented copies (embedding methods)
+    metalearn-eval run=... head=tim               # TIM's transductive inference on the run's codes (embedding methods)
 
 The episodes are drawn from `seed` on the run's test split, so every method
 trained on the same dataset config is scored on identical episodes; the
@@ -29,7 +30,7 @@ register()
 def run(cfg: DictConfig) -> dict:
     from metalearn.api import restore_method
     from metalearn.data import build_store
-    from metalearn.engine.evaluate import evaluate
+    from metalearn.engine.evaluate import check_head, evaluate
     from metalearn.errors import MetalearnError
     from metalearn.hardware import autocast, setup_device
     from metalearn.tasks.episodes import TaskSpec
@@ -41,6 +42,7 @@ def run(cfg: DictConfig) -> dict:
         raise MetalearnError(f"run folder {folder} does not exist; give a run folder such as outputs/train/<date>/<run>")
     if not folder.is_dir():
         raise MetalearnError(f"run={folder} is a file, not a run folder; give the folder that holds its config.yaml")
+    check_head(cfg.head)
     device = setup_device(cfg.hardware)
     method, ckpt = restore_method(folder, cfg.checkpoint, device)
     saved = ckpt["config"]
@@ -67,14 +69,15 @@ def run(cfg: DictConfig) -> dict:
                     cfg.within, bool(cfg.disjoint_drawers))
     method.check_task(spec)
     r = evaluate(method, store, cfg.split, spec, cfg.episodes, cfg.seed, device, cfg.batch,
-                 autocast(device, cfg.hardware.amp), tta=tta)
+                 autocast(device, cfg.hardware.amp), tta=tta, head=cfg.head)
     path = r.save(folder / "eval", result_name(cfg, spec, ckpt["checkpoint_name"]))
     print(f"{saved['method']['name']} on {saved['dataset']['name']} {cfg.split} {spec.ways}-way {spec.shots}-shot"
           f"{f' within one {spec.within}' if spec.within else ''}{', drawer-disjoint' if spec.disjoint_drawers else ''}: "
           f"{100 * r.accuracy:.2f} ± {100 * r.ci95:.2f}% (95% CI, {len(r.per_episode)} episodes, "
           f"episodes {r.plans.digest()}{'' if r.batch_norm is None else ', batch norm: ' + r.batch_norm}"
           f"{'' if cfg.inner_steps is None else f', {cfg.inner_steps} inner steps'}"
-          f"{'' if tta is None else f', test-time augmentation: {tta.copies} copies'}) -> {path}")
+          f"{'' if tta is None else f', test-time augmentation: {tta.copies} copies'}"
+          f"{'' if cfg.head is None else f', head: {cfg.head}'}{', transductive' if r.transductive else ''}) -> {path}")
     return r.summary()
 
 
@@ -85,7 +88,8 @@ def result_name(cfg: DictConfig, spec, checkpoint: str) -> str:
     steps = "" if cfg.inner_steps is None else f"_steps-{cfg.inner_steps}"
     t = cfg.tta
     tta = "" if t.copies <= 1 else f"_tta-{t.copies}-r{t.rotate:g}-s{t.scale:g}-t{t.shift:g}-seed{t.seed}"
-    return f"{cfg.split}_{spec.tag}_q{spec.queries}_e{cfg.episodes}_seed{cfg.seed}_{checkpoint}{bn}{steps}{tta}"
+    head = "" if cfg.head is None else f"_head-{cfg.head}"
+    return f"{cfg.split}_{spec.tag}_q{spec.queries}_e{cfg.episodes}_seed{cfg.seed}_{checkpoint}{bn}{steps}{tta}{head}"
 
 
 def set_policy(method, name: str, policy: str) -> None:

@@ -29,9 +29,8 @@ from metalearn.api import restore_method
 from metalearn.config import TTAConfig
 from metalearn.data import build_store
 from metalearn.data.store import ImageStore
-from metalearn.engine.evaluate import encode_distinct
+from metalearn.engine.evaluate import encode_distinct, tim_on_codes
 from metalearn.methods.base import fp32
-from metalearn.methods.tim import tim_head
 from metalearn.stats import paired_difference, t_interval
 from metalearn.tasks.episodes import EpisodeSampler, TaskSpec, episode_labels
 
@@ -89,7 +88,7 @@ def main() -> None:
         elif not store.same_images(first_store):
             raise SystemExit(f"{run} reads other images than {args.runs[0]} (its dataset configuration lists other "
                              "classes, splits or drawers); an ensemble is scored on one dataset's episodes")
-        head = tim_head if args.head == "tim" else method.head
+        head = tim_on_codes if args.head == "tim" else method.head
         codes, rows = encode_distinct(method, store, plans.image_ids(), torch.device("cpu"))
         if i == 0:  # the reference of every paired difference: the first run as it is, its own head, plain
             reference = per_episode(probabilities(method.head, codes, rows, spec.ways, 1, spec.queries), spec.ways,

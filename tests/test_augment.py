@@ -31,3 +31,45 @@ def test_augmentation_is_seeded():
     a = random_affine(x, cfg, 0.0)
     torch.manual_seed(3)
     assert torch.equal(a, random_affine(x, cfg, 0.0))
+
+
+def test_elastic_off_draws_no_random_numbers():
+    """Runs without the elastic distortion keep their random stream, so earlier runs reproduce and resume."""
+    x = torch.rand(4, 1, 28, 28)
+    torch.manual_seed(5)
+    random_affine(x, AugmentConfig(True, 15, 0.15, 0.1), 0.0)
+    after = torch.rand(1)
+    torch.manual_seed(5)
+    torch.rand(4, 4)  # the affine's own draws
+    assert torch.equal(after, torch.rand(1))
+
+
+def test_elastic_field_is_smooth_and_scales_with_alpha():
+    from metalearn.tasks.augment import elastic_field
+
+    torch.manual_seed(0)
+    a = elastic_field(200, 28, 28, 10.0, 4.0, torch.device("cpu"))
+    torch.manual_seed(0)
+    b = elastic_field(200, 28, 28, 20.0, 4.0, torch.device("cpu"))
+    assert a.shape == (200, 28, 28, 2)
+    torch.testing.assert_close(b, 2 * a)  # linear in alpha, the same noise
+    pixels = a * 14  # grid units -> pixels on a 28-pixel side
+    # smoothed: a neighbour's displacement is nearly the same; far pixels are nearly independent
+    near = torch.corrcoef(torch.stack([pixels[:, 10, 10, 0], pixels[:, 10, 11, 0]]))[0, 1]
+    far = torch.corrcoef(torch.stack([pixels[:, 2, 2, 0], pixels[:, 25, 25, 0]]))[0, 1]
+    assert near > 0.9 and abs(far) < 0.3
+    # smoothing uniform(-1, 1) noise (std 0.577) by a Gaussian of sigma 4 pixels (sum of squared weights
+    # 1 / (4 pi sigma^2) in 2-d) leaves a std of about 0.577 / (2 sqrt(pi) 4) = 0.041: times alpha 10 -> 0.41 px
+    assert 0.3 < pixels[:, 8:20, 8:20].std() < 0.5
+
+
+def test_elastic_distortion_moves_ink_without_losing_it():
+    torch.manual_seed(1)
+    x = torch.full((16, 1, 28, 28), -0.4)
+    x[:, :, 6:22, 13:15] = 2.0  # a vertical stroke
+    y = random_affine(x, AugmentConfig(True, 0.0, 0.0, 0.0, elastic_alpha=34.0, elastic_sigma=4.0), background=-0.4)
+    assert not torch.allclose(x, y)
+    ink = lambda t: (t > 0.8).float().sum(dim=(1, 2, 3))  # noqa: E731
+    ratio = ink(y) / ink(x)  # a smooth field stretches or squeezes a stroke locally, never erases it
+    assert (ratio > 0.4).all() and (ratio < 2.5).all() and ratio.std() > 0
+    assert torch.allclose(y[:, :, :1, :], torch.full_like(y[:, :, :1, :], -0.4), atol=1e-5)

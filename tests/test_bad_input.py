@@ -114,6 +114,8 @@ CASES: list[tuple[str, list[str], list[str]]] = [
     (TRAIN, ["augment.rotate=-5"], ["augment.rotate=-5.0 is out of range"]),
     (TRAIN, ["augment.scale=1.5"], ["augment.scale=1.5 is out of range"]),
     (TRAIN, ["augment.shift=nan"], ["augment.shift=nan is out of range"]),
+    (TRAIN, ["augment.elastic_alpha=-1"], ["augment.elastic_alpha=-1.0 is out of range"]),
+    (TRAIN, ["augment.elastic_sigma=0"], ["augment.elastic_sigma=0.0 is out of range"]),
     # validation and test
     (TRAIN, ["val.every=-1"], ["val.every=-1 is out of range", ">= 0"]),
     (TRAIN, ["val.episodes=0"], ["val.episodes=0 is out of range"]),
@@ -210,6 +212,7 @@ CASES: list[tuple[str, list[str], list[str]]] = [
     ("metalearn-eval", ["run={root}/run", "test_batch_norm=foo"], ["test_batch_norm='foo' is not one of"]),
     ("metalearn-eval", ["run={root}/run", "inner_steps=5"], ["does not adapt by inner steps"]),
     ("metalearn-eval", ["run={root}/run", "tta.copies=0"], ["tta.copies=0: the copies of each image"]),
+    ("metalearn-eval", ["run={root}/run", "head=svm"], ["head='svm' is not one of: tim"]),
     ("metalearn-eval", ["run={root}/run", "episds=3"], ["episds is not a key", "did you mean episodes"]),
     ("metalearn-eval", ["run={root}/evil_best"], ["could run code, so it is refused"]),
     # metalearn-report

@@ -104,3 +104,37 @@ def test_test_time_augmentation_is_refused_for_a_method_that_does_not_encode_eac
     maml = MAML(Conv4(1, 8, pool="stride"), 8, 5, 0.4, 1, 1)
     with pytest.raises(MetalearnError, match="tta.copies=4 averages an embedding method's codes"):
         evaluate(maml, store, "test", TaskSpec(5, 1, 3), 4, 2, torch.device("cpu"), tta=TTAConfig(copies=4))
+
+
+def test_head_tim_classifies_any_embedding_methods_codes_transductively(store):
+    """head=tim is TIM's inference on the method's own codes, and its result says it is transductive."""
+    from metalearn.backbones import Conv4
+    from metalearn.engine.evaluate import encode_distinct
+    from metalearn.methods.protonet import ProtoNet
+    from metalearn.methods.tim import tim_head
+    from metalearn.tasks.episodes import episode_labels
+
+    torch.manual_seed(0)
+    method = ProtoNet(Conv4(1, 8)).eval()
+    args = (method, store, "test", TaskSpec(5, 1, 3), 12, 2, torch.device("cpu"))
+    own, tim = evaluate(*args), evaluate(*args, head="tim")
+    codes, rows = encode_distinct(method, store, tim.plans.image_ids(), torch.device("cpu"))
+    z = codes[rows]
+    logits = tim_head(z[:, :5], episode_labels(12, 5, 1), z[:, 5:], 5)
+    expected = (logits.argmax(-1) == episode_labels(12, 5, 3)).double().mean(-1).numpy()
+    np.testing.assert_allclose(tim.per_episode, expected)
+    assert not np.array_equal(tim.per_episode, own.per_episode)
+    assert tim.summary()["transductive"] and tim.summary()["head"] == "tim"
+    assert "transductive" not in own.summary() and "head" not in own.summary()
+
+
+def test_head_tim_is_refused_for_a_method_that_does_not_encode_each_image_alone(store):
+    from metalearn.backbones import Conv4
+    from metalearn.errors import MetalearnError
+    from metalearn.methods.maml import MAML
+
+    maml = MAML(Conv4(1, 8, pool="stride"), 8, 5, 0.4, 1, 1)
+    with pytest.raises(MetalearnError, match="head=tim classifies an embedding method's codes"):
+        evaluate(maml, store, "test", TaskSpec(5, 1, 3), 4, 2, torch.device("cpu"), head="tim")
+    with pytest.raises(MetalearnError, match="head='svm' is not one of: tim"):
+        evaluate(maml, store, "test", TaskSpec(5, 1, 3), 4, 2, torch.device("cpu"), head="svm")

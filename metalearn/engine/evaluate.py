@@ -31,6 +31,7 @@ class EvalResult:
     inner_steps: int | None = None  # a method that adapts by gradient steps: how many each test task took
     transductive: bool = False  # predictions used the task's other queries (metalearn.methods.base.Method)
     tta: dict | None = None  # test-time augmentation (metalearn.config.TTAConfig as a dict), when used
+    head: str | None = None  # another head than the method's own on its codes (metalearn-eval head=tim)
 
     @property
     def accuracy(self) -> float:
@@ -49,7 +50,7 @@ class EvalResult:
                 "episodes_digest": self.plans.digest(), **({"batch_norm": self.batch_norm} if self.batch_norm else {}),
                 **({"inner_steps": self.inner_steps} if self.inner_steps else {}),
                 **({"transductive": True} if self.transductive else {}),
-                **({"tta": self.tta} if self.tta else {})}
+                **({"tta": self.tta} if self.tta else {}), **({"head": self.head} if self.head else {})}
 
     def save(self, folder: Path, name: str) -> Path:
         """<name>.json (summary + per-episode accuracies) and <name>_episodes.npz (the plans)."""
@@ -60,13 +61,23 @@ class EvalResult:
         return path
 
 
+HEADS = ("tim",)  # metalearn-eval head=: classifiers of any embedding method's codes
+
+
+def check_head(head: str | None) -> None:
+    if head is not None and head not in HEADS:
+        raise MetalearnError(f"head={head!r} is not one of: {', '.join(HEADS)} (or leave it out for the method's own head)")
+
+
 def evaluate(method: Method, store: ImageStore, split: str, spec: TaskSpec, episodes: int, seed: int,
              device: torch.device, batch: int = 50, autocast: contextlib.AbstractContextManager | None = None,
-             plans: EpisodePlans | None = None, tta: TTAConfig | None = None) -> EvalResult:
+             plans: EpisodePlans | None = None, tta: TTAConfig | None = None, head: str | None = None) -> EvalResult:
     """Accuracy of `method` on `episodes` episodes of `split`, drawn from `seed` (or the given plans); with
-    `tta` (copies > 1), an embedding method's codes averaged over augmented copies of each image."""
+    `tta` (copies > 1), an embedding method's codes averaged over augmented copies of each image; with
+    head="tim", its codes classified by TIM's transductive inference instead of its own head."""
     if plans is None and episodes < 1:
         raise MetalearnError(f"the number of evaluation episodes must be >= 1, got {episodes}")
+    check_head(head)
     if plans is None:
         plans = EpisodeSampler(store, split, spec, seed).plans(0, episodes)
     was_training = method.training
@@ -74,10 +85,13 @@ def evaluate(method: Method, store: ImageStore, split: str, spec: TaskSpec, epis
     grad = torch.enable_grad() if getattr(method, "adapts_at_test", False) else torch.no_grad()
     with grad, (autocast or contextlib.nullcontext()):
         if isinstance(method, EmbeddingMethod) and method.encodes_each_image_alone():
-            accs = _accuracies_from_codes(method, store, plans, device, batch, tta)
+            accs = _accuracies_from_codes(method, store, plans, device, batch, tta, head)
         elif tta is not None and tta.copies > 1:
             raise MetalearnError(f"tta.copies={tta.copies} averages an embedding method's codes over augmented copies of "
                                  f"each image; {type(method).__name__} does not encode each image alone; drop tta.copies=")
+        elif head is not None:
+            raise MetalearnError(f"head={head} classifies an embedding method's codes of single images; "
+                                 f"{type(method).__name__} does not encode each image alone; drop head=")
         else:
             accs = []
             for start in range(0, len(plans), max(1, batch)):
@@ -87,8 +101,8 @@ def evaluate(method: Method, store: ImageStore, split: str, spec: TaskSpec, epis
     method.train(was_training)
     bn = method.batch_norm if isinstance(method, EmbeddingMethod) and batch_norm_layers(method) else None
     return EvalResult(split, spec, seed, torch.cat(accs).numpy().astype(np.float64), plans, bn,
-                      getattr(method, "inner_steps_eval", None), method.is_transductive(),
-                      asdict(tta) if tta is not None and tta.copies > 1 else None)
+                      getattr(method, "inner_steps_eval", None), method.is_transductive() or head == "tim",
+                      asdict(tta) if tta is not None and tta.copies > 1 else None, head)
 
 
 def encode_distinct(method: EmbeddingMethod, store: ImageStore, ids: np.ndarray, device: torch.device,
@@ -119,15 +133,24 @@ def encode_distinct(method: EmbeddingMethod, store: ImageStore, ids: np.ndarray,
     return torch.cat(codes), torch.from_numpy(inverse.reshape(ids.shape)).to(device)
 
 
-def _accuracies_from_codes(method: EmbeddingMethod, store: ImageStore, plans: EpisodePlans,
-                           device: torch.device, batch: int, tta: TTAConfig | None = None) -> list[torch.Tensor]:
+def tim_on_codes(zs: torch.Tensor, support_labels: torch.Tensor, zq: torch.Tensor, ways: int) -> torch.Tensor:
+    """head=tim: TIM-GD's inference (Boudiaf et al. 2020, the paper's defaults) on any method's flattened codes,
+    as the paper applies it to any trained encoder. Transductive: a query's class depends on the other queries."""
+    from metalearn.methods.tim import tim_head
+
+    return tim_head(zs.flatten(2), support_labels, zq.flatten(2), ways)
+
+
+def _accuracies_from_codes(method: EmbeddingMethod, store: ImageStore, plans: EpisodePlans, device: torch.device,
+                           batch: int, tta: TTAConfig | None = None, head: str | None = None) -> list[torch.Tensor]:
     """Per-episode accuracies, every image encoded once (same logits as predict, up to float rounding)."""
     ways, shots, queries = plans.support.shape[1], plans.support.shape[2], plans.query.shape[2]
     codes, rows = encode_distinct(method, store, plans.image_ids(), device, tta)
+    classify = tim_on_codes if head == "tim" else method.head
     accs = []
     for start in range(0, len(plans), max(1, batch)):
         z = codes[rows[start:start + batch]]  # [t, ways*(shots+queries), ...]
         t = z.shape[0]
-        logits = method.head(z[:, : ways * shots], episode_labels(t, ways, shots, device), z[:, ways * shots:], ways)
+        logits = classify(z[:, : ways * shots], episode_labels(t, ways, shots, device), z[:, ways * shots:], ways)
         accs.append(accuracy(logits, episode_labels(t, ways, queries, device), 1).cpu())
     return accs
