@@ -73,3 +73,19 @@ def test_elastic_distortion_moves_ink_without_losing_it():
     ratio = ink(y) / ink(x)  # a smooth field stretches or squeezes a stroke locally, never erases it
     assert (ratio > 0.4).all() and (ratio < 2.5).all() and ratio.std() > 0
     assert torch.allclose(y[:, :, :1, :], torch.full_like(y[:, :, :1, :], -0.4), atol=1e-5)
+
+
+def test_elastic_applies_to_the_trainers_composed_config():
+    """The trainer passes the composed DictConfig, not the dataclass: the distortion must reach it too."""
+    from omegaconf import OmegaConf
+
+    x = torch.rand(4, 1, 28, 28)
+    plain = OmegaConf.structured(AugmentConfig(True, 15, 0.15, 0.1))
+    elastic = OmegaConf.structured(AugmentConfig(True, 15, 0.15, 0.1, elastic_alpha=34.0, elastic_sigma=4.0))
+    torch.manual_seed(2)
+    a = random_affine(x, plain, 0.0)
+    torch.manual_seed(2)
+    b = random_affine(x, elastic, 0.0)
+    torch.manual_seed(2)
+    assert torch.equal(a, random_affine(x, AugmentConfig(True, 15, 0.15, 0.1), 0.0))
+    assert not torch.allclose(a, b)

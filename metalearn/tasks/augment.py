@@ -25,7 +25,8 @@ def random_affine(x: torch.Tensor, cfg: AugmentConfig | TTAConfig, background: f
     theta = torch.stack([torch.stack([cos, -sin, u[:, 2] * 2 * cfg.shift], -1),
                          torch.stack([sin, cos, u[:, 3] * 2 * cfg.shift], -1)], 1).to(x.dtype)
     grid = F.affine_grid(theta, list(x.shape), align_corners=False)
-    alpha = getattr(cfg, "elastic_alpha", 0.0)  # TTAConfig has none: test-time copies are affine only
+    # the training config (a DictConfig of AugmentConfig in the trainer) has it; TTAConfig, affine only, has not
+    alpha = getattr(cfg, "elastic_alpha", 0.0)
     if alpha > 0:
         grid = grid + elastic_field(n, x.shape[-2], x.shape[-1], alpha, cfg.elastic_sigma, x.device).to(x.dtype)
     out = F.grid_sample(x - background, grid, mode="bilinear", padding_mode="zeros", align_corners=False) + background
