@@ -22,6 +22,7 @@ import math
 import torch
 from torch import nn
 
+from metalearn import optimizers
 from metalearn.errors import MetalearnError
 from metalearn.methods.base import BuildContext, EmbeddingMethod, accuracy, fp32
 from metalearn.registry import METHODS
@@ -71,7 +72,7 @@ class Baseline(EmbeddingMethod):
         weight = ((torch.rand(ways, d, generator=g) * 2 - 1) * bound).to(zs).expand(t, -1, -1).clone().requires_grad_()
         bias = None if self.cosine else torch.zeros(t, ways, dtype=zs.dtype, device=zs.device, requires_grad=True)
         params = [weight] + ([] if bias is None else [bias])
-        opt = torch.optim.SGD(params, lr=self.finetune_lr, momentum=0.9, dampening=0.9, weight_decay=1e-3)
+        opt = optimizers.SGD(params, lr=self.finetune_lr, momentum=0.9, dampening=0.9, weight_decay=1e-3)
         for _ in range(self.finetune_steps):
             logits = head_logits(zs, weight, bias, self.cosine)
             # summed over tasks, so each task's head follows the gradient of its own mean loss

@@ -21,6 +21,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from metalearn import optimizers
 from metalearn.methods.base import BuildContext
 from metalearn.methods.baseline import Baseline
 from metalearn.registry import METHODS
@@ -56,7 +57,7 @@ def tim_head(zs: torch.Tensor, support_labels: torch.Tensor, zq: torch.Tensor, w
     zs, zq = nn.functional.normalize(zs.detach(), dim=-1), nn.functional.normalize(zq.detach(), dim=-1)
     onehot = nn.functional.one_hot(support_labels, ways).to(zs.dtype)
     w = (onehot.transpose(1, 2) @ zs / onehot.sum(1)[:, :, None]).clone().requires_grad_(True)
-    optimizer = torch.optim.Adam([w], lr=lr)
+    optimizer = optimizers.Adam([w], lr=lr)
     with torch.enable_grad():
         for _ in range(iterations):
             # summed over tasks: each task's weights follow its own objective (Adam is elementwise)
