@@ -238,8 +238,9 @@ class MetaOptNetConfig(EmbeddingMethodConfig):
     head: str = "svm"  # svm (Crammer-Singer) | ridge (R2-D2's closed form)
     ridge_lambda: float = 50.0  # the authors' code
     svm_c: float = 0.1  # the authors' code
-    svm_iterations: int = 100  # unrolled solver iterations in meta-training
-    svm_iterations_eval: int = 300  # and at test (converged on Conv-4's Omniglot features, measured)
+    svm_iterations: int = 100  # projected-gradient steps where the exact solver's active set does not settle
+    svm_iterations_eval: int = 300  # the same at test
+    scale: float = 1.0  # the learned logit scale's start (the authors' code: 1.0)
 
 
 @schema("method", "tim_schema", "tim")
@@ -567,8 +568,8 @@ BOUNDS: dict[str, tuple[float | None, float | None, str]] = {
     "method.hard_negatives": (0, 1, "fraction of hard negative pairs"),
     "method.ridge_lambda": (1e-12, None, "the ridge head's regulariser, > 0"),
     "method.svm_c": (1e-12, None, "the SVM head's C, > 0"),
-    "method.svm_iterations": (1, None, "unrolled SVM solver iterations in training"),
-    "method.svm_iterations_eval": (1, None, "unrolled SVM solver iterations at test"),
+    "method.svm_iterations": (1, None, "the SVM's fallback solver steps in training"),
+    "method.svm_iterations_eval": (1, None, "the SVM's fallback solver steps at test"),
     "method.iterations": (1, None, "TIM's test-time steps"),
     "method.tim_lr": (1e-12, None, "TIM's test-time learning rate, > 0"),
     "method.temperature": (1e-12, None, "a logit temperature, > 0"),

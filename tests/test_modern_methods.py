@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 import torch
 from torch import nn
 
@@ -73,8 +74,24 @@ def test_ridge_head_equals_the_primal_closed_form():
     torch.testing.assert_close(dual, primal)
 
 
+def _svm_task(seed: int, tasks: int, n: int, k: int, d: int, offset: float = 0.0):
+    """Support codes with a shared direction (as Conv-4's raw codes have), their one-hot labels, and K."""
+    g = torch.Generator().manual_seed(seed)
+    xs = torch.randn(tasks, n, d, generator=g, dtype=torch.float64) + offset
+    ys = nn.functional.one_hot(torch.arange(n) % k, k).to(torch.float64).expand(tasks, -1, -1)
+    return xs, ys
+
+
+def _ridged(xs):
+    from metalearn.methods.metaoptnet import RIDGE
+
+    kernel = xs @ xs.transpose(1, 2)
+    return kernel + RIDGE * kernel.diagonal(dim1=1, dim2=2).mean(-1)[:, None, None] * torch.eye(xs.shape[1],
+                                                                                                dtype=xs.dtype)
+
+
 def test_simplex_projection_and_the_svm_dual_against_scipy():
-    """The unrolled solver's optimum is SLSQP's on the same Crammer-Singer dual, and its gradient exists."""
+    """The solver's optimum is SLSQP's on the same Crammer-Singer dual (the same ridged kernel)."""
     import numpy as np
     from scipy.optimize import minimize
 
@@ -84,13 +101,10 @@ def test_simplex_projection_and_the_svm_dual_against_scipy():
     p = project_simplex(v, 1.0)
     torch.testing.assert_close(p, torch.tensor([[0.0, 1.0, 0.0], [1 / 3, 1 / 3, 1 / 3]], dtype=torch.float64))
 
-    g = torch.Generator().manual_seed(1)
     n, k, c = 6, 3, 0.1
-    xs = torch.randn(1, n, 5, generator=g, dtype=torch.float64)
-    y = torch.tensor([0, 1, 2, 0, 1, 2])
-    ys = nn.functional.one_hot(y, k).to(torch.float64)[None]
-    a = svm_dual(xs, ys, c, iterations=500)[0].numpy()
-    kern, yy = (xs[0] @ xs[0].T).numpy(), ys[0].numpy()
+    xs, ys = _svm_task(1, 1, n, k, 5)
+    a = svm_dual(xs, ys, c, iterations=5)[0].numpy()
+    kern, yy = _ridged(xs)[0].numpy(), ys[0].numpy()
 
     def negative_dual(flat):
         m = flat.reshape(n, k)
@@ -98,14 +112,69 @@ def test_simplex_projection_and_the_svm_dual_against_scipy():
 
     cons = [{"type": "eq", "fun": lambda f: f.reshape(n, k).sum(1)},
             {"type": "ineq", "fun": lambda f: (c * yy - f.reshape(n, k)).ravel()}]
-    ref = minimize(negative_dual, np.zeros(n * k), constraints=cons, method="SLSQP", options={"ftol": 1e-12, "maxiter": 500})
+    ref = minimize(negative_dual, np.zeros(n * k), constraints=cons, method="SLSQP", options={"ftol": 1e-14, "maxiter": 1000})
     assert ref.success
-    assert abs(negative_dual(a.ravel()) - ref.fun) < 1e-6
-    np.testing.assert_allclose(a, ref.x.reshape(n, k), atol=2e-3)
-    assert np.allclose(a.sum(1), 0) and (a <= c * yy + 1e-9).all()  # feasible
+    assert abs(negative_dual(a.ravel()) - ref.fun) < 1e-10
+    np.testing.assert_allclose(a, ref.x.reshape(n, k), atol=1e-6)
+    assert np.allclose(a.sum(1), 0) and (a <= c * yy + 1e-12).all()  # feasible
+
+
+@pytest.mark.parametrize("n,k,offset", [(20, 20, 5.0), (25, 5, 5.0), (100, 5, 0.0), (60, 60, 5.0)])
+def test_the_svm_solution_is_the_optimum_where_unrolled_fista_needs_thousands_of_steps(n, k, offset):
+    """20-way 1-shot, 5-way 5-shot, 20-way 5-shot's shape with more images than code dimensions (64), 60-way:
+    equal to 20,000 restarted FISTA steps, and its KKT conditions hold."""
+    from metalearn.methods.metaoptnet import active_set, dual_objective, fista, svm_dual
+
+    c = 0.1
+    xs, ys = _svm_task(2, 3, n, k, 64, offset)
+    kernel = _ridged(xs)
+    a = svm_dual(xs, ys, c, iterations=5)
+    reference = c * ys - fista(kernel, ys, c, 20000)
+    torch.testing.assert_close(a, reference, atol=1e-8, rtol=0)
+    assert (dual_objective(kernel, a, ys) >= dual_objective(kernel, reference, ys) - 1e-12).all()
+    assert (dual_objective(kernel, a, ys) > dual_objective(kernel, c * ys - fista(kernel, ys, c, 100), ys)).all()
+    b = c * ys - a
+    torch.testing.assert_close(b.sum(-1), torch.full(b.shape[:2], c, dtype=b.dtype))
+    assert (b >= 0).all()
+    gradient = kernel @ b - c * kernel @ ys + ys  # of the minimised objective in B; + mu[n] must be >= 0, 0 where B > 0
+    mu = -(gradient * (b > 0)).sum(-1) / (b > 0).sum(-1)
+    lam = gradient + mu[..., None]
+    assert (lam[b > 0].abs() < 1e-8).all() and (lam > -1e-8).all()
+    assert active_set(kernel, ys, c)[1].all()  # settled, no fallback
+
+
+def test_the_svm_gradient_is_the_solutions_derivative():
+    """Autograd through the KKT solve against central finite differences (gradcheck), and against autograd
+    through 20,000 unrolled FISTA steps, which converges to the same derivative."""
+    from metalearn.methods.metaoptnet import fista, svm_dual
+
+    c = 0.1
+    xs, ys = _svm_task(3, 1, 6, 3, 8, offset=1.0)
     xs.requires_grad_(True)
-    svm_dual(xs, ys, c, iterations=5).sum().backward()
-    assert xs.grad is not None and torch.isfinite(xs.grad).all()
+    assert torch.autograd.gradcheck(lambda x: svm_dual(x, ys, c, 5), (xs,), eps=1e-6, atol=1e-7)
+    weights = torch.randn(6, 3, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
+    (exact,) = torch.autograd.grad((svm_dual(xs, ys, c, 5) * weights).sum(), xs)
+    unrolled_b = fista(_ridged(xs), ys, c, 20000)
+    (unrolled,) = torch.autograd.grad(((c * ys - unrolled_b) * weights).sum(), xs)
+    torch.testing.assert_close(exact, unrolled, atol=1e-6, rtol=1e-4)
+
+
+def test_an_unsettled_active_set_falls_back_to_fista_with_a_warning(monkeypatch, caplog):
+    import logging
+
+    from metalearn.methods import metaoptnet
+
+    monkeypatch.setattr(metaoptnet, "ACTIVE_SET_ROUNDS", 1)
+    monkeypatch.setattr(metaoptnet, "_fallbacks_said", False)
+    monkeypatch.setattr(metaoptnet.active_set, "__defaults__", (1,))
+    xs, ys = _svm_task(5, 2, 20, 20, 64, offset=5.0)
+    xs.requires_grad_(True)
+    with caplog.at_level(logging.WARNING, logger="metalearn"):
+        a = metaoptnet.svm_dual(xs, ys, 0.1, iterations=50)
+    assert "did not settle in 1 rounds for 2 of 2 tasks; they used 50 projected-gradient steps" in caplog.text
+    torch.testing.assert_close(a, 0.1 * ys - metaoptnet.fista(_ridged(xs), ys, 0.1, 50))
+    a.sum().backward()
+    assert torch.isfinite(xs.grad).all()
 
 
 def test_tim_objective_by_hand_and_its_steps_lower_it():
@@ -217,14 +286,14 @@ def test_feat_contrastive_term_by_class_loops_and_its_faster_transformer():
     assert groups[1]["lr"] == 1e-3 and len(groups[0]["params"]) + len(groups[1]["params"]) == len(list(m.parameters()))
 
 
-def test_the_svm_solver_only_improves_with_more_steps():
-    """Restarted FISTA: more unrolled steps never give a worse dual objective (plain FISTA did, at 20 ways)."""
-    from metalearn.methods.metaoptnet import dual_objective, svm_dual
+def test_the_fallback_solver_only_improves_with_more_steps():
+    """Restarted FISTA: more steps never give a worse dual objective (plain FISTA did, at 20 ways)."""
+    from metalearn.methods.metaoptnet import dual_objective, fista
 
     g = torch.Generator().manual_seed(0)
     xs = torch.randn(20, 20, 64, generator=g, dtype=torch.float64) * 3
     ys = nn.functional.one_hot(torch.arange(20), 20).to(torch.float64).expand(20, -1, -1)
     kernel = xs @ xs.transpose(1, 2)
-    values = [dual_objective(kernel, svm_dual(xs, ys, 0.1, k), ys) for k in (5, 15, 50, 200)]
+    values = [dual_objective(kernel, 0.1 * ys - fista(kernel, ys, 0.1, k), ys) for k in (5, 15, 50, 200)]
     for before, after in zip(values, values[1:], strict=False):
         assert (after >= before - 1e-9).all()
