@@ -166,7 +166,6 @@ def test_an_unsettled_active_set_falls_back_to_fista_with_a_warning(monkeypatch,
 
     monkeypatch.setattr(metaoptnet, "ACTIVE_SET_ROUNDS", 1)
     monkeypatch.setattr(metaoptnet, "_fallbacks_said", False)
-    monkeypatch.setattr(metaoptnet.active_set, "__defaults__", (1,))
     xs, ys = _svm_task(5, 2, 20, 20, 64, offset=5.0)
     xs.requires_grad_(True)
     with caplog.at_level(logging.WARNING, logger="metalearn"):

@@ -146,7 +146,7 @@ def svm_dual(xs: torch.Tensor, ys: torch.Tensor, c: float, iterations: int) -> t
         kernel.shape[1], dtype=work, device=kernel.device)
     ys = ys.to(work)
     with torch.no_grad():
-        free, settled = active_set(kernel, ys, c)
+        free, settled = active_set(kernel, ys, c, ACTIVE_SET_ROUNDS)
     # an unsettled task solves with every entry free (a well-posed system) and is then replaced, so that
     # its unused solve puts no inf or nan into the gradient
     b, _ = kkt_solve(kernel, ys, c, free | ~settled[:, None, None])
