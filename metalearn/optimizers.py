@@ -43,21 +43,22 @@ def _eager_step(step: Callable[..., Any]) -> Callable[..., Any]:
     return step_without_dynamo
 
 
-class Adam(torch.optim.Adam):
-    """`torch.optim.Adam`, started without importing torch._dynamo (see the module's docstring)."""
+class _WithoutDynamoHooks:
+    """The four methods every optimiser inherits from `Optimizer`, undecorated; first in each class's bases."""
 
     add_param_group = _undecorated(Optimizer.add_param_group)
     zero_grad = _undecorated(Optimizer.zero_grad)
     state_dict = _undecorated(Optimizer.state_dict)
     load_state_dict = _undecorated(Optimizer.load_state_dict)
+
+
+class Adam(_WithoutDynamoHooks, torch.optim.Adam):
+    """`torch.optim.Adam`, started without importing torch._dynamo (see the module's docstring)."""
+
     step = _eager_step(torch.optim.Adam.step)
 
 
-class SGD(torch.optim.SGD):
+class SGD(_WithoutDynamoHooks, torch.optim.SGD):
     """`torch.optim.SGD`, started without importing torch._dynamo (see the module's docstring)."""
 
-    add_param_group = _undecorated(Optimizer.add_param_group)
-    zero_grad = _undecorated(Optimizer.zero_grad)
-    state_dict = _undecorated(Optimizer.state_dict)
-    load_state_dict = _undecorated(Optimizer.load_state_dict)
     step = _eager_step(torch.optim.SGD.step)
