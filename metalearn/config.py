@@ -579,7 +579,7 @@ BOUNDS: dict[str, tuple[float | None, float | None, str]] = {
     "method.lr_multiplier": (1e-12, None, "FEAT's Transformer learning-rate multiplier, > 0"),
     "method.backbone.drop_rate": (0, 0.99, "resnet12's dropout and DropBlock rate"),
     "method.backbone.block_size": (1, None, "resnet12's DropBlock block size"),
-    "method.scale": (1e-12, None, "the cosine's scale, > 0"),
+    "method.scale": (1e-12, None, "the logit scale: a cosine head's, or MetaOptNet's start; > 0"),
 }
 
 
