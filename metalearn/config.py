@@ -217,6 +217,7 @@ class MetaBaselineConfig(EmbeddingMethodConfig):
     name: str = "meta_baseline"
     temperature: float = 10.0  # tau's start (the paper's code: 10)
     learn_temperature: bool = True
+    temperature_lr_multiplier: float = 100.0  # log(tau)'s learning rate over the encoder's (methods/meta_baseline.py)
 
 
 @schema("method", "simpleshot_schema", "simpleshot")
@@ -577,6 +578,7 @@ BOUNDS: dict[str, tuple[float | None, float | None, str]] = {
     "method.dropout": (0, 0.99, "FEAT's Transformer dropout"),
     "method.balance": (0, None, "FEAT's regulariser weight"),
     "method.lr_multiplier": (1e-12, None, "FEAT's Transformer learning-rate multiplier, > 0"),
+    "method.temperature_lr_multiplier": (0, None, "Meta-Baseline's temperature learning-rate multiplier"),
     "method.backbone.drop_rate": (0, 0.99, "resnet12's dropout and DropBlock rate"),
     "method.backbone.block_size": (1, None, "resnet12's DropBlock block size"),
     "method.scale": (1e-12, None, "the logit scale: a cosine head's, or MetaOptNet's start; > 0"),

@@ -25,8 +25,26 @@ def test_meta_baseline_is_temperature_times_cosine_to_centroids():
     logits[0, 0, 0].backward()
     torch.testing.assert_close(tau.grad, torch.tensor(c))  # the temperature learns
     m = MetaBaseline(Conv4(1, 8))
-    assert m.temperature.requires_grad and float(m.temperature.detach()) == 10.0
-    assert not MetaBaseline(Conv4(1, 8), learn_temperature=False).temperature.requires_grad
+    assert m.log_temperature.requires_grad and float(m.temperature.detach()) == pytest.approx(10.0)
+    assert not MetaBaseline(Conv4(1, 8), learn_temperature=False).log_temperature.requires_grad
+
+
+def test_meta_baseline_temperature_learns_at_its_own_rate_and_reads_older_checkpoints():
+    """Adam moves a parameter by about its lr per step, so at the episodic lr (1e-4) a raw tau stays put;
+    log(tau) in its own group at 100x moves about 1% per step, and the encoder's group is untouched."""
+    m = MetaBaseline(Conv4(1, 8))
+    encoder, tau = m.parameter_groups(1e-4)
+    assert tau["params"] == [m.log_temperature] and tau["lr"] == pytest.approx(1e-2) and tau["weight_decay"] == 0.0
+    assert {id(p) for p in encoder["params"]} == {id(p) for p in m.backbone.parameters()}
+    opt = torch.optim.Adam(m.parameter_groups(1e-4), lr=1e-4, weight_decay=5e-4)
+    for _ in range(20):  # a loss that wants a larger tau: more confident correct logits
+        opt.zero_grad()
+        (-m.temperature).backward()
+        opt.step()
+    assert float(m.temperature.detach()) == pytest.approx(10.0 * torch.e ** (20 * 1e-2), rel=0.01)  # Adam: about lr per step
+    older = {k: v for k, v in m.state_dict().items() if k != "log_temperature"} | {"temperature": torch.tensor(25.0)}
+    m.load_state_dict(older)  # a checkpoint from before log(tau): tau itself under `temperature`
+    assert float(m.temperature.detach()) == pytest.approx(25.0)
 
 
 def test_simpleshot_transforms_and_nearest_centroid_by_hand():

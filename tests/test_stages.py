@@ -31,7 +31,7 @@ def test_one_command_runs_both_stages_and_a_stage_cut_short_resumes(tmp_path, om
     summary, stage_summary = (json.loads((p / "summary.json").read_text()) for p in (run, stage))
     assert stage_summary["status"] == "completed" and stage_summary["method"] == "baseline"
     assert summary["status"] == "completed" and summary["init"]["from"] == str(stage / "checkpoints" / "last.pt")
-    assert summary["init"]["fresh"] == ["temperature"]  # everything else is the pre-trained encoder
+    assert summary["init"]["fresh"] == ["log_temperature"]  # everything else is the pre-trained encoder
     stage_cfg = (stage / "config.yaml").read_text()
     assert f"root: {omniglot}" in stage_cfg and "width: 16" in stage_cfg  # dataset.root and debug=smoke reach it
     assert "stage 1 of 2: pre-training (baseline_omniglot_small)" in r.stderr
