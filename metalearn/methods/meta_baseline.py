@@ -13,7 +13,8 @@ encoder's learning rate. Why: Adam moves every parameter by about its learning r
 the gradient's size, so at the episodic stage's lr of 1e-4 a raw tau went from 10 to 10.1 in 2,000 steps
 (measured) and was in effect fixed; yet on Omniglot the training loss wants tau near 35, and the fixed 10
 cost 1.8 points at 5-way and 3.5 at 20-way (docs/results.md, issue 38). On log(tau) a step is a relative
-change, so one multiplier suits any start.
+change, so one multiplier suits any start. (That reasoning is Adam's; an SGD step scales with the
+gradient, and the SGD ResNet-12 preset sets the multiplier to 0.01 to match the paper's step on tau.)
 
 Why it works (the paper's finding): pre-training gives class transferability, the episodic stage
 aligns the training objective with the test protocol, and the cosine metric with a learnable scale
