@@ -59,8 +59,7 @@ class MetaBaseline(EmbeddingMethod):
         return self.log_temperature.exp()
 
     def parameter_groups(self, lr: float) -> list[dict]:
-        encoder = [p for n, p in self.named_parameters() if n != "log_temperature"]
-        return [{"params": encoder},
+        return [{"params": list(self.backbone.parameters())},
                 {"params": [self.log_temperature], "lr": lr * self.temperature_lr_multiplier, "weight_decay": 0.0}]
 
     def head(self, zs, support_labels, zq, ways):
