@@ -242,6 +242,7 @@ class MetaOptNetConfig(EmbeddingMethodConfig):
     svm_iterations: int = 100  # projected-gradient steps where the exact solver's active set does not settle
     svm_iterations_eval: int = 300  # the same at test
     scale: float = 1.0  # the learned logit scale's start (the authors' code: 1.0)
+    scale_lr_multiplier: float = 100.0  # log(scale)'s learning rate over the encoder's (methods/log_scale.py)
 
 
 @schema("method", "tim_schema", "tim")
@@ -579,6 +580,7 @@ BOUNDS: dict[str, tuple[float | None, float | None, str]] = {
     "method.balance": (0, None, "FEAT's regulariser weight"),
     "method.lr_multiplier": (1e-12, None, "FEAT's Transformer learning-rate multiplier, > 0"),
     "method.temperature_lr_multiplier": (0, None, "Meta-Baseline's temperature learning-rate multiplier"),
+    "method.scale_lr_multiplier": (0, None, "MetaOptNet's logit-scale learning-rate multiplier"),
     "method.backbone.drop_rate": (0, 0.99, "resnet12's dropout and DropBlock rate"),
     "method.backbone.block_size": (1, None, "resnet12's DropBlock block size"),
     "method.scale": (1e-12, None, "the logit scale: a cosine head's, or MetaOptNet's start; > 0"),

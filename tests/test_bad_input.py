@@ -119,6 +119,8 @@ CASES: list[tuple[str, list[str], list[str]]] = [
     (TRAIN, ["method=metaoptnet", "method.scale=0"], ["method.scale=0.0 is out of range", "MetaOptNet's start"]),
     (TRAIN, ["method=meta_baseline", "method.temperature_lr_multiplier=-1"],
      ["method.temperature_lr_multiplier=-1.0 is out of range", "temperature learning-rate multiplier", ">= 0"]),
+    (TRAIN, ["method=metaoptnet", "method.scale_lr_multiplier=-1"],
+     ["method.scale_lr_multiplier=-1.0 is out of range", "logit-scale learning-rate multiplier", ">= 0"]),
     # validation and test
     (TRAIN, ["val.every=-1"], ["val.every=-1 is out of range", ">= 0"]),
     (TRAIN, ["val.episodes=0"], ["val.episodes=0 is out of range"]),

@@ -10,6 +10,7 @@ from torch import nn
 
 from metalearn.backbones import Conv4
 from metalearn.methods.meta_baseline import MetaBaseline, centroid_cosine_logits
+from metalearn.methods.metaoptnet import MetaOptNet
 from metalearn.methods.simpleshot import SimpleShot, nearest_centroid_logits, transform
 from metalearn.tasks.sources import LabelledBatch
 
@@ -29,22 +30,31 @@ def test_meta_baseline_is_temperature_times_cosine_to_centroids():
     assert not MetaBaseline(Conv4(1, 8), learn_temperature=False).log_temperature.requires_grad
 
 
-def test_meta_baseline_temperature_learns_at_its_own_rate_and_reads_older_checkpoints():
-    """Adam moves a parameter by about its lr per step, so at the episodic lr (1e-4) a raw tau stays put;
-    log(tau) in its own group at 100x moves about 1% per step, and the encoder's group is untouched."""
-    m = MetaBaseline(Conv4(1, 8))
-    encoder, tau = m.parameter_groups(1e-4)
-    assert tau["params"] == [m.log_temperature] and tau["lr"] == pytest.approx(1e-2) and tau["weight_decay"] == 0.0
+LOG_SCALED = [  # (a method with a logit scale learned in log space, its parameter's name, the scale's name)
+    (lambda: MetaBaseline(Conv4(1, 8)), "log_temperature", "temperature"),
+    (lambda: MetaOptNet(Conv4(1, 8), scale=10.0), "log_scale", "scale"),
+]
+
+
+@pytest.mark.parametrize("make,log_name,name", LOG_SCALED, ids=["meta_baseline", "metaoptnet"])
+def test_logit_scale_learns_at_its_own_rate_and_reads_older_checkpoints(make, log_name, name):
+    """Adam moves a parameter by about its lr per step, so at the episodic lr (1e-4) a raw scale stays put;
+    log(scale) in its own group at 100x moves about 1% per step, and the encoder's group is untouched."""
+    m = make()
+    encoder, scale = m.parameter_groups(1e-4)
+    assert scale["params"] == [getattr(m, log_name)] and scale["lr"] == pytest.approx(1e-2)
+    assert scale["weight_decay"] == 0.0
     assert {id(p) for p in encoder["params"]} == {id(p) for p in m.backbone.parameters()}
+    assert len(encoder["params"]) + 1 == len(list(m.parameters()))  # nothing left out
     opt = torch.optim.Adam(m.parameter_groups(1e-4), lr=1e-4, weight_decay=5e-4)
-    for _ in range(20):  # a loss that wants a larger tau: more confident correct logits
+    for _ in range(20):  # a loss that wants a larger scale: more confident correct logits
         opt.zero_grad()
-        (-m.temperature).backward()
+        (-getattr(m, name)).backward()
         opt.step()
-    assert float(m.temperature.detach()) == pytest.approx(10.0 * torch.e ** (20 * 1e-2), rel=0.01)  # Adam: about lr per step
-    older = {k: v for k, v in m.state_dict().items() if k != "log_temperature"} | {"temperature": torch.tensor(25.0)}
-    m.load_state_dict(older)  # a checkpoint from before log(tau): tau itself under `temperature`
-    assert float(m.temperature.detach()) == pytest.approx(25.0)
+    assert float(getattr(m, name).detach()) == pytest.approx(10.0 * torch.e ** (20 * 1e-2), rel=0.01)  # Adam: about lr per step
+    older = {k: v for k, v in m.state_dict().items() if k != log_name} | {name: torch.tensor(25.0)}
+    m.load_state_dict(older)  # a checkpoint from before the log: the scale itself under its own name
+    assert float(getattr(m, name).detach()) == pytest.approx(25.0)
 
 
 def test_simpleshot_transforms_and_nearest_centroid_by_hand():

@@ -69,12 +69,13 @@ def test_a_stage_on_other_data_or_beside_init_run_is_refused(tmp_path):
         run_pretraining(cfg, RunFolder(tmp_path), [], None)
 
 
-def test_the_stage_gets_the_data_hardware_seed_and_smoke_overrides_only():
+def test_the_stage_gets_the_data_hardware_seed_smoke_and_backbone_overrides_only():
     from metalearn.engine.stages import forwarded
 
     given = ["dataset=tiered_imagenet", "dataset.root=/data/t", "hardware=cuda", "hardware.threads=2", "seed=3",
-             "debug=smoke", "max_minutes=10", "steps=100", "method.temperature=5", "+tags=[a]", "optimizer.lr=1"]
-    assert forwarded(given) == given[:7]
+             "debug=smoke", "max_minutes=10", "method.backbone.width=96", "method.backbone.name=resnet12",
+             "steps=100", "method.temperature=5", "+tags=[a]", "optimizer.lr=1", "method=protonet"]
+    assert forwarded(given) == given[:9]
 
 
 def test_every_preset_with_a_stage_names_one_that_reads_its_data():

@@ -21,8 +21,9 @@ from metalearn.errors import MetalearnError
 
 log = logging.getLogger("metalearn")
 STAGE_DIR = "pretrain"
-# command-line overrides that reach the stage too: which data and where, the hardware, the seed, smoke sizes
-FORWARDED = ("dataset", "hardware", "seed", "debug", "max_minutes")
+# command-line overrides that reach the stage too: which data and where, the hardware, the seed, smoke sizes,
+# and the backbone, whose weights the stage hands on (another width would fail only after the whole stage)
+FORWARDED = ("dataset", "hardware", "seed", "debug", "max_minutes", "method.backbone")
 # dataset keys the stage may set differently: they add transformed copies of a split's own classes
 STAGE_MAY_DIFFER = ("rotations", "reflections")
 

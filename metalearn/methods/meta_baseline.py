@@ -9,12 +9,11 @@ temperature tau (initialised to 10 in the paper's code):
     logits[q, c] = tau * cos(f(x_q), mean_{x in S_c} f(x))
 
 tau is learned as log(tau) in a parameter group of its own, at `temperature_lr_multiplier` times the
-encoder's learning rate. Why: Adam moves every parameter by about its learning rate per step whatever
-the gradient's size, so at the episodic stage's lr of 1e-4 a raw tau went from 10 to 10.1 in 2,000 steps
-(measured) and was in effect fixed; yet on Omniglot the training loss wants tau near 35, and the fixed 10
-cost 1.8 points at 5-way and 3.5 at 20-way (docs/results.md, issue 38). On log(tau) a step is a relative
-change, so one multiplier suits any start. (That reasoning is Adam's; an SGD step scales with the
-gradient, and the SGD ResNet-12 preset sets the multiplier to 0.01 to match the paper's step on tau.)
+encoder's learning rate (methods/log_scale.py says why). A raw tau at the episodic stage's lr of 1e-4 went
+from 10 to 10.1 in 2,000 steps and was in effect fixed; yet on Omniglot the training loss wants tau near 35,
+and the fixed 10 cost 1.8 points at 5-way and 3.5 at 20-way (docs/results.md, issue 38). (That reasoning is
+Adam's; an SGD step scales with the gradient, and the SGD ResNet-12 preset sets the multiplier to 0.01 to
+match the paper's step on tau.)
 
 Why it works (the paper's finding): pre-training gives class transferability, the episodic stage
 aligns the training objective with the test protocol, and the cosine metric with a learnable scale
@@ -23,12 +22,11 @@ is what lets the second stage help rather than hurt.
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import nn
 
 from metalearn.methods.base import BuildContext, EmbeddingMethod
+from metalearn.methods.log_scale import groups_with_scale, log_parameter, raw_scale_loader
 from metalearn.registry import METHODS
 
 
@@ -50,17 +48,16 @@ class MetaBaseline(EmbeddingMethod):
                  temperature_lr_multiplier: float = 100.0):
         super().__init__()
         self.backbone = backbone
-        self.log_temperature = nn.Parameter(torch.tensor(math.log(temperature)), requires_grad=learn_temperature)
+        self.log_temperature = log_parameter(temperature, learn_temperature)
         self.temperature_lr_multiplier = temperature_lr_multiplier
-        self.register_load_state_dict_pre_hook(_raw_temperature)  # checkpoints from before log(tau)
+        self.register_load_state_dict_pre_hook(raw_scale_loader("temperature", "log_temperature"))
 
     @property
     def temperature(self) -> torch.Tensor:
         return self.log_temperature.exp()
 
     def parameter_groups(self, lr: float) -> list[dict]:
-        return [{"params": list(self.backbone.parameters())},
-                {"params": [self.log_temperature], "lr": lr * self.temperature_lr_multiplier, "weight_decay": 0.0}]
+        return groups_with_scale(self.backbone.parameters(), self.log_temperature, lr, self.temperature_lr_multiplier)
 
     def head(self, zs, support_labels, zq, ways):
         return centroid_cosine_logits(zs, support_labels, zq, ways, self.temperature)
@@ -70,8 +67,3 @@ class MetaBaseline(EmbeddingMethod):
 def build(cfg, ctx: BuildContext) -> MetaBaseline:
     return MetaBaseline(ctx.backbone(cfg), cfg.temperature, cfg.learn_temperature, cfg.temperature_lr_multiplier)
 
-
-def _raw_temperature(module, state_dict, prefix, *args) -> None:
-    """Checkpoints from before tau was learned in log space hold tau itself, as `temperature`."""
-    if prefix + "temperature" in state_dict:
-        state_dict[prefix + "log_temperature"] = state_dict.pop(prefix + "temperature").log()
