@@ -66,4 +66,3 @@ class MetaBaseline(EmbeddingMethod):
 @METHODS.register("meta_baseline")
 def build(cfg, ctx: BuildContext) -> MetaBaseline:
     return MetaBaseline(ctx.backbone(cfg), cfg.temperature, cfg.learn_temperature, cfg.temperature_lr_multiplier)
-
