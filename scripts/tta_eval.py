@@ -10,6 +10,7 @@ averaged over the runs, plain and with the copies. The runs may differ in how th
     python scripts/tta_eval.py RUN --ways 5 --copies 8 --rotate 10 --scale 0.1 --shift 0.1
     python scripts/tta_eval.py RUN_SEED0 RUN_SEED1 --ways 20 --within alphabet --disjoint-drawers
     python scripts/tta_eval.py PROTONET_RUN --ways 20 --within alphabet --disjoint-drawers --head tim
+    python scripts/tta_eval.py RUN --dataset-root ../shared/data/omniglot   # from another folder than training's
 
 Every image is augmented on its own, so an inductive method stays inductive (a query's code never depends
 on another query); a transductive run (TIM) stays transductive. `--head tim` replaces each run's own
@@ -30,6 +31,7 @@ from metalearn.config import TTAConfig
 from metalearn.data import build_store
 from metalearn.data.store import ImageStore
 from metalearn.engine.evaluate import encode_distinct, tim_on_codes
+from metalearn.errors import MetalearnError
 from metalearn.methods.base import fp32
 from metalearn.stats import paired_difference, t_interval
 from metalearn.tasks.episodes import EpisodeSampler, TaskSpec, episode_labels
@@ -67,6 +69,8 @@ def main() -> None:
     ap.add_argument("--rotate", type=float, default=10.0)
     ap.add_argument("--scale", type=float, default=0.1)
     ap.add_argument("--shift", type=float, default=0.1)
+    ap.add_argument("--dataset-root", default=None,
+                    help="where the dataset is now, when it moved since training or the runs saved a relative root")
     ap.add_argument("--head", choices=("own", "tim"), default="own",
                     help="each run's own classifier, or TIM-GD's transductive inference on its codes")
     args = ap.parse_args()
@@ -79,7 +83,8 @@ def main() -> None:
         saved = ckpt["config"]
         key = repr(sorted((k, v) for k, v in saved["dataset"].items() if k not in WHERE))
         if key not in stores:
-            stores[key] = build_store(DictConfig(saved["dataset"]))
+            dataset = dict(saved["dataset"], **({"root": args.dataset_root} if args.dataset_root else {}))
+            stores[key] = build_store(DictConfig(dataset))
         store = stores[key]
         if i == 0:
             first_store = store
@@ -116,4 +121,7 @@ def main() -> None:
               f"{100 * p.mean:+.2f} ± {100 * p.half_width:.2f} (p={p.p_value:.2g})")
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except MetalearnError as e:  # bad input: one line naming the problem and the fix, not a traceback
+        raise SystemExit(f"tta_eval: {e}") from None

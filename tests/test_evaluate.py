@@ -138,3 +138,18 @@ def test_head_tim_is_refused_for_a_method_that_does_not_encode_each_image_alone(
         evaluate(maml, store, "test", TaskSpec(5, 1, 3), 4, 2, torch.device("cpu"), head="tim")
     with pytest.raises(MetalearnError, match="head='svm' is not one of: tim"):
         evaluate(maml, store, "test", TaskSpec(5, 1, 3), 4, 2, torch.device("cpu"), head="svm")
+
+
+def test_tta_eval_script_names_a_bad_run_in_one_line(tmp_path):
+    """scripts/tta_eval.py is run by hand on run folders: a wrong folder is one line naming it, not a traceback."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "scripts" / "tta_eval.py"
+    done = subprocess.run([sys.executable, str(script), str(tmp_path / "nope")], capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode != 0
+    assert "Traceback" not in done.stderr
+    assert done.stderr.strip().splitlines() == [f"tta_eval: {tmp_path / 'nope'} is not a metalearn run folder "
+                                                "(no config.yaml); give a folder under outputs/train/"]
