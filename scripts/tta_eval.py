@@ -27,11 +27,11 @@ import torch
 from omegaconf import DictConfig
 
 from metalearn.api import restore_method
+from metalearn.cli import report_errors, setup_logging
 from metalearn.config import TTAConfig
 from metalearn.data import build_store
 from metalearn.data.store import ImageStore
 from metalearn.engine.evaluate import encode_distinct, tim_on_codes
-from metalearn.errors import MetalearnError
 from metalearn.methods.base import fp32
 from metalearn.stats import paired_difference, t_interval
 from metalearn.tasks.episodes import EpisodeSampler, TaskSpec, episode_labels
@@ -121,7 +121,5 @@ def main() -> None:
               f"{100 * p.mean:+.2f} ± {100 * p.half_width:.2f} (p={p.p_value:.2g})")
 
 if __name__ == "__main__":
-    try:
-        main()
-    except MetalearnError as e:  # bad input: one line naming the problem and the fix, not a traceback
-        raise SystemExit(f"tta_eval: {e}") from None
+    setup_logging()
+    report_errors(main)  # bad input: one line naming the problem and the fix, exit status 2, no traceback

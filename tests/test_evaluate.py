@@ -141,7 +141,7 @@ def test_head_tim_is_refused_for_a_method_that_does_not_encode_each_image_alone(
 
 
 def test_tta_eval_script_names_a_bad_run_in_one_line(tmp_path):
-    """scripts/tta_eval.py is run by hand on run folders: a wrong folder is one line naming it, not a traceback."""
+    """scripts/tta_eval.py is run by hand on run folders: a wrong folder is one line naming it, exit status 2."""
     import subprocess
     import sys
     from pathlib import Path
@@ -149,7 +149,9 @@ def test_tta_eval_script_names_a_bad_run_in_one_line(tmp_path):
     script = Path(__file__).resolve().parents[1] / "scripts" / "tta_eval.py"
     done = subprocess.run([sys.executable, str(script), str(tmp_path / "nope")], capture_output=True, text=True,
                           timeout=120)
-    assert done.returncode != 0
+    assert done.returncode == 2
     assert "Traceback" not in done.stderr
-    assert done.stderr.strip().splitlines() == [f"tta_eval: {tmp_path / 'nope'} is not a metalearn run folder "
-                                                "(no config.yaml); give a folder under outputs/train/"]
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1
+    assert lines[0].endswith(f"error: {tmp_path / 'nope'} is not a metalearn run folder (no config.yaml); "
+                             "give a folder under outputs/train/")
