@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -142,10 +145,6 @@ def test_head_tim_is_refused_for_a_method_that_does_not_encode_each_image_alone(
 
 def test_tta_eval_script_names_a_bad_run_in_one_line(tmp_path):
     """scripts/tta_eval.py is run by hand on run folders: a wrong folder is one line naming it, exit status 2."""
-    import subprocess
-    import sys
-    from pathlib import Path
-
     script = Path(__file__).resolve().parents[1] / "scripts" / "tta_eval.py"
     done = subprocess.run([sys.executable, str(script), str(tmp_path / "nope")], capture_output=True, text=True,
                           timeout=120)
