@@ -6,7 +6,8 @@ Writes to --out: leaderboard.md and leaderboard.csv (test accuracy ± 95% CI of 
 task, best first; each run's paired difference to the leader where both were scored on the same episodes,
 with its t interval and p-value, and whether it can be told from the leader at 95% after Holm's correction
 for the number of comparisons; the test-time batch-norm statistics of each embedding method), seeds.csv
-(one row per configuration: its distinct seeds averaged with a Student's t interval over k seeds, or, when
+(one row per configuration: its distinct seeds averaged with a Student's t interval over k seeds, and its
+difference to the best configuration with several seeds, counting the seeds' and the episodes' noise; or, when
 every run used one seed, the repeats and whether they reproduced it exactly), learning_curves.png and
 accuracy_vs_shots.png.
 
@@ -32,7 +33,7 @@ from metalearn.cli import console_script
 from metalearn.engine.rundir import read_metrics
 from metalearn.errors import MetalearnError
 from metalearn.files import write_csv
-from metalearn.stats import Paired, holm, paired_difference, t_interval
+from metalearn.stats import Paired, difference_over_seeds, holm, paired_difference, t_interval
 
 
 @dataclass
@@ -167,7 +168,8 @@ def across_seeds(results: list[Result]) -> list[dict]:
     for r in results:
         if not math.isnan(r.accuracy):
             groups.setdefault((r.dataset, r.tag, r.method, r.config), []).append(r)
-    rows = []
+    rows: list[dict] = []
+    matrices: dict[int, tuple[str, np.ndarray] | None] = {}
     for (dataset, tag, method, config), rs in sorted(groups.items()):
         by_seed: dict[int, list[Result]] = {}
         for r in rs:
@@ -180,8 +182,38 @@ def across_seeds(results: list[Result]) -> list[dict]:
         rows.append({"dataset": dataset, "task": tag, "method": method, "config": config, "seeds": len(by_seed),
                      "runs": len(rs), "mean_accuracy": ci.mean, "ci95_across_seeds": ci.half_width,
                      "interval": f"Student's t, {len(by_seed) - 1} df" if len(by_seed) > 1 else "",
-                     "repeats_reproduced": reproduced})
+                     "repeats_reproduced": reproduced, "vs_best_config": "", "vs_best_config_p": ""})
+        matrices[len(rows) - 1] = _seeds_by_episodes(by_seed)
+    _against_best_config(rows, matrices)
     return rows
+
+
+def _seeds_by_episodes(by_seed: dict[int, list[Result]]) -> tuple[str, np.ndarray] | None:
+    """[seeds, episodes] per-episode accuracies (a seed's repeats averaged) when every run has them for the same
+    episodes and there are at least two seeds; else None."""
+    rs = [r for same in by_seed.values() for r in same]
+    if len(by_seed) < 2 or any(r.per_episode is None for r in rs) or len({(r.digest, len(r.per_episode))
+                                                                         for r in rs}) != 1:
+        return None
+    return rs[0].digest, np.stack([np.mean([r.per_episode for r in same], axis=0) for same in by_seed.values()])
+
+
+def _against_best_config(rows: list[dict], matrices: dict[int, tuple[str, np.ndarray] | None]) -> None:
+    """Each configuration with several seeds against the best such configuration of its dataset and task, on the
+    same episodes: difference_over_seeds, which counts both the seeds' and the shared episodes' noise."""
+    groups: dict[tuple[str, str, str], list[int]] = {}
+    for i, m in matrices.items():
+        if m is not None:
+            groups.setdefault((rows[i]["dataset"], rows[i]["task"], m[0]), []).append(i)
+    for members in groups.values():
+        best = max(members, key=lambda i: rows[i]["mean_accuracy"])
+        for i in members:
+            if i == best:
+                rows[i]["vs_best_config"] = "best"
+                continue
+            d = difference_over_seeds(matrices[i][1], matrices[best][1])
+            rows[i]["vs_best_config"] = f"{100 * d.mean:+.2f} ± {100 * d.half_width:.2f} (p={d.p_value:.2g})"
+            rows[i]["vs_best_config_p"] = d.p_value
 
 
 def _same_result(a: Result, b: Result) -> bool:
@@ -210,11 +242,15 @@ def markdown(rows: list[dict], seeds: list[dict]) -> str:
     multi = [s for s in seeds if s["seeds"] > 1]
     if multi:
         lines += ["## Across seeds", "", "Each seed's runs averaged, then a Student's t interval over the k seeds "
-                  "(k - 1 degrees of freedom).", "", "| dataset | task | method | config | seeds (k) | runs | "
-                  "mean (95% CI across seeds) |", "| --- | --- | --- | --- | --- | --- | --- |"]
+                  "(k - 1 degrees of freedom). Against the best configuration: the difference in points with its 95% "
+                  "interval counting both the seeds' noise and that of the episodes every seed shares "
+                  "(metalearn.stats.difference_over_seeds); only configurations scored on the same episodes.", "",
+                  "| dataset | task | method | config | seeds (k) | runs | mean (95% CI across seeds) | "
+                  "vs the best configuration |", "| --- | --- | --- | --- | --- | --- | --- | --- |"]
         for s in multi:
             lines.append(f"| {s['dataset']} | {s['task']} | {s['method']} | `{s['config']}` | {s['seeds']} | "
-                         f"{s['runs']} | {_pct(s['mean_accuracy'])} ± {_pct(s['ci95_across_seeds'])}% |")
+                         f"{s['runs']} | {_pct(s['mean_accuracy'])} ± {_pct(s['ci95_across_seeds'])}% | "
+                         f"{s['vs_best_config'] or '—'} |")
         lines.append("")
     repeats = [s for s in seeds if s["seeds"] == 1 and s["runs"] > 1]
     if repeats:

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from metalearn.report import Result, across_seeds, leaderboard
-from metalearn.stats import holm, paired_difference, t_interval
+from metalearn.stats import difference_over_seeds, holm, paired_difference, t_interval
 
 
 @pytest.mark.parametrize("values,t_quantile", [
@@ -49,6 +49,65 @@ def test_holm_step_down_by_hand():
     assert holm([0.04, 0.01, 0.03, 0.015]) == [False, True, False, True]
     assert holm([0.01, math.nan, 0.02]) == [True, False, True]  # m = 2: 0.01 <= 0.025, 0.02 <= 0.05
     assert holm([0.2, 0.5]) == [False, False]
+
+
+def test_difference_over_seeds_by_hand():
+    """a: 2 seeds, b: 3 seeds, 4 shared episodes. Seed means a 0.85, 0.80 -> s^2 = 0.00125, / 2 = 0.000625;
+    b 0.65, 0.60, 0.60 -> s^2 = 1/1200, / 3 = 0.000278. Seed-averaged episode differences
+    [0.2333, 0.1333, 0.1667, 0.3]: mean 0.20833, s^2 = 0.0054630, / 4 = 0.0013657. Sum 0.0022685 (se 0.047629);
+    Welch-Satterthwaite df = 0.0022685^2 / (0.000625^2 / 1 + 0.000278^2 / 2 + 0.0013657^2 / 3) = 4.8967."""
+    a = np.array([[1.0, 0.8, 0.6, 1.0], [0.8, 0.8, 0.8, 0.8]])
+    b = np.array([[0.6, 0.8, 0.6, 0.6], [0.8, 0.6, 0.4, 0.6], [0.6, 0.6, 0.6, 0.6]])
+    parts = [0.000625, 1 / 3600, 0.0054629630 / 4]
+    var = sum(parts)
+    df = var**2 / (parts[0] ** 2 / 1 + parts[1] ** 2 / 2 + parts[2] ** 2 / 3)
+    assert df == pytest.approx(4.8967, abs=1e-4)
+    from scipy import stats
+
+    d = difference_over_seeds(a, b)
+    assert d.mean == pytest.approx(0.2083333) and d.n == 4
+    assert d.half_width == pytest.approx(stats.t.ppf(0.975, df) * math.sqrt(var), rel=1e-6)
+    assert d.p_value == pytest.approx(2 * stats.t.sf(0.2083333 / math.sqrt(var), df), rel=1e-5)
+    assert math.isnan(difference_over_seeds(a[:1], b).half_width)  # one seed: its seed noise is unknown
+    with pytest.raises(ValueError, match="same episodes"):
+        difference_over_seeds(a, b[:, :3])
+
+
+def test_difference_over_seeds_covers_where_the_simpler_intervals_do_not():
+    """Simulated: two configurations with no true difference, 3 seeds each, 100 shared episodes. The episode set
+    shifts one configuration against the other (sd 0.2 per episode), each training shifts its runs (sd 0.02).
+    Over 1,000 draws the interval counting both covers the true 0 at about its 95% level; the t interval over
+    seeds and the paired interval over episodes each miss one source and cover about 88%."""
+    rng = np.random.default_rng(0)
+    hits = np.zeros(3)
+    for _ in range(1000):
+        episode_effect = rng.normal(0, 0.2, 100)
+        a = episode_effect + rng.normal(0, 0.02, (3, 1)) + rng.normal(0, 0.1, (3, 100))
+        b = rng.normal(0, 0.02, (3, 1)) + rng.normal(0, 0.1, (3, 100))
+        for k, ci in enumerate((difference_over_seeds(a, b), t_interval(a.mean(1) - b.mean(1)),
+                                paired_difference(a.mean(0), b.mean(0)))):
+            hits[k] += abs(ci.mean) <= ci.half_width
+    both, seeds_only, episodes_only = hits / 1000
+    assert 0.93 <= both <= 0.98
+    assert seeds_only < 0.91 and episodes_only < 0.91
+
+
+def test_across_seeds_compares_configurations_on_the_same_episodes():
+    rng = np.random.default_rng(1)
+    base = rng.uniform(0.7, 1.0, 300)
+    runs = [_result("strong", 0, base + 0.05 + 0.005 * s, seed=s, config="x") for s in range(3)]
+    runs += [_result("weak", 0, base - 0.004 * s, seed=s, config="y") for s in range(3)]
+    runs += [_result("once", 0, base, seed=0, config="z")]  # one seed: no seed noise to count
+    runs += [_result("elsewhere", 0, base, seed=s, digest="d2", config="w") for s in range(2)]  # other episodes
+    for r in runs:
+        r.accuracy = float(r.per_episode.mean())
+    rows = {r["method"]: r for r in across_seeds(runs)}
+    assert rows["strong"]["vs_best_config"] == "best" and rows["elsewhere"]["vs_best_config"] == "best"
+    expected = difference_over_seeds(np.stack([r.per_episode for r in runs[3:6]]),
+                                     np.stack([r.per_episode for r in runs[:3]]))
+    assert rows["weak"]["vs_best_config"].startswith(f"{100 * expected.mean:+.2f} ± {100 * expected.half_width:.2f}")
+    assert rows["weak"]["vs_best_config_p"] == expected.p_value < 0.05
+    assert rows["once"]["vs_best_config"] == ""
 
 
 def _result(method, acc, per, seed=0, digest="d1", config=""):
