@@ -72,6 +72,15 @@ def test_the_strided_baselinepp_preset_is_the_baselinepp_preset_on_a_strided_bod
     assert strided == plain
 
 
+def test_the_elastic_protonet_preset_is_the_measured_command():
+    """docs/results.md measured the ProtoNet preset with these overrides; the preset must stay that recipe."""
+    preset = OmegaConf.to_container(compose("experiment=protonet_elastic_omniglot_small", "dataset.root=/data"))
+    measured = OmegaConf.to_container(compose(
+        "experiment=protonet_omniglot_small", "dataset.root=/data", "augment.elastic_alpha=16",
+        "augment.elastic_sigma=4", "steps=9000", "schedule.step_size=3000"))
+    assert preset == measured
+
+
 def test_the_pretrained_maml_20way_preset_is_the_measured_command():
     """The preset must stay the recipe its docs/results.md row measured: the 20-way preset plus these overrides."""
     preset = OmegaConf.to_container(compose("experiment=maml_pretrained_omniglot_small_20w1s", "dataset.root=/data"))
