@@ -207,12 +207,13 @@ def _against_best_config(rows: list[dict], matrices: dict[int, tuple[str, np.nda
             groups.setdefault((rows[i]["dataset"], rows[i]["task"], m[0]), []).append(i)
     for members in groups.values():
         best = max(members, key=lambda i: rows[i]["mean_accuracy"])
-        for i in members:
-            if i == best:
-                rows[i]["vs_best_config"] = "best"
-                continue
-            d = difference_over_seeds(matrices[i][1], matrices[best][1])
-            rows[i]["vs_best_config"] = f"{100 * d.mean:+.2f} ± {100 * d.half_width:.2f} (p={d.p_value:.2g})"
+        rows[best]["vs_best_config"] = "best"
+        others = [i for i in members if i != best]
+        diffs = [difference_over_seeds(matrices[i][1], matrices[best][1]) for i in others]
+        below = holm([d.p_value for d in diffs])  # as the leaderboard: corrected for the number of comparisons
+        for i, d, told_apart in zip(others, diffs, below, strict=True):
+            verdict = "below the best, Holm 95%" if told_apart else "not distinguishable, Holm 95%"
+            rows[i]["vs_best_config"] = f"{100 * d.mean:+.2f} ± {100 * d.half_width:.2f} (p={d.p_value:.2g}; {verdict})"
             rows[i]["vs_best_config_p"] = d.p_value
 
 

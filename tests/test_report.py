@@ -107,6 +107,7 @@ def test_across_seeds_compares_configurations_on_the_same_episodes():
                                      np.stack([r.per_episode for r in runs[:3]]))
     assert rows["weak"]["vs_best_config"].startswith(f"{100 * expected.mean:+.2f} ± {100 * expected.half_width:.2f}")
     assert rows["weak"]["vs_best_config_p"] == expected.p_value < 0.05
+    assert rows["weak"]["vs_best_config"].endswith("; below the best, Holm 95%)")  # one comparison in its group
     assert rows["once"]["vs_best_config"] == ""
 
 
