@@ -486,6 +486,8 @@ class TTAConfig:
     rotate: float = 10.0  # max degrees either way
     scale: float = 0.1  # max relative change
     shift: float = 0.1  # max fraction of the image side
+    elastic_alpha: float = 0.0  # the copies' elastic distortion (AugmentConfig's), 0: affine only
+    elastic_sigma: float = 4.0
     seed: int = 0  # the copies' random affine transforms
 
 

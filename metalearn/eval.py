@@ -87,7 +87,8 @@ def result_name(cfg: DictConfig, spec, checkpoint: str) -> str:
     bn = "" if cfg.test_batch_norm is None else f"_bn-{cfg.test_batch_norm}"
     steps = "" if cfg.inner_steps is None else f"_steps-{cfg.inner_steps}"
     t = cfg.tta
-    tta = "" if t.copies <= 1 else f"_tta-{t.copies}-r{t.rotate:g}-s{t.scale:g}-t{t.shift:g}-seed{t.seed}"
+    elastic = f"-e{t.elastic_alpha:g}-{t.elastic_sigma:g}" if t.elastic_alpha > 0 else ""
+    tta = "" if t.copies <= 1 else f"_tta-{t.copies}-r{t.rotate:g}-s{t.scale:g}-t{t.shift:g}{elastic}-seed{t.seed}"
     head = "" if cfg.head is None else f"_head-{cfg.head}"
     return f"{cfg.split}_{spec.tag}_q{spec.queries}_e{cfg.episodes}_seed{cfg.seed}_{checkpoint}{bn}{steps}{tta}{head}"
 

@@ -8,6 +8,8 @@ averaged over the runs, plain and with the copies. The runs may differ in how th
 
     python scripts/tta_eval.py RUN --ways 20 --within alphabet --disjoint-drawers --copies 8
     python scripts/tta_eval.py RUN --ways 5 --copies 8 --rotate 10 --scale 0.1 --shift 0.1
+    python scripts/tta_eval.py RUN --copies 32 --elastic-alpha 16 --elastic-sigma 4   # elastic copies too
+    python scripts/tta_eval.py VAL_RUN --split val --ways 20 --within alphabet --disjoint-drawers   # to choose
     python scripts/tta_eval.py RUN_SEED0 RUN_SEED1 --ways 20 --within alphabet --disjoint-drawers
     python scripts/tta_eval.py PROTONET_RUN --ways 20 --within alphabet --disjoint-drawers --head tim
     python scripts/tta_eval.py RUN --dataset-root ../shared/data/omniglot   # from another folder than training's
@@ -69,12 +71,16 @@ def main() -> None:
     ap.add_argument("--rotate", type=float, default=10.0)
     ap.add_argument("--scale", type=float, default=0.1)
     ap.add_argument("--shift", type=float, default=0.1)
+    ap.add_argument("--elastic-alpha", type=float, default=0.0, help="the copies' elastic distortion (0: affine only)")
+    ap.add_argument("--elastic-sigma", type=float, default=4.0)
+    ap.add_argument("--split", default="test", help="the class split whose episodes are scored (val: to choose)")
     ap.add_argument("--dataset-root", default=None,
                     help="where the dataset is now, when it moved since training or the runs saved a relative root")
     ap.add_argument("--head", choices=("own", "tim"), default="own",
                     help="each run's own classifier, or TIM-GD's transductive inference on its codes")
     args = ap.parse_args()
-    tta = TTAConfig(copies=args.copies, rotate=args.rotate, scale=args.scale, shift=args.shift)
+    tta = TTAConfig(copies=args.copies, rotate=args.rotate, scale=args.scale, shift=args.shift,
+                    elastic_alpha=args.elastic_alpha, elastic_sigma=args.elastic_sigma)
     plain_probs, tta_probs = [], []
     stores: dict[str, ImageStore] = {}  # one per dataset configuration: runs may render the images at other sizes
     for i, run in enumerate(args.runs):
@@ -89,7 +95,7 @@ def main() -> None:
         if i == 0:
             first_store = store
             spec = TaskSpec(args.ways, 1, saved["queries"], args.within, args.disjoint_drawers)
-            plans = EpisodeSampler(store, "test", spec, 2).plans(0, args.episodes)
+            plans = EpisodeSampler(store, args.split, spec, 2).plans(0, args.episodes)
         elif not store.same_images(first_store):
             raise SystemExit(f"{run} reads other images than {args.runs[0]} (its dataset configuration lists other "
                              "classes, splits or drawers); an ensemble is scored on one dataset's episodes")

@@ -96,6 +96,28 @@ def test_test_time_augmentation_averages_codes_of_copies_reproducibly(store):
     assert np.array_equal(a.per_episode, b.per_episode) and not np.array_equal(a.per_episode, plain.per_episode)
     assert not np.array_equal(a.per_episode, c.per_episode)
     assert a.summary()["tta"]["copies"] == 4 and "tta" not in plain.summary()
+    # elastic copies (tta.elastic_alpha, AugmentConfig's distortion): other copies from the same seed, reproducibly
+    e = evaluate(*args, tta=TTAConfig(copies=4, rotate=20, scale=0.2, shift=0.2, elastic_alpha=16))
+    f = evaluate(*args, tta=TTAConfig(copies=4, rotate=20, scale=0.2, shift=0.2, elastic_alpha=16))
+    assert np.array_equal(e.per_episode, f.per_episode) and not np.array_equal(e.per_episode, a.per_episode)
+    assert e.summary()["tta"]["elastic_alpha"] == 16
+
+
+def test_result_names_tell_elastic_copies_apart():
+    """Two test-time augmentations never share a result file: the elastic distortion is in the name."""
+    from omegaconf import OmegaConf
+
+    from metalearn.config import TTAConfig
+    from metalearn.eval import result_name
+
+    def name(**tta):
+        cfg = OmegaConf.create({"split": "test", "episodes": 600, "seed": 2, "test_batch_norm": None,
+                                "inner_steps": None, "head": None, "tta": OmegaConf.structured(TTAConfig(**tta))})
+        return result_name(cfg, TaskSpec(20, 1, 15), "last")
+
+    assert name() == "test_20w1s_q15_e600_seed2_last"
+    assert name(copies=32) == "test_20w1s_q15_e600_seed2_last_tta-32-r10-s0.1-t0.1-seed0"
+    assert name(copies=32, elastic_alpha=16) == "test_20w1s_q15_e600_seed2_last_tta-32-r10-s0.1-t0.1-e16-4-seed0"
 
 
 def test_test_time_augmentation_is_refused_for_a_method_that_does_not_encode_each_image_alone(store):

@@ -14,7 +14,7 @@ from metalearn.config import AugmentConfig, TTAConfig
 
 def random_affine(x: torch.Tensor, cfg: AugmentConfig | TTAConfig, background: float) -> torch.Tensor:
     """x [..., C, H, W] -> each image rotated, scaled and shifted at random, then elastically distorted when
-    cfg.elastic_alpha > 0 (training only); new pixels are background. One resampling for both."""
+    cfg.elastic_alpha > 0; new pixels are background. One resampling for both."""
     shape = x.shape
     x = x.reshape(-1, *shape[-3:])
     n = x.shape[0]
@@ -25,8 +25,7 @@ def random_affine(x: torch.Tensor, cfg: AugmentConfig | TTAConfig, background: f
     theta = torch.stack([torch.stack([cos, -sin, u[:, 2] * 2 * cfg.shift], -1),
                          torch.stack([sin, cos, u[:, 3] * 2 * cfg.shift], -1)], 1).to(x.dtype)
     grid = F.affine_grid(theta, list(x.shape), align_corners=False)
-    # the training config (a DictConfig of AugmentConfig in the trainer) has it; TTAConfig, affine only, has not
-    alpha = getattr(cfg, "elastic_alpha", 0.0)
+    alpha = cfg.elastic_alpha
     if alpha > 0:
         grid = grid + elastic_field(n, x.shape[-2], x.shape[-1], alpha, cfg.elastic_sigma, x.device).to(x.dtype)
     out = F.grid_sample(x - background, grid, mode="bilinear", padding_mode="zeros", align_corners=False) + background
