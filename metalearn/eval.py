@@ -64,6 +64,9 @@ def run(cfg: DictConfig) -> dict:
     if cfg.tta.copies < 1:
         raise MetalearnError(f"tta.copies={cfg.tta.copies}: the copies of each image whose codes are averaged, >= 1 "
                              f"(1: no test-time augmentation)")
+    if cfg.tta.elastic_alpha < 0 or cfg.tta.elastic_sigma <= 0:
+        raise MetalearnError(f"tta.elastic_alpha={cfg.tta.elastic_alpha} tta.elastic_sigma={cfg.tta.elastic_sigma}: "
+                             f"the copies' elastic distortion needs alpha >= 0 (0: off) and sigma > 0, in pixels")
     tta = OmegaConf.to_object(cfg.tta) if cfg.tta.copies > 1 else None
     spec = TaskSpec(*(saved[k] if cfg[k] is None else cfg[k] for k in ("ways", "shots", "queries")),
                     cfg.within, bool(cfg.disjoint_drawers))

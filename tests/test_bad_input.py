@@ -217,6 +217,8 @@ CASES: list[tuple[str, list[str], list[str]]] = [
     ("metalearn-eval", ["run={root}/run", "test_batch_norm=foo"], ["test_batch_norm='foo' is not one of"]),
     ("metalearn-eval", ["run={root}/run", "inner_steps=5"], ["does not adapt by inner steps"]),
     ("metalearn-eval", ["run={root}/run", "tta.copies=0"], ["tta.copies=0: the copies of each image"]),
+    ("metalearn-eval", ["run={root}/run", "tta.copies=4", "tta.elastic_alpha=-1"],
+     ["tta.elastic_alpha=-1.0 tta.elastic_sigma=4.0: the copies' elastic distortion needs alpha >= 0"]),
     ("metalearn-eval", ["run={root}/run", "head=svm"], ["head='svm' is not one of: tim"]),
     ("metalearn-eval", ["run={root}/run", "episds=3"], ["episds is not a key", "did you mean episodes"]),
     ("metalearn-eval", ["run={root}/evil_best"], ["could run code, so it is refused"]),
