@@ -81,6 +81,29 @@ def test_the_elastic_protonet_preset_is_the_measured_command():
     assert preset == measured
 
 
+def test_the_elastic_meta_baseline_preset_is_the_measured_command():
+    """Both stages of the preset must stay the recipe docs/results.md measured with command-line overrides
+    (there the width reached stage 1 by forwarding; in the preset it is in pretrain.overrides)."""
+    from hydra import initialize_config_dir
+
+    from metalearn.config import config_dir
+    from metalearn.engine.stages import compose_stage
+
+    cli = ["experiment=meta_baseline_omniglot_small", "dataset.root=/data", "method.backbone.width=96",
+           "augment.elastic_alpha=16", "augment.elastic_sigma=4",
+           'pretrain.overrides=["test.episodes=0","optimizer.weight_decay=0.0005",'
+           '"augment.elastic_alpha=16","augment.elastic_sigma=4"]']
+    preset_cli = ["experiment=meta_baseline_elastic_omniglot_small", "dataset.root=/data"]
+    preset, measured = compose(*preset_cli), compose(*cli)
+    with initialize_config_dir(config_dir=config_dir(), version_base=None):
+        stages = [OmegaConf.to_container(compose_stage(c, o)[0]) for c, o in ((preset, preset_cli), (measured, cli))]
+    assert stages[0] == stages[1] and stages[0]["method"]["backbone"]["width"] == 96
+    assert stages[0]["augment"]["elastic_alpha"] == 16
+    preset, measured = OmegaConf.to_container(preset), OmegaConf.to_container(measured)
+    assert preset.pop("pretrain")["experiment"] == measured.pop("pretrain")["experiment"] == "baseline_omniglot_small"
+    assert preset == measured
+
+
 def test_the_pretrained_maml_20way_preset_is_the_measured_command():
     """The preset must stay the recipe its docs/results.md row measured: the 20-way preset plus these overrides."""
     preset = OmegaConf.to_container(compose("experiment=maml_pretrained_omniglot_small_20w1s", "dataset.root=/data"))
