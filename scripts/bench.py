@@ -20,7 +20,11 @@ Figures (issue 7):
 6. peak RSS of the MAML workload, ours vs learn2learn;
 7. backbones (issue 38): images/s of a training forward+backward at 84x84 RGB for conv4, resnet12, wrn28_10
    and resnet18 (batch 16, each in its own process), and the peak RSS of one 5-way 5-shot 15-query ProtoNet
-   training step on ResNet-12 (`--only backbones` runs just these).
+   training step on ResNet-12 (`--only backbones` runs just these);
+8. augmentation and precision (issue 38, `--only augment`): the elastic field's smoothing as matrix products
+   against the one-channel convolutions it replaced, for 128 and 360 images; and one training step of
+   Meta-Baseline's width-96 Conv-4 on 128 28x28 images, bf16 autocast against fp32 (alone: the ratios hold
+   only on an idle CPU).
 Peer figures are skipped, with a note, when learn2learn is not installed. Timings are medians.
 """
 
@@ -267,6 +271,71 @@ def report_backbones(b: dict) -> str:
             + "\n".join(rows))
 
 
+def conv_elastic_field(n: int, size: int, alpha: float, sigma: float):
+    """The former smoothing (two one-channel convolutions), kept here as the speed reference."""
+    import math
+
+    import torch
+    from torch.nn import functional as F
+
+    radius = max(1, math.ceil(3 * sigma))
+    t = torch.arange(-radius, radius + 1, dtype=torch.float32)
+    kernel = torch.exp(-t**2 / (2 * sigma**2))
+    kernel = kernel / kernel.sum()
+    noise = torch.rand(n * 2, 1, size, size) * 2 - 1
+    smooth = F.conv2d(F.pad(noise, (radius, radius, 0, 0), mode="reflect"), kernel.view(1, 1, 1, -1))
+    smooth = F.conv2d(F.pad(smooth, (0, 0, radius, radius), mode="reflect"), kernel.view(1, 1, -1, 1))
+    return alpha * smooth.view(n, 2, size, size).permute(0, 2, 3, 1) * (2.0 / size)
+
+
+def bench_augment() -> dict:
+    import torch
+
+    from metalearn.backbones import build_backbone
+    from metalearn.config import BackboneConfig
+    from metalearn.tasks.augment import elastic_field
+
+    out: dict = {"elastic": []}
+    for threads in (1, 2):
+        torch.set_num_threads(threads)
+        for n in (128, 360):
+            conv = median_time(lambda n=n: conv_elastic_field(n, 28, 16.0, 4.0), 20)
+            mat = median_time(lambda n=n: elastic_field(n, 28, 28, 16.0, 4.0, torch.device("cpu")), 20)
+            out["elastic"].append({"threads": threads, "images": n, "conv_ms": 1e3 * conv, "matmul_ms": 1e3 * mat})
+    torch.set_num_threads(2)
+    torch.manual_seed(0)
+    net = build_backbone(BackboneConfig(name="conv4", width=96), 1, channels_last=True)
+    net = net.to(memory_format=torch.channels_last)
+    head = torch.nn.Linear(96, 1088)
+    opt = torch.optim.Adam([*net.parameters(), *head.parameters()], 1e-3)
+    x, y = torch.randn(128, 1, 28, 28), torch.randint(0, 1088, (128,))
+
+    def step(dtype: torch.dtype | None) -> None:
+        opt.zero_grad()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype is not None):
+            logits = head(net(x).flatten(1))
+        torch.nn.functional.cross_entropy(logits.float(), y).backward()
+        opt.step()
+
+    fp32, bf16 = median_time(lambda: step(None), 15), median_time(lambda: step(torch.bfloat16), 15)
+    out["conv4_w96_step"] = {"fp32_images_per_s": 128 / fp32, "bf16_images_per_s": 128 / bf16}
+    return out
+
+
+def report_augment(a: dict) -> str:
+    lines = ["| elastic field | threads | convolution (before) | matrix products (now) | speed-up |",
+             "| --- | --- | --- | --- | --- |"]
+    for r in a["elastic"]:
+        lines.append(f"| {r['images']} images | {r['threads']} | {r['conv_ms']:.1f} ms | {r['matmul_ms']:.1f} ms "
+                     f"| {r['conv_ms'] / r['matmul_ms']:.1f}x |")
+    c = a["conv4_w96_step"]
+    lines += ["", "| Conv-4 width 96 training step, 128 images, 2 threads | fp32 | bf16 autocast | ratio |",
+              "| --- | --- | --- | --- |",
+              f"| images/s | {c['fp32_images_per_s']:.0f} | {c['bf16_images_per_s']:.0f} "
+              f"| {c['bf16_images_per_s'] / c['fp32_images_per_s']:.2f}x |"]
+    return "\n".join(lines)
+
+
 def bench_eval(omniglot: Path, folder: Path) -> dict:
     import torch
 
@@ -398,7 +467,7 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=1,
                     help="runs of every MAML configuration, alternating ours and the peer's; medians are reported")
     ap.add_argument("--json", type=Path, default=None, help="also write the raw figures here")
-    ap.add_argument("--only", choices=["backbones", "startup"], default=None, help="run one section alone")
+    ap.add_argument("--only", choices=["backbones", "startup", "augment"], default=None, help="run one section alone")
     ap.add_argument("--worker", nargs="*", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.worker:
@@ -418,6 +487,10 @@ def main() -> None:
         print(f"metalearn backbones, {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
               f"{time.strftime('%Y-%m-%d')}")
         print(report_backbones(bench_backbones()))
+        return
+    if args.only == "augment":
+        print(f"metalearn augmentation and precision, {os.cpu_count()} cores, {time.strftime('%Y-%m-%d')}, medians")
+        print(report_augment(bench_augment()))
         return
     if args.only == "startup":
         st = bench_startup(repeats=7)
