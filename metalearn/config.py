@@ -495,6 +495,7 @@ class TTAConfig:
 @dataclass
 class EvalConfig:
     run: str | None = None  # a finished run's folder
+    ensemble: list[str] = field(default_factory=list)  # further run folders: score run and these as one ensemble
     checkpoint: str = "best"  # best | last
     split: str = "test"
     episodes: int = 600

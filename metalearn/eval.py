@@ -7,10 +7,13 @@
     metalearn-eval run=... ways=20 within=alphabet disjoint_drawers=true   # Lake et al.'s one-shot protocol
     metalearn-eval run=... tta.copies=8           # each image's code averaged over 8 augmented copies (embedding methods)
     metalearn-eval run=... head=tim               # TIM's transductive inference on the run's codes (embedding methods)
+    metalearn-eval run=RUN_A 'ensemble=[RUN_B,RUN_C]'   # the three runs as one ensemble (averaged class probabilities)
 
 The episodes are drawn from `seed` on the run's test split, so every method
 trained on the same dataset config is scored on identical episodes; the
-per-episode accuracies and the episode list go to <run>/eval/.
+per-episode accuracies and the episode list go to <run>/eval/. An ensemble (seeds of one preset, or
+any runs on the same images) averages each query's class probabilities over its members; its result,
+beside each member's own on the same episodes, goes to the first run's eval/.
 """
 
 from __future__ import annotations
@@ -28,32 +31,93 @@ register()
 
 
 def run(cfg: DictConfig) -> dict:
-    from metalearn.api import restore_method
-    from metalearn.data import build_store
-    from metalearn.engine.evaluate import check_head, evaluate
+    from metalearn.engine.evaluate import check_head, evaluate, evaluate_ensemble
     from metalearn.errors import MetalearnError
     from metalearn.hardware import autocast, setup_device
+    from metalearn.stats import paired_difference
     from metalearn.tasks.episodes import TaskSpec
 
     if cfg.run is None:
         raise MetalearnError("metalearn-eval needs run=PATH, a run folder such as outputs/train/<date>/<time>_protonet_...")
-    folder = Path(cfg.run)
-    if not folder.exists():
-        raise MetalearnError(f"run folder {folder} does not exist; give a run folder such as outputs/train/<date>/<run>")
-    if not folder.is_dir():
-        raise MetalearnError(f"run={folder} is a file, not a run folder; give the folder that holds its config.yaml")
+    folders = [run_folder(cfg.run, "run"), *(run_folder(r, "ensemble") for r in cfg.ensemble)]
+    check_distinct(folders)
     check_head(cfg.head)
+    check_options(cfg)
     device = setup_device(cfg.hardware)
-    method, ckpt = restore_method(folder, cfg.checkpoint, device)
-    saved = ckpt["config"]
-    if cfg.test_batch_norm is not None:
-        set_policy(method, saved["method"]["name"], cfg.test_batch_norm)
-    if cfg.inner_steps is not None:
-        set_inner_steps(method, saved["method"]["name"], cfg.inner_steps)
-    dataset = dict(saved["dataset"])
-    if cfg.dataset_root is not None:
-        dataset["root"] = cfg.dataset_root
-    store = build_store(DictConfig(dataset))
+    members = [restore_member(cfg, f, device) for f in folders]
+    (method, store, ckpt), saved = members[0], members[0][2]["config"]
+    for f, (_, other, _) in zip(folders[1:], members[1:], strict=True):
+        if not other.same_images(store):
+            raise MetalearnError(f"ensemble member {f} reads other images than run={folders[0]} (its dataset "
+                                 f"configuration lists other classes, splits or drawers); an ensemble is scored on "
+                                 f"one dataset's episodes, so give runs trained on the same dataset")
+    tta = OmegaConf.to_object(cfg.tta) if cfg.tta.copies > 1 else None
+    spec = TaskSpec(*(saved[k] if cfg[k] is None else cfg[k] for k in ("ways", "shots", "queries")),
+                    cfg.within, bool(cfg.disjoint_drawers))
+    for m, _, _ in members:
+        m.check_task(spec)
+    amp = autocast(device, cfg.hardware.amp)
+    if len(members) == 1:
+        r = evaluate(method, store, cfg.split, spec, cfg.episodes, cfg.seed, device, cfg.batch, amp, tta=tta,
+                     head=cfg.head)
+        ensemble = None
+    else:
+        r, alone = evaluate_ensemble([(m, s) for m, s, _ in members], cfg.split, spec, cfg.episodes, cfg.seed,
+                                     device, cfg.batch, amp, tta=tta, head=cfg.head)
+        ensemble = [{"run": str(f), "checkpoint": c["checkpoint_name"], "method": c["config"]["method"]["name"],
+                     "accuracy": a.accuracy, "ci95": a.ci95, "per_episode": a.per_episode.tolist()}
+                    for f, (_, _, c), a in zip(folders, members, alone, strict=True)]
+    name = result_name(cfg, spec, ckpt["checkpoint_name"], [(str(f.resolve()), c["checkpoint_name"])
+                                                            for f, (_, _, c) in zip(folders, members, strict=True)])
+    path = r.save(folders[0] / "eval", name, {"ensemble": ensemble} if ensemble else None)
+    setting = (f"{cfg.split} {spec.ways}-way {spec.shots}-shot{f' within one {spec.within}' if spec.within else ''}"
+               f"{', drawer-disjoint' if spec.disjoint_drawers else ''}")
+    for e in ensemble or []:
+        print(f"  member {e['run']} ({e['method']}, {e['checkpoint']}): {100 * e['accuracy']:.2f} ± "
+              f"{100 * e['ci95']:.2f}%")
+    what = (f"ensemble of {len(members)} runs" if ensemble else saved["method"]["name"])
+    print(f"{what} on {saved['dataset']['name']} {setting}: "
+          f"{100 * r.accuracy:.2f} ± {100 * r.ci95:.2f}% (95% CI, {len(r.per_episode)} episodes, "
+          f"episodes {r.plans.digest()}{'' if r.batch_norm is None else ', batch norm: ' + r.batch_norm}"
+          f"{'' if cfg.inner_steps is None else f', {cfg.inner_steps} inner steps'}"
+          f"{'' if tta is None else f', test-time augmentation: {tta.copies} copies'}"
+          f"{'' if cfg.head is None else f', head: {cfg.head}'}{', transductive' if r.transductive else ''}) -> {path}")
+    if ensemble:
+        best = max(alone, key=lambda a: a.accuracy)
+        d = paired_difference(r.per_episode, best.per_episode)
+        print(f"  over its best member on these episodes: {100 * d.mean:+.2f} ± {100 * d.half_width:.2f} (paired)")
+    return r.summary() | ({"ensemble": [{k: v for k, v in e.items() if k != "per_episode"} for e in ensemble]}
+                          if ensemble else {})
+
+
+def run_folder(path: str, key: str) -> Path:
+    """A run folder given on the command line, or a clear error naming the key that gave it."""
+    from metalearn.errors import MetalearnError
+
+    folder = Path(path)
+    if not folder.exists():
+        raise MetalearnError(f"{key}={folder}: run folder {folder} does not exist; give a run folder such as "
+                             f"outputs/train/<date>/<run>")
+    if not folder.is_dir():
+        raise MetalearnError(f"{key}={folder} is a file, not a run folder; give the folder that holds its config.yaml")
+    return folder
+
+
+def check_distinct(folders: list[Path]) -> None:
+    """A run listed twice would weigh double in the ensemble's average: refused."""
+    from metalearn.errors import MetalearnError
+
+    seen: set[Path] = set()
+    for f in folders:
+        if f.resolve() in seen:
+            raise MetalearnError(f"ensemble: the run folder {f.resolve()} is given twice (run= and ensemble= together "
+                                 f"list each member once; one given twice would weigh double in the average)")
+        seen.add(f.resolve())
+
+
+def check_options(cfg: DictConfig) -> None:
+    from metalearn.errors import MetalearnError
+
     for key in ("ways", "shots", "queries", "episodes", "batch"):
         value = cfg[key]
         if value is not None and value < 1:
@@ -67,24 +131,26 @@ def run(cfg: DictConfig) -> dict:
     if cfg.tta.elastic_alpha < 0 or cfg.tta.elastic_sigma <= 0:
         raise MetalearnError(f"tta.elastic_alpha={cfg.tta.elastic_alpha} tta.elastic_sigma={cfg.tta.elastic_sigma}: "
                              f"the copies' elastic distortion needs alpha >= 0 (0: off) and sigma > 0, in pixels")
-    tta = OmegaConf.to_object(cfg.tta) if cfg.tta.copies > 1 else None
-    spec = TaskSpec(*(saved[k] if cfg[k] is None else cfg[k] for k in ("ways", "shots", "queries")),
-                    cfg.within, bool(cfg.disjoint_drawers))
-    method.check_task(spec)
-    r = evaluate(method, store, cfg.split, spec, cfg.episodes, cfg.seed, device, cfg.batch,
-                 autocast(device, cfg.hardware.amp), tta=tta, head=cfg.head)
-    path = r.save(folder / "eval", result_name(cfg, spec, ckpt["checkpoint_name"]))
-    print(f"{saved['method']['name']} on {saved['dataset']['name']} {cfg.split} {spec.ways}-way {spec.shots}-shot"
-          f"{f' within one {spec.within}' if spec.within else ''}{', drawer-disjoint' if spec.disjoint_drawers else ''}: "
-          f"{100 * r.accuracy:.2f} ± {100 * r.ci95:.2f}% (95% CI, {len(r.per_episode)} episodes, "
-          f"episodes {r.plans.digest()}{'' if r.batch_norm is None else ', batch norm: ' + r.batch_norm}"
-          f"{'' if cfg.inner_steps is None else f', {cfg.inner_steps} inner steps'}"
-          f"{'' if tta is None else f', test-time augmentation: {tta.copies} copies'}"
-          f"{'' if cfg.head is None else f', head: {cfg.head}'}{', transductive' if r.transductive else ''}) -> {path}")
-    return r.summary()
 
 
-def result_name(cfg: DictConfig, spec, checkpoint: str) -> str:
+def restore_member(cfg: DictConfig, folder: Path, device):
+    """One run's trained method with the test-time options applied, its image store and its checkpoint."""
+    from metalearn.api import restore_method
+    from metalearn.data import build_store
+
+    method, ckpt = restore_method(folder, cfg.checkpoint, device)
+    saved = ckpt["config"]
+    if cfg.test_batch_norm is not None:
+        set_policy(method, saved["method"]["name"], cfg.test_batch_norm)
+    if cfg.inner_steps is not None:
+        set_inner_steps(method, saved["method"]["name"], cfg.inner_steps)
+    dataset = dict(saved["dataset"])
+    if cfg.dataset_root is not None:
+        dataset["root"] = cfg.dataset_root
+    return method, build_store(DictConfig(dataset)), ckpt
+
+
+def result_name(cfg: DictConfig, spec, checkpoint: str, members: list[tuple[str, str]] | None = None) -> str:
     """A result's file name holds everything that decides which episodes are scored and how, so two protocols
     never share a file and the same protocol always writes the same one (batch only groups episodes)."""
     bn = "" if cfg.test_batch_norm is None else f"_bn-{cfg.test_batch_norm}"
@@ -93,7 +159,17 @@ def result_name(cfg: DictConfig, spec, checkpoint: str) -> str:
     elastic = f"-e{t.elastic_alpha:g}-{t.elastic_sigma:g}" if t.elastic_alpha > 0 else ""
     tta = "" if t.copies <= 1 else f"_tta-{t.copies}-r{t.rotate:g}-s{t.scale:g}-t{t.shift:g}{elastic}-seed{t.seed}"
     head = "" if cfg.head is None else f"_head-{cfg.head}"
-    return f"{cfg.split}_{spec.tag}_q{spec.queries}_e{cfg.episodes}_seed{cfg.seed}_{checkpoint}{bn}{steps}{tta}{head}"
+    ensemble = "" if not members or len(members) < 2 else f"_ensemble-{len(members)}-{members_digest(members)}"
+    return (f"{cfg.split}_{spec.tag}_q{spec.queries}_e{cfg.episodes}_seed{cfg.seed}_{checkpoint}{bn}{steps}{tta}{head}"
+            f"{ensemble}")
+
+
+def members_digest(members: list[tuple[str, str]]) -> str:
+    """Which runs (resolved folders, in order) at which checkpoints make an ensemble, in 8 hex digits: the JSON
+    lists them in full."""
+    import hashlib
+
+    return hashlib.sha256("\n".join(f"{run}@{ckpt}" for run, ckpt in members).encode()).hexdigest()[:8]
 
 
 def set_policy(method, name: str, policy: str) -> None:

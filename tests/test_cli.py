@@ -67,6 +67,33 @@ def test_eval_scores_a_finished_run_on_fixed_episodes(trained):
     assert r20.returncode == 0 and "20-way 1-shot" in r20.stdout
 
 
+def test_eval_scores_an_ensemble_of_runs_beside_each_member_on_the_same_episodes(trained):
+    """ensemble=[...]: the members' own results equal their single evaluations; the ensemble's goes to the first
+    run's eval/ with the members listed; a member listed twice, missing, or on other images is refused."""
+    cwd = trained.parent
+    assert cli("metalearn-train", "debug=smoke", "seed=1", "run_dir=seed1", cwd=cwd).returncode == 0
+    r = cli("metalearn-eval", "run=run", "ensemble=[seed1]", "episodes=30", cwd=cwd)
+    assert r.returncode == 0, r.stderr
+    assert "ensemble of 2 runs on synthetic test 5-way 1-shot" in r.stdout and "over its best member" in r.stdout
+    [path] = (trained / "eval").glob("test_5w1s_q15_e30_seed2_best_ensemble-2-*.json")
+    out = json.loads(path.read_text())
+    assert [m["run"] for m in out["ensemble"]] == ["run", "seed1"]
+    for member in out["ensemble"]:
+        assert cli("metalearn-eval", f"run={member['run']}", "episodes=30", cwd=cwd).returncode == 0
+        alone = json.loads((cwd / member["run"] / "eval" / "test_5w1s_q15_e30_seed2_best.json").read_text())
+        assert member["per_episode"] == alone["per_episode"] and member["accuracy"] == alone["accuracy"]
+        assert alone["episodes_digest"] == out["episodes_digest"]
+    assert out["per_episode"] != out["ensemble"][0]["per_episode"]
+    assert_clean_error(cli("metalearn-eval", "run=run", "ensemble=[./run]", cwd=cwd),
+                       f"the run folder {trained.resolve()} is given twice")
+    assert_clean_error(cli("metalearn-eval", "run=run", "ensemble=[nowhere]", cwd=cwd),
+                       "ensemble=nowhere: run folder nowhere does not exist")
+    other = cli("metalearn-train", "debug=smoke", "dataset.generator_seed=1", "run_dir=other", cwd=cwd)
+    assert other.returncode == 0, other.stderr
+    assert_clean_error(cli("metalearn-eval", "run=run", "ensemble=[other]", cwd=cwd),
+                       "ensemble member other reads other images than run=run")
+
+
 def test_eval_bad_input(tmp_path):
     assert_clean_error(cli("metalearn-eval", cwd=tmp_path), "needs run=PATH")
     assert_clean_error(cli("metalearn-eval", "run=nowhere", cwd=tmp_path), "nowhere does not exist")

@@ -165,9 +165,11 @@ def test_head_tim_is_refused_for_a_method_that_does_not_encode_each_image_alone(
         evaluate(maml, store, "test", TaskSpec(5, 1, 3), 4, 2, torch.device("cpu"), head="svm")
 
 
-def test_tta_eval_script_names_a_bad_run_in_one_line(tmp_path):
-    """scripts/tta_eval.py is run by hand on run folders: a wrong folder is one line naming it, exit status 2."""
-    script = Path(__file__).resolve().parents[1] / "scripts" / "tta_eval.py"
+@pytest.mark.parametrize("name", ["tta_eval.py", "readout_levers.py"])
+def test_the_lever_scripts_name_a_bad_run_in_one_line(tmp_path, name):
+    """scripts/tta_eval.py and readout_levers.py are run by hand on run folders: a wrong folder is one line naming
+    it, exit status 2."""
+    script = Path(__file__).resolve().parents[1] / "scripts" / name
     done = subprocess.run([sys.executable, str(script), str(tmp_path / "nope")], capture_output=True, text=True,
                           timeout=120)
     assert done.returncode == 2
@@ -176,3 +178,31 @@ def test_tta_eval_script_names_a_bad_run_in_one_line(tmp_path):
     assert len(lines) == 1
     assert lines[0].endswith(f"error: {tmp_path / 'nope'} is not a metalearn run folder (no config.yaml); "
                              "give a folder under outputs/train/")
+
+
+def test_an_ensemble_averages_its_members_class_probabilities_on_one_list_of_episodes(store):
+    """Each member scores as it does alone; the ensemble's query is the argmax of the members' mean softmax."""
+    from metalearn.backbones import Conv4
+    from metalearn.engine.evaluate import evaluate_ensemble
+    from metalearn.methods.maml import MAML
+    from metalearn.methods.protonet import ProtoNet
+    from metalearn.tasks.episodes import episode_labels, gather
+
+    torch.manual_seed(0)
+    members = [ProtoNet(Conv4(1, 8)), ProtoNet(Conv4(1, 8)), ProtoNet(Conv4(1, 8)),
+               MAML(Conv4(1, 8, pool="stride"), 8, 5, 0.4, 1, 1)]  # codes, and adaptation episode by episode
+    spec, cpu = TaskSpec(5, 1, 3), torch.device("cpu")
+    ensemble, alone = evaluate_ensemble([(m, store) for m in members], "test", spec, 12, 2, cpu, batch=5)
+    for m, a in zip(members, alone, strict=True):
+        single = evaluate(m, store, "test", spec, 12, 2, cpu, batch=5)
+        assert single.plans.digest() == a.plans.digest() == ensemble.plans.digest()
+        np.testing.assert_allclose(a.per_episode, single.per_episode)
+    b = gather(store, ensemble.plans, cpu)
+    with torch.enable_grad():  # MAML adapts at test time
+        probs = [m.eval().predict(b.support, b.support_labels, b.query, 5).detach().softmax(-1) for m in members]
+    expected = (torch.stack(probs).mean(0).argmax(-1) == episode_labels(12, 5, 3)).double().mean(-1).numpy()
+    np.testing.assert_allclose(ensemble.per_episode, expected)
+    assert not any(np.array_equal(ensemble.per_episode, a.per_episode) for a in alone)
+    assert "transductive" not in ensemble.summary()
+    tim, _ = evaluate_ensemble([(m, store) for m in members[:2]], "test", spec, 12, 2, cpu, head="tim")
+    assert tim.summary()["transductive"]  # one transductive member (here all, by head=tim) makes the ensemble so

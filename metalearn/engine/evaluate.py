@@ -52,12 +52,13 @@ class EvalResult:
                 **({"transductive": True} if self.transductive else {}),
                 **({"tta": self.tta} if self.tta else {}), **({"head": self.head} if self.head else {})}
 
-    def save(self, folder: Path, name: str) -> Path:
-        """<name>.json (summary + per-episode accuracies) and <name>_episodes.npz (the plans)."""
+    def save(self, folder: Path, name: str, extra: dict | None = None) -> Path:
+        """<name>.json (summary + per-episode accuracies, + `extra`) and <name>_episodes.npz (the plans)."""
         with atomic_open(folder / f"{name}_episodes.npz") as f:
             np.savez_compressed(f, **self.plans.to_dict())
         path = folder / f"{name}.json"
-        write_text(path, json.dumps({**self.summary(), "per_episode": self.per_episode.tolist()}, indent=1))
+        write_text(path, json.dumps({**self.summary(), "per_episode": self.per_episode.tolist(), **(extra or {})},
+                                     indent=1))
         return path
 
 
@@ -75,32 +76,78 @@ def evaluate(method: Method, store: ImageStore, split: str, spec: TaskSpec, epis
     """Accuracy of `method` on `episodes` episodes of `split`, drawn from `seed` (or the given plans); with
     `tta` (copies > 1), an embedding method's codes averaged over augmented copies of each image; with
     head="tim", its codes classified by TIM's transductive inference instead of its own head."""
+    plans = _plans(store, split, spec, episodes, seed, plans, head)
+    accs = [accuracy(logits, labels, 1).cpu()
+            for logits, labels in _episode_logits(method, store, plans, device, batch, autocast, tta, head)]
+    return _result(method, split, spec, seed, torch.cat(accs).numpy().astype(np.float64), plans, tta, head)
+
+
+def evaluate_ensemble(methods: list[tuple[Method, ImageStore]], split: str, spec: TaskSpec, episodes: int,
+                      seed: int, device: torch.device, batch: int = 50,
+                      autocast: contextlib.AbstractContextManager | None = None, tta: TTAConfig | None = None,
+                      head: str | None = None) -> tuple[EvalResult, list[EvalResult]]:
+    """An ensemble's accuracy: each query's class probabilities (the softmax of each member's logits) averaged
+    over the members, on the first member's store's episodes; and each member's own result on the same
+    episodes. Each member reads the images through its own store (members may render them at other sizes);
+    the stores must hold the same images (ImageStore.same_images), which the caller checks."""
+    first_store = methods[0][1]
+    plans = _plans(first_store, split, spec, episodes, seed, None, head)
+    members, total = [], None
+    for method, store in methods:
+        probs, accs = [], []
+        for logits, labels in _episode_logits(method, store, plans, device, batch, autocast, tta, head):
+            probs.append(fp32(logits).softmax(-1).cpu())
+            accs.append(accuracy(logits, labels, 1).cpu())  # as evaluate() scores the member alone
+        members.append(_result(method, split, spec, seed, torch.cat(accs).numpy(), plans, tta, head))
+        total = torch.cat(probs) if total is None else total + torch.cat(probs)
+    labels = episode_labels(len(plans), spec.ways, spec.queries)
+    per_episode = accuracy(total, labels, 1).numpy()
+    ensemble = _result(methods[0][0], split, spec, seed, per_episode, plans, tta, head)
+    ensemble.transductive = any(m.transductive for m in members)
+    return ensemble, members
+
+
+def _plans(store: ImageStore, split: str, spec: TaskSpec, episodes: int, seed: int, plans: EpisodePlans | None,
+           head: str | None) -> EpisodePlans:
     if plans is None and episodes < 1:
         raise MetalearnError(f"the number of evaluation episodes must be >= 1, got {episodes}")
     check_head(head)
-    if plans is None:
-        plans = EpisodeSampler(store, split, spec, seed).plans(0, episodes)
+    return EpisodeSampler(store, split, spec, seed).plans(0, episodes) if plans is None else plans
+
+
+def _episode_logits(method: Method, store: ImageStore, plans: EpisodePlans, device: torch.device, batch: int,
+                    autocast: contextlib.AbstractContextManager | None, tta: TTAConfig | None,
+                    head: str | None) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Each batch of episodes' query logits [t, ways * queries, ways] (detached) and labels [t, ways * queries],
+    the method in eval mode (restored after). An embedding method that encodes each image alone encodes every
+    distinct image once; any other method predicts episode by episode."""
     was_training = method.training
     method.eval()
     grad = torch.enable_grad() if getattr(method, "adapts_at_test", False) else torch.no_grad()
-    with grad, (autocast or contextlib.nullcontext()):
-        if isinstance(method, EmbeddingMethod) and method.encodes_each_image_alone():
-            accs = _accuracies_from_codes(method, store, plans, device, batch, tta, head)
-        elif tta is not None and tta.copies > 1:
-            raise MetalearnError(f"tta.copies={tta.copies} averages an embedding method's codes over augmented copies of "
-                                 f"each image; {type(method).__name__} does not encode each image alone; drop tta.copies=")
-        elif head is not None:
-            raise MetalearnError(f"head={head} classifies an embedding method's codes of single images; "
-                                 f"{type(method).__name__} does not encode each image alone; drop head=")
-        else:
-            accs = []
+    try:
+        with grad, (autocast or contextlib.nullcontext()):
+            if isinstance(method, EmbeddingMethod) and method.encodes_each_image_alone():
+                return _logits_from_codes(method, store, plans, device, batch, tta, head)
+            if tta is not None and tta.copies > 1:
+                raise MetalearnError(f"tta.copies={tta.copies} averages an embedding method's codes over augmented "
+                                     f"copies of each image; {type(method).__name__} does not encode each image "
+                                     f"alone; drop tta.copies=")
+            if head is not None:
+                raise MetalearnError(f"head={head} classifies an embedding method's codes of single images; "
+                                     f"{type(method).__name__} does not encode each image alone; drop head=")
+            out = []
             for start in range(0, len(plans), max(1, batch)):
                 b = gather(store, plans.slice(start, start + batch), device)
-                logits = method.predict(b.support, b.support_labels, b.query, b.ways)
-                accs.append(accuracy(logits, b.query_labels, 1).cpu())
-    method.train(was_training)
+                out.append((method.predict(b.support, b.support_labels, b.query, b.ways).detach(), b.query_labels))
+            return out
+    finally:
+        method.train(was_training)
+
+
+def _result(method: Method, split: str, spec: TaskSpec, seed: int, per_episode: np.ndarray, plans: EpisodePlans,
+            tta: TTAConfig | None, head: str | None) -> EvalResult:
     bn = method.batch_norm if isinstance(method, EmbeddingMethod) and batch_norm_layers(method) else None
-    return EvalResult(split, spec, seed, torch.cat(accs).numpy().astype(np.float64), plans, bn,
+    return EvalResult(split, spec, seed, per_episode.astype(np.float64), plans, bn,
                       getattr(method, "inner_steps_eval", None), method.is_transductive() or head == "tim",
                       asdict(tta) if tta is not None and tta.copies > 1 else None, head)
 
@@ -141,16 +188,18 @@ def tim_on_codes(zs: torch.Tensor, support_labels: torch.Tensor, zq: torch.Tenso
     return tim_head(zs.flatten(2), support_labels, zq.flatten(2), ways)
 
 
-def _accuracies_from_codes(method: EmbeddingMethod, store: ImageStore, plans: EpisodePlans, device: torch.device,
-                           batch: int, tta: TTAConfig | None = None, head: str | None = None) -> list[torch.Tensor]:
-    """Per-episode accuracies, every image encoded once (same logits as predict, up to float rounding)."""
+def _logits_from_codes(method: EmbeddingMethod, store: ImageStore, plans: EpisodePlans, device: torch.device,
+                       batch: int, tta: TTAConfig | None = None,
+                       head: str | None = None) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Each batch of episodes' query logits and labels, every image encoded once (the same logits as predict, up
+    to float rounding)."""
     ways, shots, queries = plans.support.shape[1], plans.support.shape[2], plans.query.shape[2]
     codes, rows = encode_distinct(method, store, plans.image_ids(), device, tta)
     classify = tim_on_codes if head == "tim" else method.head
-    accs = []
+    out = []
     for start in range(0, len(plans), max(1, batch)):
         z = codes[rows[start:start + batch]]  # [t, ways*(shots+queries), ...]
         t = z.shape[0]
         logits = classify(z[:, : ways * shots], episode_labels(t, ways, shots, device), z[:, ways * shots:], ways)
-        accs.append(accuracy(logits, episode_labels(t, ways, queries, device), 1).cpu())
-    return accs
+        out.append((logits.detach(), episode_labels(t, ways, queries, device)))
+    return out
