@@ -19,6 +19,7 @@ beside each member's own on the same episodes, goes to the first run's eval/.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import hydra
 from omegaconf import DictConfig, OmegaConf
@@ -26,6 +27,12 @@ from omegaconf import DictConfig, OmegaConf
 from metalearn.cli import console_script
 from metalearn.config import config_dir, register
 from metalearn.help import answer_help
+
+if TYPE_CHECKING:
+    import torch
+
+    from metalearn.data.store import ImageStore
+    from metalearn.methods.base import Method
 
 register()
 
@@ -133,7 +140,7 @@ def check_options(cfg: DictConfig) -> None:
                              f"the copies' elastic distortion needs alpha >= 0 (0: off) and sigma > 0, in pixels")
 
 
-def restore_member(cfg: DictConfig, folder: Path, device):
+def restore_member(cfg: DictConfig, folder: Path, device: torch.device) -> tuple[Method, ImageStore, dict]:
     """One run's trained method with the test-time options applied, its image store and its checkpoint."""
     from metalearn.api import restore_method
     from metalearn.data import build_store

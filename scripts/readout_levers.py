@@ -45,7 +45,8 @@ def cosine(q: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
 
 
 def copies_of(encode, store, ids: np.ndarray, tta: TTAConfig) -> torch.Tensor:
-    """Each distinct image's codes, one per copy (the first the image itself): [distinct, copies, d]."""
+    """Each distinct image's codes, one per copy (the first the image itself): [distinct, copies, d]. The same
+    copies as metalearn.engine.evaluate.encode_distinct draws, kept apart instead of averaged."""
     out = []
     with torch.no_grad(), torch.random.fork_rng(devices=[]):
         torch.manual_seed(tta.seed)
