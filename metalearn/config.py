@@ -207,6 +207,9 @@ class BaselineConfig(EmbeddingMethodConfig):
     batch_size: int = 128  # pre-training minibatch, drawn from all training classes
     finetune_steps: int = 100  # full-batch steps fitting the new head on a task's support set
     finetune_lr: float = 0.1
+    teacher: str | None = None  # a trained baseline run folder: distil its logits while pre-training (born-again)
+    distill_weight: float = 0.5  # the distillation term's share of the loss (RFS: 0.5)
+    distill_temperature: float = 4.0  # the softmax temperature of both sides (RFS: 4)
 
 
 @schema("method", "meta_baseline_schema", "meta_baseline")

@@ -13,6 +13,11 @@ weight decay 1e-3), all episodes of an evaluation batch in parallel. The paper's
 0.01, is for 100 epochs of minibatches of 4 on 1600-d features; with full-batch steps on
 Conv-4's 64-d Omniglot features it leaves the support set unfitted (measured), so the default
 here is 0.1 for 100 steps (``method.finetune_lr``, ``method.finetune_steps``).
+
+With ``method.teacher`` (a trained baseline run) pre-training is born-again distillation (Furlanello et al.
+2018; Tian et al. 2020's RFS for few-shot): the loss is (1 - w) x cross-entropy + w x T^2 x KL(teacher's
+softmax at temperature T || the student's), RFS's w = 0.5 and T = 4 by default (``method.distill_weight``,
+``method.distill_temperature``). The teacher sees the same augmented images, frozen and in eval mode.
 """
 
 from __future__ import annotations
@@ -54,15 +59,39 @@ class Baseline(EmbeddingMethod):
         self.weight = nn.Parameter(torch.empty(num_classes, feature_dim))
         self.bias = None if cosine else nn.Parameter(torch.zeros(num_classes))
         nn.init.kaiming_uniform_(self.weight, a=math.sqrt(5))  # nn.Linear's initialisation
+        self.distill_weight, self.distill_temperature = 0.5, 4.0
+        self._teacher: list[Baseline] = []  # a list, so the teacher is no submodule: never in this run's checkpoints
+
+    def set_teacher(self, teacher: Baseline, weight: float, temperature: float) -> None:
+        if not 0.0 < weight <= 1.0 or temperature <= 0:
+            raise MetalearnError(f"method.distill_weight={weight} must lie in (0, 1] and method.distill_temperature="
+                                 f"{temperature} above 0 (RFS: 0.5 and 4)")
+        for p in teacher.parameters():
+            p.requires_grad_(False)
+        self._teacher = [teacher.eval()]
+        self.distill_weight, self.distill_temperature = weight, temperature
+
+    def class_logits(self, images: torch.Tensor) -> torch.Tensor:
+        """Logits over the training classes (pre-training's head)."""
+        return head_logits(fp32(self.backbone(images)), self.weight, self.bias, self.cosine)
 
     def train_step(self, batch: LabelledBatch, optimizer: torch.optim.Optimizer) -> dict[str, float]:
         optimizer.zero_grad(set_to_none=True)
-        logits = head_logits(fp32(self.backbone(batch.images)), self.weight, self.bias, self.cosine)
+        logits = self.class_logits(batch.images)
         loss = nn.functional.cross_entropy(logits, batch.labels)
+        stats = {}
+        if self._teacher:
+            with torch.no_grad():
+                target = self._teacher[0].class_logits(batch.images)
+            t, w = self.distill_temperature, self.distill_weight
+            kd = nn.functional.kl_div(nn.functional.log_softmax(logits / t, -1), nn.functional.log_softmax(target / t, -1),
+                                      log_target=True, reduction="batchmean") * t * t
+            stats = {"cross_entropy": float(loss.detach()), "distillation": float(kd.detach())}
+            loss = (1 - w) * loss + w * kd
         if torch.isfinite(loss):
             loss.backward()
             optimizer.step()
-        return {"loss": float(loss.detach()), "accuracy": float(accuracy(logits, batch.labels))}
+        return {"loss": float(loss.detach()), "accuracy": float(accuracy(logits, batch.labels)), **stats}
 
     def fit_heads(self, zs: torch.Tensor, labels: torch.Tensor, ways: int) -> tuple[torch.Tensor, torch.Tensor | None]:
         """New heads for T tasks at once: zs [T, S, D] frozen support embeddings -> weight [T, ways, D], bias."""
