@@ -21,8 +21,9 @@ from metalearn.errors import MetalearnError
 WHERE_KEYS = ("root", "cache_dir", "download", "check_md5")
 
 
-def load_teacher(cfg: DictConfig, train_classes: int, device: torch.device) -> torch.nn.Module:
-    """The run `cfg.method.teacher` names, checked to have learnt this run's training classes."""
+def load_teacher(cfg: DictConfig, train_classes: int, device: torch.device, channels_last: bool) -> torch.nn.Module:
+    """The run `cfg.method.teacher` names, checked to have learnt this run's training classes, in the student's
+    memory format (its forward pass runs every step beside the student's)."""
     from metalearn.api import restore_method
     from metalearn.methods.baseline import Baseline
 
@@ -45,4 +46,7 @@ def load_teacher(cfg: DictConfig, train_classes: int, device: torch.device) -> t
     if teacher.weight.shape[0] != train_classes:
         raise MetalearnError(f"method.teacher={cfg.method.teacher} classifies {teacher.weight.shape[0]} classes, this "
                              f"run's training split has {train_classes}; train the teacher on the same data")
+    for m in teacher.modules():
+        if hasattr(m, "channels_last"):
+            m.channels_last = channels_last
     return teacher

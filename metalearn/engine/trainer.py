@@ -134,7 +134,7 @@ class Trainer:
         self.method: Method = build_method(cfg.method, self.store.image_shape, self.train_spec.ways, channels_last,
                                            self.train_classes).to(self.device)
         if cfg.method.get("teacher"):
-            self.method.set_teacher(load_teacher(cfg, self.train_classes, self.device), cfg.method.distill_weight,
+            self.method.set_teacher(load_teacher(cfg, self.train_classes, self.device, channels_last), cfg.method.distill_weight,
                                     cfg.method.distill_temperature)
         self.train_source = build_training_source(self.method, self.store, cfg, self.train_spec)
         check_divisible(self.train_source.per_step, self.train_source.unit, self.ranks)
