@@ -67,6 +67,9 @@ def test_a_distilled_run_trains_resumes_and_refuses_a_teacher_of_other_data(tmp_
     assert student["config"]["method"]["teacher"] == "teacher" and not any("teacher" in k for k in student["method"])
     plain = torch.load(tmp_path / "teacher/checkpoints/last.pt", weights_only=True)["method"]
     assert any(not torch.equal(plain[k], v) for k, v in student["method"].items())  # the teacher changed the training
+    logged = [json.loads(line) for line in (tmp_path / "whole/metrics.jsonl").read_text().splitlines()]
+    parts = [m for m in logged if m["kind"] == "train"]
+    assert parts and all(m["loss"] == pytest.approx(0.5 * m["cross_entropy"] + 0.5 * m["distillation"]) for m in parts)
 
     r = cli("metalearn-train", *smoke, "method.teacher=teacher", "run_dir=cut", "max_minutes=0", cwd=tmp_path)
     assert r.returncode == 124, r.stderr[-2000:]

@@ -216,9 +216,10 @@ class Trainer:
                 window.append(stats)
                 if st.step % cfg.log_every == 0 or st.step == cfg.steps:
                     dt = time.perf_counter() - t_window
+                    # loss, accuracy and any terms a method reports (e.g. distillation's two parts), averaged
+                    keys = [k for k in window[0] if all(k in s for s in window)]
                     st.last_train = {"kind": "train", "step": st.step,
-                                     "loss": sum(s["loss"] for s in window) / len(window),
-                                     "accuracy": sum(s["accuracy"] for s in window) / len(window),
+                                     **{k: sum(s[k] for s in window) / len(window) for k in keys},
                                      "lr": self.optimizer.param_groups[0]["lr"],
                                      f"{unit}_per_s": len(window) * per_step / max(dt, 1e-9)}
                     self.record(st.last_train)
