@@ -56,17 +56,25 @@ def compose_stage(cfg: DictConfig, overrides: list[str]) -> tuple[DictConfig, li
     return stage, stage_overrides
 
 
+def data_difference(own: dict, theirs: dict, may_differ: tuple[str, ...] = ()) -> str | None:
+    """How two runs' dataset configs differ outside `may_differ`, as an error message's middle
+    ("dataset.a, dataset.b differ (dataset.a: X here, Y there)"), or None when they read the same classes."""
+    differ = sorted(k for k in set(own) | set(theirs) if k not in may_differ and own.get(k) != theirs.get(k))
+    if not differ:
+        return None
+    k = differ[0]
+    return (f"dataset.{', dataset.'.join(differ)} differ (dataset.{k}: {str(own.get(k))[:60]} here, "
+            f"{str(theirs.get(k))[:60]} there)")
+
+
 def check_same_data(cfg: DictConfig, stage: DictConfig) -> None:
     """Refuse a stage that reads other data than the run: its training classes could be the run's test classes."""
     own, theirs = (OmegaConf.to_container(c.dataset, resolve=True) for c in (cfg, stage))
-    differ = sorted(k for k in set(own) | set(theirs) if k not in STAGE_MAY_DIFFER and own.get(k) != theirs.get(k))
-    if differ:
-        k = differ[0]
+    difference = data_difference(own, theirs, STAGE_MAY_DIFFER)
+    if difference:
         raise MetalearnError(f"the pre-training stage ({cfg.pretrain.experiment}) reads other data than this run: "
-                             f"dataset.{', dataset.'.join(differ)} differ (dataset.{k}: {str(own.get(k))[:60]} here, "
-                             f"{str(theirs.get(k))[:60]} there). "
-                             f"Both stages must use the same dataset and split, so pre-training never sees this "
-                             f"run's test classes; set them alike (pretrain.overrides=[...]).")
+                             f"{difference}. Both stages must use the same dataset and split, so pre-training never "
+                             f"sees this run's test classes; set them alike (pretrain.overrides=[...]).")
 
 
 def run_pretraining(cfg: DictConfig, folder: RunFolder, overrides: list[str], group: str | None) -> DictConfig:

@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from metalearn.engine.stages import data_difference
 from metalearn.errors import MetalearnError
 
 # dataset keys that say where the files are, not which classes: they may differ between teacher and student
@@ -35,14 +36,11 @@ def load_teacher(cfg: DictConfig, train_classes: int, device: torch.device, chan
     if not isinstance(teacher, Baseline):
         raise MetalearnError(f"method.teacher={cfg.method.teacher} is a {ckpt['config']['method']['name']} run; a "
                              f"teacher must be a baseline or baselinepp run (a classifier over the training classes)")
-    own = OmegaConf.to_container(cfg.dataset, resolve=True)
-    theirs = ckpt["config"]["dataset"]
-    differ = sorted(k for k in set(own) | set(theirs) if k not in WHERE_KEYS and own.get(k) != theirs.get(k))
-    if differ:
-        k = differ[0]
-        raise MetalearnError(f"method.teacher={cfg.method.teacher} learnt other data: dataset.{', dataset.'.join(differ)} "
-                             f"differ (dataset.{k}: {str(own.get(k))[:60]} here, {str(theirs.get(k))[:60]} there); its "
-                             f"logits are a target only over this run's training classes, so train it on the same data")
+    difference = data_difference(OmegaConf.to_container(cfg.dataset, resolve=True), ckpt["config"]["dataset"],
+                                 WHERE_KEYS)
+    if difference:
+        raise MetalearnError(f"method.teacher={cfg.method.teacher} learnt other data: {difference}; its logits are a "
+                             f"target only over this run's training classes, so train it on the same data")
     if teacher.weight.shape[0] != train_classes:
         raise MetalearnError(f"method.teacher={cfg.method.teacher} classifies {teacher.weight.shape[0]} classes, this "
                              f"run's training split has {train_classes}; train the teacher on the same data")

@@ -59,7 +59,6 @@ class Baseline(EmbeddingMethod):
         self.weight = nn.Parameter(torch.empty(num_classes, feature_dim))
         self.bias = None if cosine else nn.Parameter(torch.zeros(num_classes))
         nn.init.kaiming_uniform_(self.weight, a=math.sqrt(5))  # nn.Linear's initialisation
-        self.distill_weight, self.distill_temperature = 0.5, 4.0
         self._teacher: list[Baseline] = []  # a list, so the teacher is no submodule: never in this run's checkpoints
 
     def set_teacher(self, teacher: Baseline, weight: float, temperature: float) -> None:
