@@ -144,6 +144,9 @@ class BackboneConfig:
     name: str = "conv4"  # conv4 | conv4_relation | resnet12 | wrn28_10 | resnet18 (metalearn/backbones/)
     width: int = 64  # conv4's channels; the ResNets' channels scale with width/64 (64: the papers' networks)
     pool: str = "max"  # conv4: max (Snell et al.) | stride (Finn et al.)
+    # conv4: channels of an extra first block (0: none). With it Conv-4 reads images twice the size it was
+    # made for (56-px Omniglot) at about the same cost: the extra block halves them before the usual four
+    stem: int = 0
     drop_rate: float = 0.1  # resnet12: dropout after blocks 1-2, DropBlock after blocks 3-4 (MetaOptNet's 0.1)
     block_size: int = 5  # resnet12: DropBlock's block size
     global_pool: bool = True  # resnet12: average the last map (640-d); false: flatten it (MetaOptNet's 16,000-d)
@@ -552,6 +555,7 @@ BOUNDS: dict[str, tuple[float | None, float | None, str]] = {
     "dataset.split_seed": (0, None, "the split's seed"),
     "hardware.threads": (1, 1024, "CPU threads (null: torch's default)"),
     "method.backbone.width": (1, 4096, "the backbone's channels"),
+    "method.backbone.stem": (0, 4096, "conv4's extra first block's channels (0: none)"),
     "method.inner_lr": (0, None, "the inner-loop learning rate"),
     "method.hidden": (1, None, "the hidden width"),
     "method.batch_size": (1, None, "pre-training minibatch size"),

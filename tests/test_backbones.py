@@ -109,3 +109,24 @@ def test_every_method_with_a_backbone_trains_and_predicts_with_each(name, backbo
 def test_resnet12_without_the_global_pool_gives_metaoptnets_16000_features():
     net = build_backbone(BackboneConfig(name="resnet12", global_pool=False), 3).eval()
     assert net(torch.randn(1, 3, 84, 84)).shape == (1, 640 * 5 * 5)
+
+
+@pytest.mark.parametrize("pool", ["max", "stride"])
+def test_conv4_stem_reads_twice_the_size_into_the_same_embedding(pool):
+    """A stem block halves a 56-px image before Conv-4's four blocks: the 1x1 map (64-d code) Conv-4 gives
+    at 28 px, from a first block of `stem` channels, and it trains (the stem's weights get gradients)."""
+    plain = build_backbone(BackboneConfig(width=64, pool=pool), 1)
+    stem = build_backbone(BackboneConfig(width=64, pool=pool, stem=16), 1, channels_last=True)
+    assert plain(torch.randn(2, 1, 28, 28)).shape == stem(torch.randn(2, 1, 56, 56)).shape == (2, 64)
+    first = stem.features[0]
+    assert (first.in_channels, first.out_channels) == (1, 16) and stem.features[4 if pool == "max" else 3].in_channels == 16
+    assert params(stem) - params(plain) == (9 * 16 + 16) + 2 * 16 + 9 * 64 * (16 - 1)
+    stem(torch.randn(4, 1, 56, 56)).square().sum().backward()
+    assert first.weight.grad is not None and first.weight.grad.abs().sum() > 0
+
+
+def test_a_stem_on_another_backbone_is_refused_by_name():
+    from metalearn.errors import MetalearnError
+
+    with pytest.raises(MetalearnError, match="method.backbone.stem=16 adds a first block to conv4 only"):
+        build_backbone(BackboneConfig(name="resnet12", stem=16), 3)

@@ -56,6 +56,17 @@ def test_bad_distillation_settings_are_named():
         baseline(0).set_teacher(baseline(1), weight=1.5, temperature=4.0)
 
 
+def test_distillation_settings_without_a_teacher_are_refused_not_ignored():
+    from metalearn.engine.teacher import check_distillation_settings
+
+    check_distillation_settings(compose("method=baseline").method)  # the defaults, no teacher: a plain run
+    check_distillation_settings(compose("method=protonet").method)  # a method without the settings
+    check_distillation_settings(compose("method=baseline", "method.teacher=t", "method.distill_weight=0.3").method)
+    with pytest.raises(MetalearnError, match=r"method.distill_weight=0.3 without method.teacher: .* add "
+                                             r"method.teacher=<a baseline run folder> or drop method.distill_weight"):
+        check_distillation_settings(compose("method=baseline", "method.distill_weight=0.3").method)
+
+
 @pytest.mark.e2e
 def test_a_distilled_run_trains_resumes_and_refuses_a_teacher_of_other_data(tmp_path):
     smoke = ["method=baseline", "debug=smoke", "test.episodes=5", "val.every=0"]

@@ -165,10 +165,10 @@ def test_head_tim_is_refused_for_a_method_that_does_not_encode_each_image_alone(
         evaluate(maml, store, "test", TaskSpec(5, 1, 3), 4, 2, torch.device("cpu"), head="svm")
 
 
-@pytest.mark.parametrize("name", ["tta_eval.py", "readout_levers.py"])
+@pytest.mark.parametrize("name", ["tta_eval.py", "readout_levers.py", "encoder_screen.py"])
 def test_the_lever_scripts_name_a_bad_run_in_one_line(tmp_path, name):
-    """scripts/tta_eval.py and readout_levers.py are run by hand on run folders: a wrong folder is one line naming
-    it, exit status 2."""
+    """The lever scripts (tta_eval.py, readout_levers.py, encoder_screen.py) are run by hand on run folders: a
+    wrong folder is one line naming it, exit status 2."""
     script = Path(__file__).resolve().parents[1] / "scripts" / name
     done = subprocess.run([sys.executable, str(script), str(tmp_path / "nope")], capture_output=True, text=True,
                           timeout=120)

@@ -109,21 +109,27 @@ def batch_norm_2d(running_stats: bool) -> Callable[[int], nn.Module]:
 
 class Conv4(nn.Module):
     """Four 3x3 conv blocks (conv, batch-norm, ReLU) with max-pooling (Snell et al.) or
-    stride 2 and a final spatial mean (Finn et al.). Output: a flat embedding."""
+    stride 2 and a final spatial mean (Finn et al.). Output: a flat embedding.
+    stem > 0 puts one more block of `stem` channels first, for images of twice the usual size (56-px
+    Omniglot): its half-size output of `stem` maps, not one grey map, is what the four blocks then read, so
+    detail a 28-px image loses can reach them. Measured with stem=16 at width 96: a forward and backward pass
+    1.3-1.5x Conv-4's at 28 px, a training step with the 56-px augmentation 1.75x; on Omniglot it lost on a
+    held-out alphabet (docs/results.md), so no preset uses it."""
 
     def __init__(self, in_channels: int = 1, width: int = 64, pool: str = "max", channels_last: bool = False,
-                 bn_running_stats: bool = True):
+                 bn_running_stats: bool = True, stem: int = 0):
         super().__init__()
         if pool not in ("max", "stride"):
             raise MetalearnError(f"method.backbone.pool={pool!r} is not one of: max, stride")
         bn = batch_norm_2d(bn_running_stats)
         blocks = []
-        for i in range(4):
-            c_in = in_channels if i == 0 else width
+        widths = [stem] * (stem > 0) + [width] * 4
+        for i, c_out in enumerate(widths):
+            c_in = in_channels if i == 0 else widths[i - 1]
             if pool == "max":
-                blocks += [nn.Conv2d(c_in, width, 3, padding=1), bn(width), nn.ReLU(), nn.MaxPool2d(2)]
+                blocks += [nn.Conv2d(c_in, c_out, 3, padding=1), bn(c_out), nn.ReLU(), nn.MaxPool2d(2)]
             else:
-                blocks += [nn.Conv2d(c_in, width, 3, stride=2, padding=1), bn(width), nn.ReLU()]
+                blocks += [nn.Conv2d(c_in, c_out, 3, stride=2, padding=1), bn(c_out), nn.ReLU()]
         self.features = nn.Sequential(*blocks)
         self.pool, self.channels_last, self.under_vmap = pool, channels_last, False
 
@@ -162,7 +168,7 @@ class RelationConv4(nn.Module):
 
 @BACKBONES.register("conv4")
 def _conv4(cfg: BackboneConfig, in_channels: int, channels_last: bool, bn_running_stats: bool) -> nn.Module:
-    return Conv4(in_channels, cfg.width, cfg.pool, channels_last, bn_running_stats)
+    return Conv4(in_channels, cfg.width, cfg.pool, channels_last, bn_running_stats, cfg.stem)
 
 
 @BACKBONES.register("conv4_relation")
@@ -172,6 +178,9 @@ def _conv4_relation(cfg: BackboneConfig, in_channels: int, channels_last: bool, 
 
 def build_backbone(cfg: BackboneConfig, in_channels: int, channels_last: bool = False,
                    bn_running_stats: bool = True) -> nn.Module:
+    if cfg.stem and cfg.name != "conv4":
+        raise MetalearnError(f"method.backbone.stem={cfg.stem} adds a first block to conv4 only, and this backbone is "
+                             f"{cfg.name}; drop method.backbone.stem or use method.backbone.name=conv4")
     model = BACKBONES.builder(cfg.name)(cfg, in_channels, channels_last, bn_running_stats)
     return model.to(memory_format=torch.channels_last) if channels_last else model
 

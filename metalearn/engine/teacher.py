@@ -22,6 +22,20 @@ from metalearn.errors import MetalearnError
 WHERE_KEYS = ("root", "cache_dir", "download", "check_md5")
 
 
+def check_distillation_settings(method: DictConfig) -> None:
+    """Refuse distillation settings given without a teacher: they would be ignored, and a run the user believes
+    distilled would be a plain one."""
+    from metalearn.config import BaselineConfig
+
+    if "distill_weight" not in method or method.get("teacher"):
+        return
+    given = [f"method.{k}={method[k]}" for k in ("distill_weight", "distill_temperature")
+             if method[k] != getattr(BaselineConfig, k)]
+    if given:
+        raise MetalearnError(f"{', '.join(given)} without method.teacher: distillation needs a teacher, so the setting "
+                             f"would be ignored; add method.teacher=<a baseline run folder> or drop {given[0].split('=')[0]}")
+
+
 def load_teacher(cfg: DictConfig, train_classes: int, device: torch.device, channels_last: bool) -> torch.nn.Module:
     """The run `cfg.method.teacher` names, checked to have learnt this run's training classes, in the student's
     memory format (its forward pass runs every step beside the student's)."""

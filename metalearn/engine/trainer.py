@@ -36,7 +36,7 @@ from metalearn.engine.evaluate import evaluate
 from metalearn.engine.init_weights import initialize_from, parse_rename
 from metalearn.engine.progress import Progress
 from metalearn.engine.rundir import RunFolder
-from metalearn.engine.teacher import load_teacher
+from metalearn.engine.teacher import check_distillation_settings, load_teacher
 from metalearn.errors import TimeLimitReached, TrainingDiverged
 from metalearn.hardware import autocast, describe_device, setup_device
 from metalearn.loggers import Trackers, open_trackers
@@ -133,6 +133,7 @@ class Trainer:
         self.train_classes = len(self.store.splits["train"])
         self.method: Method = build_method(cfg.method, self.store.image_shape, self.train_spec.ways, channels_last,
                                            self.train_classes).to(self.device)
+        check_distillation_settings(cfg.method)
         if cfg.method.get("teacher"):
             self.method.set_teacher(load_teacher(cfg, self.train_classes, self.device, channels_last), cfg.method.distill_weight,
                                     cfg.method.distill_temperature)
