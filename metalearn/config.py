@@ -213,6 +213,7 @@ class BaselineConfig(EmbeddingMethodConfig):
     teacher: str | None = None  # a trained baseline run folder: distil its logits while pre-training (born-again)
     distill_weight: float = 0.5  # the distillation term's share of the loss (RFS: 0.5)
     distill_temperature: float = 4.0  # the softmax temperature of both sides (RFS: 4)
+    margin: float = 0.0  # taken from the true class's training logit (Liu et al. 2020: negative transfers better)
 
 
 @schema("method", "meta_baseline_schema", "meta_baseline")
@@ -398,6 +399,10 @@ class AugmentConfig:
     rotate: float = 15.0  # max degrees either way
     scale: float = 0.15  # max relative change
     shift: float = 0.1  # max fraction of the image side
+    # A hand's slant and proportions: a horizontal shear of up to `shear` (x += shear * y) and a width-to-height
+    # change of up to `aspect` either way. 0: off (and no random numbers drawn for them).
+    shear: float = 0.0
+    aspect: float = 0.0
     # Elastic distortion (Simard et al. 2003): a uniform(-1, 1) displacement field per image, smoothed by a
     # Gaussian of elastic_sigma pixels and scaled by elastic_alpha pixels: strokes bend as another hand's
     # would, keeping their order and joins. 0: off (and no random numbers drawn for it).
@@ -492,6 +497,8 @@ class TTAConfig:
     rotate: float = 10.0  # max degrees either way
     scale: float = 0.1  # max relative change
     shift: float = 0.1  # max fraction of the image side
+    shear: float = 0.0  # the copies' slant and proportions (AugmentConfig's), 0: off
+    aspect: float = 0.0
     elastic_alpha: float = 0.0  # the copies' elastic distortion (AugmentConfig's), 0: affine only
     elastic_sigma: float = 4.0
     seed: int = 0  # the copies' random affine transforms
@@ -538,6 +545,8 @@ BOUNDS: dict[str, tuple[float | None, float | None, str]] = {
     "augment.rotate": (0, 180, "the largest rotation, in degrees"),
     "augment.scale": (0, 0.99, "the largest relative change of scale"),
     "augment.shift": (0, 1, "the largest shift, as a fraction of the image side"),
+    "augment.shear": (0, 1, "the largest horizontal shear (x += shear * y)"),
+    "augment.aspect": (0, 0.99, "the largest relative change of width to height"),
     "augment.elastic_alpha": (0, 1000, "the elastic distortion's strength in pixels (Simard et al.'s alpha; 0: off)"),
     "augment.elastic_sigma": (0.5, 100, "the elastic displacement field's smoothing, in pixels"),
     "val.every": (0, None, "steps between validations (0: never)"),

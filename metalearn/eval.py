@@ -135,6 +135,9 @@ def check_options(cfg: DictConfig) -> None:
     if cfg.tta.copies < 1:
         raise MetalearnError(f"tta.copies={cfg.tta.copies}: the copies of each image whose codes are averaged, >= 1 "
                              f"(1: no test-time augmentation)")
+    if not (0 <= cfg.tta.shear <= 1 and 0 <= cfg.tta.aspect < 1):
+        raise MetalearnError(f"tta.shear={cfg.tta.shear} tta.aspect={cfg.tta.aspect}: the copies' largest slant "
+                             f"(x += shear * y) lies in [0, 1] and their largest change of width in [0, 1)")
     if cfg.tta.elastic_alpha < 0 or cfg.tta.elastic_sigma <= 0:
         raise MetalearnError(f"tta.elastic_alpha={cfg.tta.elastic_alpha} tta.elastic_sigma={cfg.tta.elastic_sigma}: "
                              f"the copies' elastic distortion needs alpha >= 0 (0: off) and sigma > 0, in pixels")
@@ -164,7 +167,8 @@ def result_name(cfg: DictConfig, spec, checkpoint: str, members: list[tuple[str,
     steps = "" if cfg.inner_steps is None else f"_steps-{cfg.inner_steps}"
     t = cfg.tta
     elastic = f"-e{t.elastic_alpha:g}-{t.elastic_sigma:g}" if t.elastic_alpha > 0 else ""
-    tta = "" if t.copies <= 1 else f"_tta-{t.copies}-r{t.rotate:g}-s{t.scale:g}-t{t.shift:g}{elastic}-seed{t.seed}"
+    hand = f"-h{t.shear:g}-{t.aspect:g}" if t.shear or t.aspect else ""
+    tta = "" if t.copies <= 1 else f"_tta-{t.copies}-r{t.rotate:g}-s{t.scale:g}-t{t.shift:g}{hand}{elastic}-seed{t.seed}"
     head = "" if cfg.head is None else f"_head-{cfg.head}"
     ensemble = "" if not members or len(members) < 2 else f"_ensemble-{len(members)}-{members_digest(members)}"
     return (f"{cfg.split}_{spec.tag}_q{spec.queries}_e{cfg.episodes}_seed{cfg.seed}_{checkpoint}{bn}{steps}{tta}{head}"

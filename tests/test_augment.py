@@ -35,7 +35,8 @@ def test_augmentation_is_seeded():
 
 
 def test_elastic_off_draws_no_random_numbers():
-    """Runs without the elastic distortion keep their random stream, so earlier runs reproduce and resume."""
+    """Runs without the elastic distortion, shear and aspect keep their random stream, so earlier runs
+    reproduce and resume."""
     x = torch.rand(4, 1, 28, 28)
     torch.manual_seed(5)
     random_affine(x, AugmentConfig(True, 15, 0.15, 0.1), 0.0)
@@ -43,6 +44,26 @@ def test_elastic_off_draws_no_random_numbers():
     torch.manual_seed(5)
     torch.rand(4, 4)  # the affine's own draws
     assert torch.equal(after, torch.rand(1))
+
+
+def test_shear_and_aspect_slant_and_widen_the_ink():
+    """A vertical bar leans by the shear (about shear x its height across it) and keeps its centre. (Without
+    them no random numbers are drawn for them: the next test.)"""
+    x = torch.zeros(64, 1, 28, 28)
+    x[..., 4:24, 13:15] = 1.0
+    torch.manual_seed(0)
+    y = random_affine(x, AugmentConfig(True, rotate=0, scale=0, shift=0, shear=0.5), 0.0)
+    cols = torch.arange(28.0)
+    def centre(row: int) -> torch.Tensor:  # the ink's mean column in one row, per image
+        ink = y[:, 0, row]
+        return (ink * cols).sum(-1) / ink.sum(-1)
+    lean = (centre(22) - centre(5)).abs()
+    assert lean.max() > 5 and lean.max() <= 0.5 * 17 + 1.5  # up to shear x the 17 rows between them
+    assert torch.allclose((centre(22) + centre(5)) / 2, torch.full((64,), 13.5), atol=0.6)  # about the centre
+    torch.manual_seed(0)
+    wide = random_affine(x, AugmentConfig(True, rotate=0, scale=0, shift=0, aspect=0.3), 0.0)
+    widths = (wide[:, 0, 14] > 0.25).sum(-1).float()
+    assert widths.max() > widths.min()  # some copies wider, some narrower
 
 
 def test_elastic_field_is_smooth_and_scales_with_alpha():

@@ -1,6 +1,7 @@
-"""Born-again distillation of the transfer baselines (method.teacher): the loss is the formula, the teacher is
-frozen and never saved with the student, a teacher of other data is refused, and a distilled run resumes where an
-uninterrupted one ends."""
+"""Pre-training losses of the transfer baselines. Born-again distillation (method.teacher): the loss is the
+formula, the teacher is frozen and never saved with the student, a teacher of other data is refused, and a
+distilled run resumes where an uninterrupted one ends. The margin (method.margin): the formula, in logit units
+for baseline and cosine units for baselinepp."""
 
 from __future__ import annotations
 
@@ -96,3 +97,20 @@ def test_a_distilled_run_trains_resumes_and_refuses_a_teacher_of_other_data(tmp_
     r = cli("metalearn-train", *smoke, "method.teacher=nowhere", "run_dir=none", cwd=tmp_path)
     assert r.returncode != 0 and "method.teacher=nowhere: no run folder there" in r.stderr, r.stderr[-2000:]
     assert json.loads((tmp_path / "whole/summary.json").read_text())["status"] == "completed"
+
+
+@pytest.mark.parametrize("name", ["baseline", "baselinepp"])
+def test_the_margin_is_taken_from_the_true_class_logit_only(name):
+    torch.manual_seed(0)
+    cfg = compose(f"method={name}", "method.backbone.width=8", "method.margin=-0.3").method
+    method = build_method(cfg, (1, 28, 28), 5, train_classes=7)
+    batch = LabelledBatch(torch.randn(12, 1, 28, 28), torch.arange(12) % 7, 7)
+    with torch.no_grad():
+        logits = method.class_logits(batch.images)
+    unit = 2.0 if name == "baselinepp" else 1.0  # baselinepp's cosine scale for 7 classes
+    shifted = logits + 0.3 * unit * torch.nn.functional.one_hot(batch.labels, 7)
+    expected = torch.nn.functional.cross_entropy(shifted, batch.labels)
+    assert float(expected) < float(torch.nn.functional.cross_entropy(logits, batch.labels))  # easier: negative
+    stats = method.train_step(batch, torch.optim.SGD(method.parameters(), lr=0.0))
+    assert stats["loss"] == pytest.approx(float(expected), rel=1e-5)
+    assert stats["accuracy"] == pytest.approx(float((logits.argmax(-1) == batch.labels).float().mean()))

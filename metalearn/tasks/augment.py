@@ -13,8 +13,9 @@ from metalearn.config import AugmentConfig, TTAConfig
 
 
 def random_affine(x: torch.Tensor, cfg: AugmentConfig | TTAConfig, background: float) -> torch.Tensor:
-    """x [..., C, H, W] -> each image rotated, scaled and shifted at random, then elastically distorted when
-    cfg.elastic_alpha > 0; new pixels are background. One resampling for both."""
+    """x [..., C, H, W] -> each image rotated, scaled and shifted at random (and slanted and made wider or
+    narrower when cfg.shear / cfg.aspect > 0), then elastically distorted when cfg.elastic_alpha > 0; new pixels
+    are background. One resampling for all of it."""
     shape = x.shape
     x = x.reshape(-1, *shape[-3:])
     n = x.shape[0]
@@ -23,7 +24,13 @@ def random_affine(x: torch.Tensor, cfg: AugmentConfig | TTAConfig, background: f
     scale = 1 + u[:, 1] * cfg.scale
     cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
     theta = torch.stack([torch.stack([cos, -sin, u[:, 2] * 2 * cfg.shift], -1),
-                         torch.stack([sin, cos, u[:, 3] * 2 * cfg.shift], -1)], 1).to(x.dtype)
+                         torch.stack([sin, cos, u[:, 3] * 2 * cfg.shift], -1)], 1)
+    if cfg.shear or cfg.aspect:  # drawn only when asked, so other settings keep their random streams
+        v = torch.rand(n, 2, device=x.device) * 2 - 1
+        hand = torch.zeros(n, 2, 2, device=x.device)  # sampling coordinates: x' = width * x + shear * y, y' = y
+        hand[:, 0, 0], hand[:, 0, 1], hand[:, 1, 1] = 1 + v[:, 1] * cfg.aspect, v[:, 0] * cfg.shear, 1.0
+        theta = torch.cat([theta[:, :, :2] @ hand, theta[:, :, 2:]], -1)
+    theta = theta.to(x.dtype)
     grid = F.affine_grid(theta, list(x.shape), align_corners=False)
     alpha = cfg.elastic_alpha
     if alpha > 0:
