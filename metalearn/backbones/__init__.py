@@ -112,9 +112,9 @@ class Conv4(nn.Module):
     stride 2 and a final spatial mean (Finn et al.). Output: a flat embedding.
     stem > 0 puts one more block of `stem` channels first, for images of twice the usual size (56-px
     Omniglot): its half-size output of `stem` maps, not one grey map, is what the four blocks then read, so
-    detail a 28-px image loses can reach them. Measured with stem=16 at width 96: a forward and backward pass
-    1.3-1.5x Conv-4's at 28 px, a training step with the 56-px augmentation 1.75x; on Omniglot it lost on a
-    held-out alphabet (docs/results.md), so no preset uses it."""
+    detail a 28-px image loses can reach them. Measured with stem=16 at width 96: a training step with the
+    56-px augmentation takes 1.75x the 28-px one, and on Omniglot it lost on a held-out alphabet
+    (docs/results.md), so no preset uses it."""
 
     def __init__(self, in_channels: int = 1, width: int = 64, pool: str = "max", channels_last: bool = False,
                  bn_running_stats: bool = True, stem: int = 0):
