@@ -145,7 +145,7 @@ class BackboneConfig:
     width: int = 64  # conv4's channels; the ResNets' channels scale with width/64 (64: the papers' networks)
     pool: str = "max"  # conv4: max (Snell et al.) | stride (Finn et al.)
     # conv4: channels of an extra first block (0: none). With it Conv-4 reads images twice the size it was
-    # made for (56-px Omniglot) at about the same cost: the extra block halves them before the usual four
+    # made for (56-px Omniglot): the extra block halves them before the usual four (1.75x the training step)
     stem: int = 0
     drop_rate: float = 0.1  # resnet12: dropout after blocks 1-2, DropBlock after blocks 3-4 (MetaOptNet's 0.1)
     block_size: int = 5  # resnet12: DropBlock's block size
