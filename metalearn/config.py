@@ -502,6 +502,7 @@ class TTAConfig:
     elastic_alpha: float = 0.0  # the copies' elastic distortion (AugmentConfig's), 0: affine only
     elastic_sigma: float = 4.0
     seed: int = 0  # the copies' random affine transforms
+    match: str = "mean"  # mean: each image's code is its copies' mean; chamfer: copies matched to copies
 
 
 @schema(None, "eval_schema")

@@ -6,6 +6,7 @@
     metalearn-eval run=... inner_steps=10          # other test-time adaptation steps (MAML family, meta_lstm)
     metalearn-eval run=... ways=20 within=alphabet disjoint_drawers=true   # Lake et al.'s one-shot protocol
     metalearn-eval run=... tta.copies=8           # each image's code averaged over 8 augmented copies (embedding methods)
+    metalearn-eval run=... tta.copies=96 tta.match=chamfer   # copies matched to copies (cosine heads: meta_baseline)
     metalearn-eval run=... head=tim               # TIM's transductive inference on the run's codes (embedding methods)
     metalearn-eval run=RUN_A 'ensemble=[RUN_B,RUN_C]'   # the three runs as one ensemble (averaged class probabilities)
 
@@ -88,6 +89,7 @@ def run(cfg: DictConfig) -> dict:
           f"episodes {r.plans.digest()}{'' if r.batch_norm is None else ', batch norm: ' + r.batch_norm}"
           f"{'' if cfg.inner_steps is None else f', {cfg.inner_steps} inner steps'}"
           f"{'' if tta is None else f', test-time augmentation: {tta.copies} copies'}"
+          f"{'' if tta is None or tta.match == 'mean' else f' matched by {tta.match}'}"
           f"{'' if cfg.head is None else f', head: {cfg.head}'}{', transductive' if r.transductive else ''}) -> {path}")
     if ensemble:
         best = max(alone, key=lambda a: a.accuracy)
@@ -123,6 +125,7 @@ def check_distinct(folders: list[Path]) -> None:
 
 
 def check_options(cfg: DictConfig) -> None:
+    from metalearn.engine.copy_match import check_match
     from metalearn.errors import MetalearnError
 
     for key in ("ways", "shots", "queries", "episodes", "batch"):
@@ -138,6 +141,10 @@ def check_options(cfg: DictConfig) -> None:
     if not (0 <= cfg.tta.shear <= 1 and 0 <= cfg.tta.aspect < 1):
         raise MetalearnError(f"tta.shear={cfg.tta.shear} tta.aspect={cfg.tta.aspect}: the copies' largest slant "
                              f"(x += shear * y) lies in [0, 1] and their largest change of width in [0, 1)")
+    check_match(cfg.tta.match)
+    if cfg.tta.match != "mean" and cfg.tta.copies < 2:
+        raise MetalearnError(f"tta.match={cfg.tta.match} matches each image's test-time copies, and tta.copies="
+                             f"{cfg.tta.copies} makes none; add tta.copies=96 (or drop tta.match)")
     if cfg.tta.elastic_alpha < 0 or cfg.tta.elastic_sigma <= 0:
         raise MetalearnError(f"tta.elastic_alpha={cfg.tta.elastic_alpha} tta.elastic_sigma={cfg.tta.elastic_sigma}: "
                              f"the copies' elastic distortion needs alpha >= 0 (0: off) and sigma > 0, in pixels")
@@ -168,7 +175,9 @@ def result_name(cfg: DictConfig, spec, checkpoint: str, members: list[tuple[str,
     t = cfg.tta
     elastic = f"-e{t.elastic_alpha:g}-{t.elastic_sigma:g}" if t.elastic_alpha > 0 else ""
     hand = f"-h{t.shear:g}-{t.aspect:g}" if t.shear or t.aspect else ""
-    tta = "" if t.copies <= 1 else f"_tta-{t.copies}-r{t.rotate:g}-s{t.scale:g}-t{t.shift:g}{hand}{elastic}-seed{t.seed}"
+    match = "" if t.match == "mean" else f"-{t.match}"
+    tta = ("" if t.copies <= 1 else
+           f"_tta-{t.copies}-r{t.rotate:g}-s{t.scale:g}-t{t.shift:g}{hand}{elastic}-seed{t.seed}{match}")
     head = "" if cfg.head is None else f"_head-{cfg.head}"
     ensemble = "" if not members or len(members) < 2 else f"_ensemble-{len(members)}-{members_digest(members)}"
     return (f"{cfg.split}_{spec.tag}_q{spec.queries}_e{cfg.episodes}_seed{cfg.seed}_{checkpoint}{bn}{steps}{tta}{head}"

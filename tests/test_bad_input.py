@@ -221,6 +221,10 @@ CASES: list[tuple[str, list[str], list[str]]] = [
      ["tta.elastic_alpha=-1.0 tta.elastic_sigma=4.0: the copies' elastic distortion needs alpha >= 0"]),
     ("metalearn-eval", ["run={root}/run", "tta.copies=4", "tta.shear=2"],
      ["tta.shear=2.0 tta.aspect=0.0: the copies' largest slant (x += shear * y) lies in [0, 1]"]),
+    ("metalearn-eval", ["run={root}/run", "tta.copies=4", "tta.match=max"], ["tta.match='max' is not one of: mean, "
+                                                                            "chamfer"]),
+    ("metalearn-eval", ["run={root}/run", "tta.match=chamfer"], ["tta.match=chamfer matches each image's test-time "
+                                                                 "copies, and tta.copies=1 makes none"]),
     ("metalearn-eval", ["run={root}/run", "head=svm"], ["head='svm' is not one of: tim"]),
     ("metalearn-eval", ["run={root}/run", "episds=3"], ["episds is not a key", "did you mean episodes"]),
     ("metalearn-eval", ["run={root}/evil_best"], ["could run code, so it is refused"]),

@@ -104,7 +104,7 @@ def test_test_time_augmentation_averages_codes_of_copies_reproducibly(store):
 
 
 def test_result_names_tell_elastic_copies_apart():
-    """Two test-time augmentations never share a result file: the elastic distortion is in the name."""
+    """Two test-time augmentations never share a result file: the elastic distortion and the match are in the name."""
     from omegaconf import OmegaConf
 
     from metalearn.config import TTAConfig
@@ -118,6 +118,8 @@ def test_result_names_tell_elastic_copies_apart():
     assert name() == "test_20w1s_q15_e600_seed2_last"
     assert name(copies=32) == "test_20w1s_q15_e600_seed2_last_tta-32-r10-s0.1-t0.1-seed0"
     assert name(copies=32, elastic_alpha=16) == "test_20w1s_q15_e600_seed2_last_tta-32-r10-s0.1-t0.1-e16-4-seed0"
+    assert (name(copies=96, elastic_alpha=16, match="chamfer")
+            == "test_20w1s_q15_e600_seed2_last_tta-96-r10-s0.1-t0.1-e16-4-seed0-chamfer")
 
 
 def test_test_time_augmentation_is_refused_for_a_method_that_does_not_encode_each_image_alone(store):

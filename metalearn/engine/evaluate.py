@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -12,6 +13,7 @@ import torch
 
 from metalearn.config import TTAConfig
 from metalearn.data.store import ImageStore
+from metalearn.engine.copy_match import chamfer_logits
 from metalearn.errors import MetalearnError
 from metalearn.files import atomic_open, write_text
 from metalearn.methods.base import EmbeddingMethod, Method, accuracy, fp32
@@ -160,10 +162,11 @@ def encode_distinct(method: EmbeddingMethod, store: ImageStore, ids: np.ndarray,
     test split holds a few thousand, so each is encoded once. Chunks keep about 2M input values
     (2,600 28x28 glyphs, 100 84x84 colour images) so activations stay a few hundred MB. With `tta`, each
     code is the mean over the image and `tta.copies - 1` random affine copies of it, drawn from `tta.seed`
-    (the global random state is left as it was)."""
+    (the global random state is left as it was). With tta.match="chamfer" each code is kept: [N, copies, ...]."""
     distinct, inverse = np.unique(ids, return_inverse=True)
     chunk = max(16, 2**21 // int(np.prod(store.images.shape[1:])))
     copies = tta.copies if tta is not None else 1
+    keep = tta is not None and tta.match == "chamfer"
     codes = []
     with torch.no_grad(), torch.random.fork_rng(devices=[]):
         if copies > 1:
@@ -174,9 +177,14 @@ def encode_distinct(method: EmbeddingMethod, store: ImageStore, ids: np.ndarray,
         for i in range(0, len(distinct), chunk):
             x = store.load(distinct[i:i + chunk], device)
             total = fp32(method.encode(x))
+            kept = [total]
             for _ in range(copies - 1):
-                total = total + fp32(method.encode(random_affine(x, tta, background)))
-            codes.append(total / copies)
+                code = fp32(method.encode(random_affine(x, tta, background)))
+                if keep:
+                    kept.append(code)
+                else:
+                    total = total + code
+            codes.append(torch.stack(kept, 1) if keep else total / copies)
     return torch.cat(codes), torch.from_numpy(inverse.reshape(ids.shape)).to(device)
 
 
@@ -188,6 +196,16 @@ def tim_on_codes(zs: torch.Tensor, support_labels: torch.Tensor, zq: torch.Tenso
     return tim_head(zs.flatten(2), support_labels, zq.flatten(2), ways)
 
 
+def chamfer_scale(method: EmbeddingMethod, head: str | None) -> float:
+    """tta.match=chamfer stands in for a cosine head, so it takes that head's temperature; other heads are refused."""
+    scale = method.cosine_temperature()
+    if head is not None or scale is None:
+        what = f"head={head}" if head is not None else f"{type(method).__name__}'s head"
+        raise MetalearnError(f"tta.match=chamfer compares copies by cosine in place of a cosine head (meta_baseline's), "
+                             f"and {what} is not one; drop tta.match or evaluate a meta_baseline run")
+    return scale
+
+
 def _logits_from_codes(method: EmbeddingMethod, store: ImageStore, plans: EpisodePlans, device: torch.device,
                        batch: int, tta: TTAConfig | None = None,
                        head: str | None = None) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -196,6 +214,8 @@ def _logits_from_codes(method: EmbeddingMethod, store: ImageStore, plans: Episod
     ways, shots, queries = plans.support.shape[1], plans.support.shape[2], plans.query.shape[2]
     codes, rows = encode_distinct(method, store, plans.image_ids(), device, tta)
     classify = tim_on_codes if head == "tim" else method.head
+    if tta is not None and tta.match == "chamfer":
+        classify = functools.partial(chamfer_logits, scale=chamfer_scale(method, head))
     out = []
     for start in range(0, len(plans), max(1, batch)):
         z = codes[rows[start:start + batch]]  # [t, ways*(shots+queries), ...]

@@ -183,6 +183,11 @@ class EmbeddingMethod(Method):
         """Images [B, C, H, W] -> codes [B, ...]."""
         return self.backbone(x)
 
+    def cosine_temperature(self) -> float | None:
+        """The factor a cosine head multiplies its similarities by (tta.match=chamfer takes it), or None when the
+        head does not compare codes by cosine."""
+        return None
+
     def head(self, zs: torch.Tensor, support_labels: torch.Tensor, zq: torch.Tensor, ways: int) -> torch.Tensor:
         """Support codes [T, S, ...], labels [T, S], query codes [T, Q, ...] -> query logits [T, Q, ways]."""
         raise NotImplementedError

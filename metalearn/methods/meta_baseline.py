@@ -59,6 +59,9 @@ class MetaBaseline(EmbeddingMethod):
     def parameter_groups(self, lr: float) -> list[dict]:
         return groups_with_scale(self.backbone.parameters(), self.log_temperature, lr, self.temperature_lr_multiplier)
 
+    def cosine_temperature(self) -> float:
+        return float(self.temperature)
+
     def head(self, zs, support_labels, zq, ways):
         return centroid_cosine_logits(zs, support_labels, zq, ways, self.temperature)
 
