@@ -82,3 +82,13 @@ def test_chamfer_is_refused_for_a_head_that_is_not_cosine(store):
     with pytest.raises(MetalearnError, match="tta.match=chamfer compares copies by cosine"):
         evaluate(ProtoNet(Conv4(1, 8)), store, "test", TaskSpec(5, 1, 3), 4, 2, torch.device("cpu"),
                  tta=TTAConfig(copies=4, match="chamfer"))
+
+
+def test_chamfer_is_refused_with_head_tim(store):
+    """head=tim classifies averaged codes transductively; matched copies replace a cosine head, so not both."""
+    from metalearn.backbones import Conv4
+    from metalearn.methods.meta_baseline import MetaBaseline
+
+    with pytest.raises(MetalearnError, match="and head=tim is not one"):
+        evaluate(MetaBaseline(Conv4(1, 8)), store, "test", TaskSpec(5, 1, 3), 4, 2, torch.device("cpu"),
+                 tta=TTAConfig(copies=4, match="chamfer"), head="tim")

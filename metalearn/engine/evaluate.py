@@ -212,10 +212,10 @@ def _logits_from_codes(method: EmbeddingMethod, store: ImageStore, plans: Episod
     """Each batch of episodes' query logits and labels, every image encoded once (the same logits as predict, up
     to float rounding)."""
     ways, shots, queries = plans.support.shape[1], plans.support.shape[2], plans.query.shape[2]
-    codes, rows = encode_distinct(method, store, plans.image_ids(), device, tta)
     classify = tim_on_codes if head == "tim" else method.head
-    if tta is not None and tta.match == "chamfer":
+    if tta is not None and tta.match == "chamfer":  # refused before any encoding when the head cannot take it
         classify = functools.partial(chamfer_logits, scale=chamfer_scale(method, head))
+    codes, rows = encode_distinct(method, store, plans.image_ids(), device, tta)
     out = []
     for start in range(0, len(plans), max(1, batch)):
         z = codes[rows[start:start + batch]]  # [t, ways*(shots+queries), ...]
