@@ -7,46 +7,17 @@
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from omegaconf import OmegaConf
 
-from metalearn.config import complete_saved_config
-from metalearn.engine.checkpoint import load_checkpoint
+from metalearn.engine.restore import restore_method
 from metalearn.errors import MetalearnError
-from metalearn.methods import Method, build_method
+from metalearn.methods import Method
 from metalearn.tasks.episodes import TaskSpec
-
-log = logging.getLogger("metalearn")
-
-
-def restore_method(run: str | Path, checkpoint: str = "best", device: str | torch.device = "cpu") -> tuple[Method, dict]:
-    """The trained method of a run folder, in eval mode, and its checkpoint dict."""
-    run = Path(run)
-    if not (run / "config.yaml").is_file():
-        raise MetalearnError(f"{run} is not a metalearn run folder (no config.yaml); give a folder under outputs/train/")
-    if checkpoint not in ("best", "last"):
-        raise MetalearnError(f"checkpoint={checkpoint!r} is not one of: best, last")
-    path = run / "checkpoints" / f"{checkpoint}.pt"
-    if checkpoint == "best" and not path.is_file():  # runs without a validation split keep only `last`
-        path = run / "checkpoints" / "last.pt"
-    ckpt = load_checkpoint(path)
-    ckpt["checkpoint_name"] = path.stem
-    ckpt["config"], filled = complete_saved_config(ckpt["config"])
-    if filled:
-        log.warning("%s was written by an older metalearn; options it predates take today's defaults: %s",
-                    run, ", ".join(filled))
-    cfg = OmegaConf.create(ckpt["config"])
-    pre = ckpt["preprocess"]
-    method = build_method(cfg.method, (pre["channels"], pre["image_size"], pre["image_size"]), cfg.sampler.train_ways,
-                          train_classes=ckpt.get("train_classes"))
-    method.load_state_dict(ckpt["method"])
-    return method.to(device).eval(), ckpt
 
 
 class Learner:

@@ -7,18 +7,15 @@ import atexit
 import contextlib
 import functools
 import gc
-import logging
 import os
 import sys
 from collections.abc import Callable
-from pathlib import Path
 from typing import TypeVar
 
+from metalearn.console import log, set_console_script
 from metalearn.errors import MetalearnError
 
 T = TypeVar("T")
-log = logging.getLogger("metalearn")
-_console = False  # this process runs a console script (not the library from someone's Python)
 
 
 def console_script(main: Callable[..., T]) -> Callable[..., T]:
@@ -30,11 +27,10 @@ def console_script(main: Callable[..., T]) -> Callable[..., T]:
 
     @functools.wraps(main)
     def wrapped(*args, **kwargs) -> T:
-        global _console
         # the program itself, not watched: a profiler (cProfile -m) or debugger reports after main returns
         program = (sys._getframe(1).f_globals.get("__name__") == "__main__" and sys.getprofile() is None
                    and sys.gettrace() is None)
-        before, _console = _console, True
+        before = set_console_script(True)
         try:
             result = main(*args, **kwargs)
         except SystemExit as e:
@@ -42,7 +38,7 @@ def console_script(main: Callable[..., T]) -> Callable[..., T]:
                 end_process(e.code)
             raise
         finally:
-            _console = before
+            set_console_script(before)
         if program:
             end_process(result)
         return result
@@ -76,39 +72,6 @@ def end_process(code: object) -> None:
         with contextlib.suppress(OSError, ValueError):  # a closed pipe: nothing more can be said on it
             stream.flush()
     os._exit(status)
-
-
-def in_console_script() -> bool:
-    return _console
-
-
-def setup_logging(log_file: Path | None = None, quiet: bool = False) -> None:
-    """quiet: warnings and errors only (the non-zero ranks of a distributed run)."""
-    log.setLevel(logging.WARNING if quiet else logging.INFO)
-    log.propagate = False
-    for h in list(log.handlers):
-        log.removeHandler(h)
-        h.close()
-    if sys.stderr.isatty():
-        from rich.logging import RichHandler
-
-        from metalearn.engine.progress import console
-
-        log.addHandler(RichHandler(console=console(), show_path=False, show_level=False, markup=False))
-    else:
-        plain = logging.StreamHandler(sys.stderr)
-        plain.setFormatter(logging.Formatter("[%(asctime)s] %(message)s", "%H:%M:%S"))
-        log.addHandler(plain)
-    if log_file is not None:
-        log_file.parent.mkdir(parents=True, exist_ok=True)
-        fh = logging.FileHandler(log_file)
-        fh.setFormatter(logging.Formatter("[%(asctime)s] %(message)s"))
-        log.addHandler(fh)
-
-
-def _one_line(e: BaseException) -> str:
-    text = " ".join(str(e).split())
-    return f"{type(e).__name__}: {text}" if not isinstance(e, MetalearnError) else text
 
 
 def environment_error(e: OSError) -> MetalearnError:
@@ -161,26 +124,6 @@ def report_errors(fn: Callable[[], T], multirun: bool = False,
         if on_error is not None:
             on_error(e)
         raise
-
-
-def record_failure(folder, cfg, e: BaseException) -> None:
-    """summary.json of a run that did not complete: failed (or interrupted), with the reason in one line,
-    so no run is left saying `running`. Never raises: the folder may be the thing that failed."""
-    from metalearn.errors import TimeLimitReached
-
-    try:
-        s = folder.summary()
-        interrupted = isinstance(e, KeyboardInterrupt | TimeLimitReached)
-        status = s.get("status") if s.get("status") in ("diverged", "interrupted") else (
-            "interrupted" if interrupted else "failed")
-        reason = _one_line(e) if not isinstance(e, KeyboardInterrupt) else "interrupted (Ctrl-C or SIGTERM)"
-        if isinstance(e, TimeLimitReached):
-            reason = f"max_minutes={cfg.max_minutes} reached"
-        folder.write_summary(cfg, status=status, error=reason)
-        if not isinstance(e, MetalearnError | KeyboardInterrupt | TimeLimitReached):
-            log.error("unexpected failure, recorded in %s:", folder.path / "summary.json", exc_info=e)
-    except Exception as inner:  # noqa: BLE001 - the original error matters more
-        log.warning("could not record the failure in %s: %s", folder.path, _one_line(inner))
 
 
 def parse_key_values(argv: list[str], tool: str, defaults: dict[str, str | None],

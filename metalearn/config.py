@@ -51,6 +51,21 @@ class DatasetConfig:
     cache_dir: str = "~/.cache/metalearn"
 
 
+def data_difference(own: dict, theirs: dict, may_differ: tuple[str, ...] = ()) -> str | None:
+    """How two runs' dataset configs differ outside `may_differ`, as an error message's middle
+    ("dataset.a, dataset.b differ (dataset.a: X here, Y there)"), or None when they read the same classes."""
+    differ = sorted(k for k in set(own) | set(theirs) if k not in may_differ and own.get(k) != theirs.get(k))
+    if not differ:
+        return None
+    k = differ[0]
+    return (f"dataset.{', dataset.'.join(differ)} differ (dataset.{k}: {str(own.get(k))[:60]} here, "
+            f"{str(theirs.get(k))[:60]} there)")
+
+
+# dataset keys that say where the files are, not which classes: they may differ between runs that read the same data
+WHERE_KEYS = ("root", "cache_dir", "download", "check_md5")
+
+
 @schema("dataset", "synthetic_schema", "synthetic")
 @dataclass
 class SyntheticConfig(DatasetConfig):

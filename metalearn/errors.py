@@ -18,3 +18,9 @@ class TimeLimitReached(BaseException):
 
 class TrainingDiverged(MetalearnError):
     """The loss became non-finite; the last good checkpoint is kept."""
+
+
+def one_line(e: BaseException) -> str:
+    """An error as one line: ours as its message, anything else prefixed with its type."""
+    text = " ".join(str(e).split())
+    return text if isinstance(e, MetalearnError) else f"{type(e).__name__}: {text}"

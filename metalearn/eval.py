@@ -152,8 +152,8 @@ def check_options(cfg: DictConfig) -> None:
 
 def restore_member(cfg: DictConfig, folder: Path, device: torch.device) -> tuple[Method, ImageStore, dict]:
     """One run's trained method with the test-time options applied, its image store and its checkpoint."""
-    from metalearn.api import restore_method
     from metalearn.data import build_store
+    from metalearn.engine.restore import restore_method
 
     method, ckpt = restore_method(folder, cfg.checkpoint, device)
     saved = ckpt["config"]
@@ -223,7 +223,8 @@ def set_inner_steps(method, name: str, steps: int) -> None:
 
 @hydra.main(version_base=None, config_path=config_dir(), config_name="eval")
 def _hydra_main(cfg: DictConfig) -> None:
-    from metalearn.cli import report_errors, setup_logging
+    from metalearn.cli import report_errors
+    from metalearn.console import setup_logging
     from metalearn.preflight import task_started
 
     task_started()

@@ -52,7 +52,7 @@ def export(run: str, fmt: str, out: str | None = None, checkpoint: str = "best")
     """Write the encoder of `run` as `fmt` (onnx | pt2); returns the file."""
     import torch
 
-    from metalearn.api import restore_method
+    from metalearn.engine.restore import restore_method
     from metalearn.methods.base import EmbeddingMethod
 
     method, ckpt = restore_method(run, checkpoint)

@@ -147,7 +147,7 @@ def main(argv: list[str] | None = None) -> None:
     if any(a in ("--help", "-h") for a in argv):
         print(__doc__)
         return
-    from metalearn.cli import setup_logging
+    from metalearn.console import setup_logging
 
     setup_logging(None)
     try:

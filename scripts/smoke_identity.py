@@ -22,12 +22,16 @@ import sys
 import tempfile
 from pathlib import Path
 
-METHODS = {
-    "protonet": [], "matching": [], "matching_fce": ["method=matching", "method.fce=true"], "relation": [],
-    "siamese": [], "baseline": [], "baselinepp": [], "pixel_nn": [], "maml": [], "fomaml": [], "anil": [],
-    "metasgd": [], "mamlpp": [], "reptile": [], "meta_lstm": [], "mann": [],
-}
+# variants beside each registered method's own smoke run (its name as method=)
+VARIANTS = {"matching_fce": ["method=matching", "method.fce=true"]}
 TIMING = ("_per_s",)
+
+
+def method_runs() -> dict[str, list[str]]:
+    """Every registered method (metalearn.registry.METHODS), plus VARIANTS: name -> its overrides."""
+    from metalearn.registry import METHODS
+
+    return {**{name: [f"method={name}"] for name in METHODS.names()}, **VARIANTS}
 
 
 def fingerprint(run: Path) -> dict:
@@ -47,11 +51,11 @@ def fingerprint(run: Path) -> dict:
 
 
 def run_all(repo: Path, methods: list[str]) -> dict:
-    out = {}
+    runs, out = method_runs(), {}
     env = {**os.environ, "PYTHONPATH": str(repo), "PYTHONWARNINGS": "ignore"}
     with tempfile.TemporaryDirectory() as tmp:
         for name in methods:
-            args = METHODS[name] or [f"method={name}"]
+            args = runs[name]
             folder = Path(tmp) / name
             cmd = [sys.executable, "-m", "metalearn.train", "debug=smoke", *args, "hardware.threads=1",
                    f"run_dir={folder}"]
@@ -88,12 +92,12 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", type=Path)
     ap.add_argument("--repo", type=Path, default=Path(__file__).resolve().parents[1])
-    ap.add_argument("--methods", nargs="*", default=list(METHODS))
+    ap.add_argument("--methods", nargs="*", help="default: every registered method and the variants")
     ap.add_argument("--compare", nargs=2, type=Path)
     args = ap.parse_args()
     if args.compare:
         sys.exit(1 if compare(*(json.loads(p.read_text()) for p in args.compare)) else 0)
-    result = run_all(args.repo.resolve(), args.methods)
+    result = run_all(args.repo.resolve(), args.methods or list(method_runs()))
     args.out.write_text(json.dumps(result))
 
 

@@ -29,8 +29,9 @@ import torch
 from omegaconf import DictConfig
 
 from metalearn.api import restore_method
-from metalearn.cli import report_errors, setup_logging
+from metalearn.cli import report_errors
 from metalearn.config import TTAConfig
+from metalearn.console import setup_logging
 from metalearn.data import build_store
 from metalearn.data.store import ImageStore
 from metalearn.engine.evaluate import encode_distinct, tim_on_codes

@@ -58,14 +58,18 @@ def test_bad_distillation_settings_are_named():
 
 
 def test_distillation_settings_without_a_teacher_are_refused_not_ignored():
-    from metalearn.engine.teacher import check_distillation_settings
+    from metalearn.config import BaselineConfig
+    from metalearn.methods.teacher import check_distillation_settings
 
-    check_distillation_settings(compose("method=baseline").method)  # the defaults, no teacher: a plain run
-    check_distillation_settings(compose("method=protonet").method)  # a method without the settings
-    check_distillation_settings(compose("method=baseline", "method.teacher=t", "method.distill_weight=0.3").method)
+    def check(*overrides):
+        check_distillation_settings(compose(*overrides).method, BaselineConfig)
+
+    check("method=baseline")  # the defaults, no teacher: a plain run
+    check("method=protonet")  # a method without the settings
+    check("method=baseline", "method.teacher=t", "method.distill_weight=0.3")
     with pytest.raises(MetalearnError, match=r"method.distill_weight=0.3 without method.teacher: .* add "
                                              r"method.teacher=<a baseline run folder> or drop method.distill_weight"):
-        check_distillation_settings(compose("method=baseline", "method.distill_weight=0.3").method)
+        check("method=baseline", "method.distill_weight=0.3")
 
 
 @pytest.mark.e2e

@@ -56,7 +56,8 @@ def test_one_command_runs_both_stages_and_a_stage_cut_short_resumes(tmp_path, om
 
 def test_a_stage_on_other_data_or_beside_init_run_is_refused(tmp_path):
     from metalearn.engine.rundir import RunFolder
-    from metalearn.engine.stages import check_same_data, run_pretraining
+    from metalearn.engine.lifecycle import Launch, RunLife
+    from metalearn.engine.stages import check_same_data
 
     cfg = compose("experiment=meta_baseline_omniglot_small")
     other = compose("experiment=protonet_omniglot_5w1s")  # the full archives: other classes, other test split
@@ -66,7 +67,7 @@ def test_a_stage_on_other_data_or_beside_init_run_is_refused(tmp_path):
     check_same_data(cfg, compose("experiment=baseline_omniglot_small", "dataset.reflections=[]"))  # copies only
     cfg.init.run = "outputs/train/elsewhere"
     with pytest.raises(MetalearnError, match="give one of them"):
-        run_pretraining(cfg, RunFolder(tmp_path), [], None)
+        RunLife(cfg, Launch(tmp_path)).pretrain(cfg, RunFolder(tmp_path), [])
 
 
 def test_the_stage_gets_the_data_hardware_seed_smoke_and_backbone_overrides_only():

@@ -13,9 +13,9 @@ import time
 import pytest
 from conftest import compose, run_main
 
-from metalearn import cli
+from metalearn import console as terminal
 from metalearn.engine import plots
-from metalearn.engine.rundir import plots_detached
+from metalearn.engine.plots import plots_detached
 
 
 @pytest.mark.parametrize("console,plots_key,env,logger,detached", [
@@ -31,7 +31,7 @@ def test_the_learning_curve_is_drawn_after_exit_only_where_safe(monkeypatch, con
     monkeypatch.delenv("SLURM_JOB_ID", raising=False)
     for k, v in env.items():
         monkeypatch.setenv(k, v)
-    monkeypatch.setattr(cli, "_console", console)
+    monkeypatch.setattr(terminal, "_in_console_script", console)
     cfg = compose(f"plots={plots_key}", *([f"logger={logger}"] if logger else []))
     assert plots_detached(cfg) is detached
 

@@ -17,6 +17,7 @@ from typing import Any
 import torch
 
 from metalearn.engine.checkpoint import load_checkpoint
+from metalearn.engine.rundir import RunFolder
 from metalearn.errors import MetalearnError
 
 log = logging.getLogger("metalearn")
@@ -32,9 +33,7 @@ def checkpoint_path(run: str | Path, checkpoint: str = "best") -> Path:
                              f"(outputs/train/<date>/<time>_...) or its checkpoints/best.pt")
     if checkpoint not in ("best", "last"):
         raise MetalearnError(f"init.checkpoint={checkpoint!r} is not one of: best, last")
-    file = path / "checkpoints" / f"{checkpoint}.pt"
-    if checkpoint == "best" and not file.is_file():  # runs without validation keep only `last`
-        file = path / "checkpoints" / "last.pt"
+    file = RunFolder(path, read_only=True).weights(checkpoint)
     if not file.is_file():
         raise MetalearnError(f"init.run={str(run)!r} holds no checkpoint ({file} is missing); is it a metalearn "
                              f"run folder that reached its first checkpoint?")

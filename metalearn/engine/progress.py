@@ -4,17 +4,8 @@ from __future__ import annotations
 
 import logging
 import sys
-from functools import lru_cache
 
-log = logging.getLogger("metalearn")
-
-
-@lru_cache(maxsize=1)
-def console():
-    """One rich console on stderr, shared by the progress bar and the log handler so lines never garble the bar."""
-    from rich.console import Console
-
-    return Console(stderr=True)
+from metalearn.console import console, log
 
 
 class Progress:

@@ -8,6 +8,7 @@ import os
 import re
 import socket
 import subprocess
+import sys
 from dataclasses import asdict, is_dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -15,6 +16,8 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from metalearn.console import log
+from metalearn.errors import MetalearnError
 from metalearn.files import write_text
 
 
@@ -36,6 +39,27 @@ def git_commit() -> dict:
 # `.<name>.<8 random characters>.tmp`, or `.<name>.tmp` from metalearn before 2026-12
 RECORD_FILES = ("config.yaml", "overrides.json", "summary.json", "metrics.jsonl")
 ORPHAN = re.compile(r"^\.(?P<name>.+?)(\.[a-z0-9_]{8})?\.tmp$")
+
+
+LOCK_FILE = ".metalearn.lock"  # the writer's lock: pid, host, command and since when, as JSON
+_HELD: dict[str, list] = {}  # resolved folder -> [lock file descriptor, nesting count], in this process
+
+
+class FolderHeld(MetalearnError):
+    """Another live process writes this run folder."""
+
+
+def _holder(lock: Path) -> dict:
+    try:
+        holder = json.loads(lock.read_text() or "{}")
+    except (OSError, ValueError):
+        return {}
+    return holder if isinstance(holder, dict) else {}
+
+
+def _describe(holder: dict) -> str:
+    return (f"pid {holder.get('pid', '?')} on host {holder.get('host', '?')}, since {holder.get('since', '?')}: "
+            f"{holder.get('command') or 'a metalearn command'}")
 
 
 def _write_json(path: Path, data: Any) -> None:
@@ -74,6 +98,67 @@ class RunFolder:
     def checkpoint(self, name: str) -> Path:
         return self.path / "checkpoints" / f"{name}.pt"
 
+    def weights(self, name: str = "best") -> Path:
+        """The checkpoint that `checkpoint=<name>` reads: `best`, or `last` where there is no best (a run without
+        validation keeps only `last`). The one place this rule is written."""
+        if name not in ("best", "last"):
+            raise MetalearnError(f"checkpoint={name!r} is not one of: best, last")
+        best = self.checkpoint("best")
+        return best if name == "best" and best.is_file() else self.checkpoint("last")
+
+    @property
+    def eval_dir(self) -> Path:
+        return self.path / "eval"
+
+    @property
+    def log_file(self) -> Path:
+        return self.path / "train.log"
+
+    @property
+    def plot_file(self) -> Path:
+        return self.path / "learning_curve.png"
+
+    def hold(self) -> None:
+        """Become the folder's one writer: an OS lock on LOCK_FILE (flock), which the OS releases when this process
+        ends, however it ends (SIGKILL too). A folder another live process holds is refused in one line naming it;
+        a lock file left by a dead process is taken over, and that is logged. Re-entrant within one process."""
+        import fcntl
+
+        key = str(self.path.resolve())
+        if key in _HELD:
+            _HELD[key][1] += 1
+            return
+        lock = self.path / LOCK_FILE
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o666)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            holder = _holder(lock)
+            os.close(fd)
+            raise FolderHeld(
+                f"{self.path} is being written by another live process ({_describe(holder)}); two writers would "
+                f"interleave their records. Wait for it to end, or stop it (kill {holder.get('pid', '<pid>')}) and "
+                f"then continue the run with `metalearn-train resume=true run_dir={self.resume_dir}`.") from None
+        previous = _holder(lock)
+        self.took_over = None
+        if previous.get("pid") not in (None, os.getpid()):
+            self.took_over = f"took over the lock of {self.path}: {_describe(previous)}, which no longer runs"
+            log.info("%s", self.took_over)
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "command": " ".join(sys.argv),
+                                  "since": dt.datetime.now().isoformat(timespec="seconds")}).encode(), 0)
+        _HELD[key] = [fd, 1]
+
+    def release(self) -> None:
+        """Give up what hold() took (the last of nested holds closes the lock file, which unlocks it)."""
+        held = _HELD.get(str(self.path.resolve()))
+        if held is None:
+            return
+        held[1] -= 1
+        if held[1] == 0:
+            os.close(held[0])
+            del _HELD[str(self.path.resolve())]
+
     def write_config(self, cfg: DictConfig, overrides: list[str], choices: dict) -> None:
         if self.read_only:
             return
@@ -111,11 +196,19 @@ class RunFolder:
         p = self.path / "summary.json"
         return json.loads(p.read_text()) if p.exists() else {}
 
+    def remove_if_empty(self) -> None:
+        """Remove the folder when it holds nothing but this project's lock file (a folder this process made for a
+        start that was then refused)."""
+        if not self.path.is_dir() or any(p.name != LOCK_FILE for p in self.path.iterdir()):
+            return
+        (self.path / LOCK_FILE).unlink(missing_ok=True)
+        self.path.rmdir()
+
     def foreign_entries(self) -> list[str]:
         """What is in the folder that no metalearn run wrote (empty for a new, empty or metalearn run folder)."""
         if not self.path.is_dir() or (self.path / "config.yaml").is_file() or (self.path / "summary.json").is_file():
             return []
-        return sorted(p.name for p in self.path.iterdir())
+        return sorted(p.name for p in self.path.iterdir() if p.name != LOCK_FILE)
 
     def remove_orphans(self) -> list[Path]:
         """Temporary files of writes a kill interrupted, in the run folder, checkpoints/ and eval/: only names
@@ -132,9 +225,7 @@ class RunFolder:
                     p.unlink()
                     removed.append(p)
         if removed:
-            import logging
-
-            logging.getLogger("metalearn").info("removed %d unfinished temporary file(s) of a killed write: %s",
+            log.info("removed %d unfinished temporary file(s) of a killed write: %s",
                                                 len(removed), ", ".join(p.name for p in removed))
         return removed
 
@@ -176,33 +267,6 @@ class RunFolder:
         if not self.read_only:
             _write_json(self.path / "summary.json", s)
         return s
-
-    def plot(self, cfg: DictConfig) -> None:
-        """learning_curve.png from metrics.jsonl and summary.json, here or in a detached process (plots_detached)."""
-        if self.read_only or not (self.metrics_path.exists() and self.metrics_path.stat().st_size):
-            return
-        from metalearn.engine import plots
-
-        title = f"{cfg.method.name} · {cfg.dataset.name} · {cfg.ways}-way {cfg.shots}-shot"
-        if plots_detached(cfg):
-            plots.draw_detached(self.path, title)
-        else:
-            plots.draw_run(self.path, title)
-
-
-def plots_detached(cfg: DictConfig) -> bool:
-    """Whether the learning curve is drawn after the command returns (`plots=`; auto: where that is safe).
-
-    Drawing it takes ~0.6 s (importing matplotlib, rendering), a tenth of a smoke run, which nobody waits
-    for at the prompt. It is not safe when a tracker uploads the run's files at the end (the PNG would miss
-    the upload), under SLURM (the job's processes end with its script) or when a Python caller, not the
-    console script, reads the folder next."""
-    mode = cfg.get("plots") or "auto"
-    if mode != "auto":
-        return mode == "background"
-    from metalearn.cli import in_console_script
-
-    return in_console_script() and not cfg.get("logger") and "SLURM_JOB_ID" not in os.environ
 
 
 def find_resumable(outputs: Path, task: str = "train") -> Path | None:

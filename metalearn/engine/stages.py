@@ -16,6 +16,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
+from metalearn.config import data_difference
 from metalearn.engine.rundir import RunFolder
 from metalearn.errors import MetalearnError
 
@@ -56,17 +57,6 @@ def compose_stage(cfg: DictConfig, overrides: list[str]) -> tuple[DictConfig, li
     return stage, stage_overrides
 
 
-def data_difference(own: dict, theirs: dict, may_differ: tuple[str, ...] = ()) -> str | None:
-    """How two runs' dataset configs differ outside `may_differ`, as an error message's middle
-    ("dataset.a, dataset.b differ (dataset.a: X here, Y there)"), or None when they read the same classes."""
-    differ = sorted(k for k in set(own) | set(theirs) if k not in may_differ and own.get(k) != theirs.get(k))
-    if not differ:
-        return None
-    k = differ[0]
-    return (f"dataset.{', dataset.'.join(differ)} differ (dataset.{k}: {str(own.get(k))[:60]} here, "
-            f"{str(theirs.get(k))[:60]} there)")
-
-
 def check_same_data(cfg: DictConfig, stage: DictConfig) -> None:
     """Refuse a stage that reads other data than the run: its training classes could be the run's test classes."""
     own, theirs = (OmegaConf.to_container(c.dataset, resolve=True) for c in (cfg, stage))
@@ -75,34 +65,3 @@ def check_same_data(cfg: DictConfig, stage: DictConfig) -> None:
         raise MetalearnError(f"the pre-training stage ({cfg.pretrain.experiment}) reads other data than this run: "
                              f"{difference}. Both stages must use the same dataset and split, so pre-training never "
                              f"sees this run's test classes; set them alike (pretrain.overrides=[...]).")
-
-
-def run_pretraining(cfg: DictConfig, folder: RunFolder, overrides: list[str], group: str | None) -> DictConfig:
-    """Run, resume or skip the stage; returns the run's config with init.run pointing at the stage's folder."""
-    from metalearn.engine.trainer import train
-    from metalearn.train import RESUME_SETTABLE
-
-    if cfg.init.run:
-        raise MetalearnError(f"pretrain.experiment={cfg.pretrain.experiment} starts this run from its own "
-                             f"pre-training stage, and init.run={cfg.init.run} from another run; give one of them")
-    stage = stage_folder(folder.path, read_only=folder.read_only)
-    status = stage.summary().get("status")
-    if status == "completed":
-        log.info("stage 1 of 2 (pre-training, %s) already completed in %s", cfg.pretrain.experiment, stage.path)
-    else:
-        if stage.checkpoint("last").is_file():
-            stage_cfg = stage.saved_config()
-            stage_cfg.resume = True
-            for key in RESUME_SETTABLE:  # as the run's resume command set them (threads, the time limit)
-                OmegaConf.update(stage_cfg, key, OmegaConf.select(cfg, key), merge=False)
-            log.info("stage 1 of 2: resuming the pre-training (%s) in %s", cfg.pretrain.experiment, stage.path)
-        else:
-            stage_cfg, stage_overrides = compose_stage(cfg, overrides)
-            stage.path.mkdir(parents=True, exist_ok=True)
-            stage.write_config(stage_cfg, stage_overrides, {"experiment": cfg.pretrain.experiment})
-            log.info("stage 1 of 2: pre-training (%s) in %s", cfg.pretrain.experiment, stage.path)
-        train(stage_cfg, stage, group)
-    log.info("stage 2 of 2: %s from the pre-trained weights", cfg.method.name)
-    out = OmegaConf.create(OmegaConf.to_container(cfg))
-    out.init.run = str(stage.path)
-    return out

@@ -35,15 +35,15 @@ from metalearn.engine.distributed import (
 from metalearn.engine.evaluate import evaluate
 from metalearn.engine.init_weights import initialize_from, parse_rename
 from metalearn.engine.progress import Progress
+from metalearn.engine.restore import restore_method
 from metalearn.engine.rundir import RunFolder
-from metalearn.engine.teacher import check_distillation_settings, load_teacher
 from metalearn.errors import TimeLimitReached, TrainingDiverged
 from metalearn.hardware import autocast, describe_device, setup_device
 from metalearn.loggers import Trackers, open_trackers
 from metalearn.methods import Method, build_method
+from metalearn.methods.base import TrainingContext
 from metalearn.tasks.augment import random_affine
 from metalearn.tasks.episodes import EpisodeSampler, TaskSpec
-from metalearn.tasks.sources import EpisodeSource, LabelledSource, PairSource, TrainingSource
 
 log = logging.getLogger("metalearn")
 
@@ -64,15 +64,6 @@ def build_schedule(cfg: Any, optimizer: torch.optim.Optimizer, steps: int) -> to
     if cfg.name == "cosine":
         return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, steps))
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: max(0.0, 1.0 - s / max(1, steps)))  # linear
-
-
-def build_training_source(method: Method, store: ImageStore, cfg: DictConfig, spec: TaskSpec) -> TrainingSource:
-    """The data the method's train_step takes: episodes, verification pairs or labelled minibatches."""
-    if method.train_data == "pairs":
-        return PairSource(store, cfg.seed, cfg.method.pairs, hard_negatives=cfg.method.hard_negatives)
-    if method.train_data == "labelled":
-        return LabelledSource(store, cfg.seed, cfg.method.batch_size)
-    return EpisodeSource(store, spec, cfg.seed, cfg.sampler.meta_batch)
 
 
 def preprocess_spec(store: ImageStore, image_size: int) -> dict:
@@ -133,11 +124,11 @@ class Trainer:
         self.train_classes = len(self.store.splits["train"])
         self.method: Method = build_method(cfg.method, self.store.image_shape, self.train_spec.ways, channels_last,
                                            self.train_classes).to(self.device)
-        check_distillation_settings(cfg.method)
-        if cfg.method.get("teacher"):
-            self.method.set_teacher(load_teacher(cfg, self.train_classes, self.device, channels_last), cfg.method.distill_weight,
-                                    cfg.method.distill_temperature)
-        self.train_source = build_training_source(self.method, self.store, cfg, self.train_spec)
+        context = TrainingContext(self.store, cfg.seed, self.train_spec, cfg.sampler.meta_batch, self.device, channels_last,
+                                  OmegaConf.to_container(cfg.dataset, resolve=True),
+                                  lambda run: restore_method(run, "last", self.device))
+        self.method.prepare(context)
+        self.train_source = self.method.training_source(context)
         check_divisible(self.train_source.per_step, self.train_source.unit, self.ranks)
         for spec in [self.eval_spec, *self.test_specs]:
             self.method.check_task(spec)
@@ -186,7 +177,7 @@ class Trainer:
     def fit(self) -> None:
         cfg, st = self.cfg, self.state
         if not self.trainable:
-            log.info("%s has no parameters: nothing to train, going straight to the test", cfg.method.name)
+            log.info("%s has no parameters: nothing to train, going straight to the test", self.method.name)
             self._checkpoint("last")
             return
         per_step, unit = self.train_source.per_step, self.train_source.unit
@@ -199,7 +190,7 @@ class Trainer:
         graphed = GraphedSteps(self.method, optimizer, lambda: autocast(self.device, self.amp, cache=False)
                                ) if self.cuda_graph else None
         self.method.train()
-        with Progress(cfg.steps, st.step, f"{cfg.method.name} on {cfg.dataset.name}") as bar:
+        with Progress(cfg.steps, st.step, f"{self.method.name} on {cfg.dataset.name}") as bar:
             while st.step < cfg.steps:
                 batch = shard(self.train_source.batch(st.step, self.device), self.ranks)
                 if cfg.augment.enabled:
@@ -264,14 +255,15 @@ class Trainer:
         if self.cfg.test.episodes == 0:
             log.info("test skipped (test.episodes=0); test later with: metalearn-eval run=%s", self.folder.path)
             return {}
-        which = "best" if self.folder.checkpoint("best").is_file() else "last"
-        self.method.load_state_dict(load_checkpoint(self.folder.checkpoint(which))["method"])
+        path = self.folder.weights("best")
+        which = path.stem
+        self.method.load_state_dict(load_checkpoint(path)["method"])
         results = {}
         for spec in self.test_specs:
             r = evaluate(self.method, self.store, "test", spec, self.cfg.test.episodes, self.cfg.test.seed,
                          self.device, self.cfg.test.batch, autocast(self.device, self.amp))
             if self.ranks.main:
-                r.save(self.folder.path / "eval", f"test_{spec.tag}")
+                r.save(self.folder.eval_dir, f"test_{spec.tag}")
             results[spec.tag] = {**r.summary(), "checkpoint": which}
             log.info("test %s: %.2f ± %.2f%% (%d episodes, %s checkpoint)", spec.tag, 100 * r.accuracy,
                      100 * r.ci95, len(r.per_episode), which)
@@ -310,7 +302,6 @@ def _train(trainer: Trainer, cfg: DictConfig, folder: RunFolder) -> dict:
         trainer.fit()
     except TrainingDiverged:
         folder.write_summary(cfg, status="diverged", state=trainer.state)
-        folder.plot(cfg)
         raise
     except KeyboardInterrupt:
         folder.write_summary(cfg, status="interrupted", state=trainer.state)
@@ -327,6 +318,5 @@ def _train(trainer: Trainer, cfg: DictConfig, folder: RunFolder) -> dict:
     trainer.trackers.log_test(tests)
     summary = folder.write_summary(cfg, status="completed", state=trainer.state, test=tests,
                                    device=describe_device(trainer.device))
-    folder.plot(cfg)
     log.info("run folder: %s", folder.path)
     return summary

@@ -18,6 +18,7 @@ def build_method(cfg: Any, image_shape: tuple[int, int, int], ways: int, channel
     (the pre-training head of the transfer baselines)."""
     check_values(cfg, prefix="method.")
     method = METHODS.builder(cfg.name)(cfg, BuildContext(tuple(image_shape), ways, channels_last, train_classes))
+    method.name = cfg.name  # the name it was built by: what logs and summaries call it
     if "test_batch_norm" in cfg and isinstance(method, EmbeddingMethod):
         set_test_batch_norm(method, cfg.test_batch_norm)
     return method

@@ -15,8 +15,9 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -25,6 +26,10 @@ from metalearn.backbones import build_backbone, feature_dim
 from metalearn.errors import MetalearnError
 from metalearn.methods.task_norm import batch_norm_layers, embed_with_task_statistics
 from metalearn.tasks.episodes import EpisodeBatch, TaskSpec
+from metalearn.tasks.sources import EpisodeSource, TrainingSource
+
+if TYPE_CHECKING:
+    from metalearn.data.store import ImageStore
 
 
 @dataclass(frozen=True)
@@ -43,6 +48,22 @@ class BuildContext:
         return feature_dim(backbone, self.image_shape)
 
 
+@dataclass(frozen=True)
+class TrainingContext:
+    """What a method needs from its run to set up meta-training: the data, the seed, the training episodes, and a
+    way to read another finished run (a teacher), handed in by the engine so that a method never imports it."""
+
+    store: ImageStore
+    seed: int
+    spec: TaskSpec  # the training episodes' shape
+    meta_batch: int
+    device: torch.device
+    channels_last: bool
+    dataset: dict = field(default_factory=dict)  # the run's dataset config (resolved)
+    # a finished run folder -> its trained method (last checkpoint, eval mode) and its checkpoint dict
+    restore: Callable[[Path], tuple[Method, dict]] | None = None
+
+
 def fp32(x: torch.Tensor) -> torch.Tensor:
     """Losses are computed at least in float32: bf16/fp16 logits (autocast) are upcast, float64 kept."""
     return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
@@ -52,6 +73,13 @@ def accuracy(logits: torch.Tensor, labels: torch.Tensor, dim: int | None = None)
     """The share of argmax predictions equal to the labels: over everything, or along `dim` (per task)."""
     hits = (logits.argmax(-1) == labels).float()
     return hits.mean() if dim is None else hits.mean(dim)
+
+
+def class_centroids(z: torch.Tensor, labels: torch.Tensor, ways: int) -> torch.Tensor:
+    """Each class's mean code: z [T, S, D], labels [T, S] -> [T, ways, D]. One matrix product (one-hot^T z over
+    the counts), so every task of a batch and any number of shots per class are averaged at once."""
+    onehot = nn.functional.one_hot(labels, ways).to(z.dtype)  # [T, S, ways]
+    return onehot.transpose(1, 2) @ z / onehot.sum(1)[:, :, None]
 
 
 def one_or_many_tasks(predict: Callable) -> Callable:
@@ -82,6 +110,14 @@ class Method(nn.Module):
 
     def check_task(self, spec: TaskSpec) -> None:
         """Raise a MetalearnError when this method cannot be evaluated on `spec` (checked before training)."""
+
+    def training_source(self, ctx: TrainingContext) -> TrainingSource:
+        """What train_step takes, step by step: meta-batches of the training episodes (the Siamese network's pairs
+        and the transfer baselines' labelled minibatches override this)."""
+        return EpisodeSource(ctx.store, ctx.spec, ctx.seed, ctx.meta_batch)
+
+    def prepare(self, ctx: TrainingContext) -> None:
+        """Set up what meta-training needs beyond the weights (a distillation teacher); not called for evaluation."""
 
     transductive = False  # True: a query's prediction uses the task's other queries (TIM)
 

@@ -34,9 +34,9 @@ from torch import nn
 
 from metalearn import optimizers
 from metalearn.errors import MetalearnError
-from metalearn.methods.base import BuildContext, EmbeddingMethod, accuracy, fp32
+from metalearn.methods.base import BuildContext, EmbeddingMethod, TrainingContext, accuracy, fp32
 from metalearn.registry import METHODS
-from metalearn.tasks.sources import LabelledBatch
+from metalearn.tasks.sources import LabelledBatch, LabelledSource
 
 
 def cosine_scale(classes: int) -> float:
@@ -66,6 +66,19 @@ class Baseline(EmbeddingMethod):
         self.bias = None if cosine else nn.Parameter(torch.zeros(num_classes))
         nn.init.kaiming_uniform_(self.weight, a=math.sqrt(5))  # nn.Linear's initialisation
         self._teacher: list[Baseline] = []  # a list, so the teacher is no submodule: never in this run's checkpoints
+        self.batch_size = 128  # pre-training minibatch (build sets the config's)
+        self.teacher_run: str | None = None  # method.teacher: a run folder whose logits prepare() distils
+        self.distill_weight, self.distill_temperature = 0.5, 4.0
+
+    def training_source(self, ctx: TrainingContext) -> LabelledSource:
+        return LabelledSource(ctx.store, ctx.seed, self.batch_size)
+
+    def prepare(self, ctx: TrainingContext) -> None:
+        if self.teacher_run:
+            from metalearn.methods.teacher import load_teacher
+
+            self.set_teacher(load_teacher(self.teacher_run, ctx, self.weight.shape[0], Baseline), self.distill_weight,
+                             self.distill_temperature)
 
     def set_teacher(self, teacher: Baseline, weight: float, temperature: float) -> None:
         if not 0.0 < weight <= 1.0 or temperature <= 0:
@@ -137,6 +150,13 @@ class Baseline(EmbeddingMethod):
 def build(cfg, ctx: BuildContext) -> Baseline:
     if ctx.train_classes is None:
         raise MetalearnError(f"{cfg.name} needs the number of training classes to size its pre-training head")
+    from metalearn.config import BaselineConfig
+    from metalearn.methods.teacher import check_distillation_settings
+
+    check_distillation_settings(cfg, BaselineConfig)
     backbone = ctx.backbone(cfg)
-    return Baseline(backbone, ctx.feature_dim(backbone), ctx.train_classes, cfg.name == "baselinepp",
-                    cfg.finetune_steps, cfg.finetune_lr, cfg.margin)
+    method = Baseline(backbone, ctx.feature_dim(backbone), ctx.train_classes, cfg.name == "baselinepp",
+                      cfg.finetune_steps, cfg.finetune_lr, cfg.margin)
+    method.batch_size, method.teacher_run = cfg.batch_size, cfg.teacher
+    method.distill_weight, method.distill_temperature = cfg.distill_weight, cfg.distill_temperature
+    return method

@@ -19,7 +19,7 @@ import math
 import torch
 from torch import nn
 
-from metalearn.methods.base import BuildContext, EmbeddingMethod, embed, fp32
+from metalearn.methods.base import BuildContext, EmbeddingMethod, class_centroids, embed, fp32
 from metalearn.registry import METHODS
 from metalearn.tasks.episodes import EpisodeBatch
 
@@ -39,11 +39,6 @@ class SetAttention(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         attention = (self.q(x) @ self.k(x).transpose(1, 2) / self.scale).softmax(-1)
         return self.norm(self.dropout(self.out(attention @ self.v(x))) + x)
-
-
-def class_means(z: torch.Tensor, labels: torch.Tensor, ways: int) -> torch.Tensor:
-    onehot = nn.functional.one_hot(labels, ways).to(z.dtype)
-    return onehot.transpose(1, 2) @ z / onehot.sum(1)[:, :, None]
 
 
 def negative_distance(zq: torch.Tensor, centres: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -68,7 +63,7 @@ class FEAT(EmbeddingMethod):
                 {"params": attention, "lr": lr * self.lr_multiplier}]
 
     def head(self, zs, support_labels, zq, ways):
-        prototypes = self.attention(class_means(zs.flatten(2), support_labels, ways))
+        prototypes = self.attention(class_centroids(zs.flatten(2), support_labels, ways))
         return negative_distance(zq.flatten(2), prototypes, self.temperature)
 
     def loss(self, batch: EpisodeBatch) -> tuple[torch.Tensor, torch.Tensor]:

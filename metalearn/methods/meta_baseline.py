@@ -25,7 +25,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from metalearn.methods.base import BuildContext, EmbeddingMethod
+from metalearn.methods.base import BuildContext, EmbeddingMethod, class_centroids
 from metalearn.methods.log_scale import groups_with_scale, log_parameter, raw_scale_loader
 from metalearn.registry import METHODS
 
@@ -34,8 +34,7 @@ def centroid_cosine_logits(zs: torch.Tensor, support_labels: torch.Tensor, zq: t
                            temperature: torch.Tensor) -> torch.Tensor:
     """Support codes [T, S, D], labels [T, S], query codes [T, Q, D] -> tau * cos(query, centroid) [T, Q, ways].
     The centroid is the mean of the raw support features, normalised after averaging (the paper's order)."""
-    onehot = nn.functional.one_hot(support_labels, ways).to(zs.dtype)  # [T, S, ways]
-    centroids = onehot.transpose(1, 2) @ zs / onehot.sum(1)[:, :, None]
+    centroids = class_centroids(zs, support_labels, ways)
     cos = nn.functional.normalize(zq, dim=-1) @ nn.functional.normalize(centroids, dim=-1).transpose(1, 2)
     return temperature * cos
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from metalearn.methods.base import BuildContext, EmbeddingMethod
+from metalearn.methods.base import BuildContext, EmbeddingMethod, class_centroids
 from metalearn.registry import METHODS
 
 
@@ -13,8 +13,7 @@ def prototype_logits(zs: torch.Tensor, support_labels: torch.Tensor, zq: torch.T
                      distance: str = "sqeuclidean") -> torch.Tensor:
     """Support codes [T, S, D], labels [T, S], query codes [T, Q, D] -> logits [T, Q, ways]: negative
     squared Euclidean distances (or scaled cosine similarities) to each class's mean support code."""
-    onehot = nn.functional.one_hot(support_labels, ways).to(zs.dtype)  # [T, S, ways]
-    protos = onehot.transpose(1, 2) @ zs / onehot.sum(1)[:, :, None]
+    protos = class_centroids(zs, support_labels, ways)
     if distance == "cosine":
         return 10.0 * nn.functional.normalize(zq, dim=-1) @ nn.functional.normalize(protos, dim=-1).transpose(1, 2)
     return -(zq[:, :, None] - protos[:, None]).pow(2).sum(-1)  # exact, and safe at distance 0

@@ -20,20 +20,24 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from metalearn.methods.base import BuildContext, EmbeddingMethod, fp32
+from metalearn.methods.base import BuildContext, EmbeddingMethod, TrainingContext, fp32
 from metalearn.registry import METHODS
-from metalearn.tasks.sources import PairBatch
+from metalearn.tasks.sources import PairBatch, PairSource
 
 
 class Siamese(EmbeddingMethod):
     name = "siamese"
     train_data = "pairs"
 
-    def __init__(self, backbone: nn.Module, feature_dim: int, rule: str = "max", embedding: int = 0):
+    def __init__(self, backbone: nn.Module, feature_dim: int, rule: str = "max", embedding: int = 0, pairs: int = 128,
+                 hard_negatives: float = 0.0):
         super().__init__()
-        self.rule = rule
+        self.rule, self.pairs, self.hard_negatives = rule, pairs, hard_negatives
         self.backbone = nn.Sequential(backbone, nn.Linear(feature_dim, embedding), nn.Sigmoid()) if embedding else backbone
         self.distance = nn.Linear(embedding or feature_dim, 1)  # the weighted L1 distance: alpha and b
+
+    def training_source(self, ctx: TrainingContext) -> PairSource:
+        return PairSource(ctx.store, ctx.seed, self.pairs, hard_negatives=self.hard_negatives)
 
     def pair_logits(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         """Pre-sigmoid same-class scores of embeddings a [..., D] and b [..., D] (broadcast)."""
@@ -63,4 +67,4 @@ class Siamese(EmbeddingMethod):
 @METHODS.register("siamese")
 def build(cfg, ctx: BuildContext) -> Siamese:
     backbone = ctx.backbone(cfg)
-    return Siamese(backbone, ctx.feature_dim(backbone), cfg.rule, cfg.embedding)
+    return Siamese(backbone, ctx.feature_dim(backbone), cfg.rule, cfg.embedding, cfg.pairs, cfg.hard_negatives)

@@ -20,10 +20,10 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from metalearn.methods.base import BuildContext, EmbeddingMethod, accuracy, fp32
+from metalearn.methods.base import BuildContext, EmbeddingMethod, TrainingContext, accuracy, class_centroids, fp32
 from metalearn.methods.baseline import head_logits
 from metalearn.registry import METHODS
-from metalearn.tasks.sources import LabelledBatch
+from metalearn.tasks.sources import LabelledBatch, LabelledSource
 
 
 def transform(z: torch.Tensor, norm: str, base_mean: torch.Tensor) -> torch.Tensor:
@@ -36,8 +36,7 @@ def transform(z: torch.Tensor, norm: str, base_mean: torch.Tensor) -> torch.Tens
 def nearest_centroid_logits(zs: torch.Tensor, support_labels: torch.Tensor, zq: torch.Tensor,
                             ways: int) -> torch.Tensor:
     """Negative squared Euclidean distance from each query [T, Q, D] to each class centroid -> [T, Q, ways]."""
-    onehot = nn.functional.one_hot(support_labels, ways).to(zs.dtype)
-    centroids = onehot.transpose(1, 2) @ zs / onehot.sum(1)[:, :, None]
+    centroids = class_centroids(zs, support_labels, ways)
     return -(zq[:, :, None] - centroids[:, None]).pow(2).sum(-1)
 
 
@@ -45,9 +44,10 @@ class SimpleShot(EmbeddingMethod):
     name = "simpleshot"
     train_data = "labelled"
 
-    def __init__(self, backbone: nn.Module, feature_dim: int, num_classes: int, norm: str = "cl2n"):
+    def __init__(self, backbone: nn.Module, feature_dim: int, num_classes: int, norm: str = "cl2n",
+                 batch_size: int = 1024):
         super().__init__()
-        self.backbone, self.norm = backbone, norm
+        self.backbone, self.norm, self.batch_size = backbone, norm, batch_size
         # the pre-trained classifier (Baseline's names, so init.run takes it whole); only reported, never trained
         self.weight = nn.Parameter(torch.zeros(num_classes, feature_dim), requires_grad=False)
         self.bias = nn.Parameter(torch.zeros(num_classes), requires_grad=False)
@@ -55,6 +55,9 @@ class SimpleShot(EmbeddingMethod):
         self.register_buffer("feature_count", torch.zeros((), dtype=torch.float64))
         for p in self.backbone.parameters():
             p.requires_grad_(False)
+
+    def training_source(self, ctx: TrainingContext) -> LabelledSource:
+        return LabelledSource(ctx.store, ctx.seed, self.batch_size)
 
     def learns(self) -> bool:
         return True  # no gradient, but its steps measure the base mean
@@ -88,4 +91,4 @@ def build(cfg, ctx: BuildContext) -> SimpleShot:
     if ctx.train_classes is None:
         raise MetalearnError("simpleshot needs the number of training classes to hold its pre-trained classifier")
     backbone = ctx.backbone(cfg)
-    return SimpleShot(backbone, ctx.feature_dim(backbone), ctx.train_classes, cfg.norm)
+    return SimpleShot(backbone, ctx.feature_dim(backbone), ctx.train_classes, cfg.norm, cfg.batch_size)

@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from metalearn import optimizers
-from metalearn.methods.base import BuildContext
+from metalearn.methods.base import BuildContext, class_centroids
 from metalearn.methods.baseline import Baseline
 from metalearn.registry import METHODS
 
@@ -56,7 +56,7 @@ def tim_head(zs: torch.Tensor, support_labels: torch.Tensor, zq: torch.Tensor, w
     otherwise (scripts/tta_eval.py --head tim); the result is transductive whatever the encoder."""
     zs, zq = nn.functional.normalize(zs.detach(), dim=-1), nn.functional.normalize(zq.detach(), dim=-1)
     onehot = nn.functional.one_hot(support_labels, ways).to(zs.dtype)
-    w = (onehot.transpose(1, 2) @ zs / onehot.sum(1)[:, :, None]).clone().requires_grad_(True)
+    w = class_centroids(zs, support_labels, ways).clone().requires_grad_(True)
     optimizer = optimizers.Adam([w], lr=lr)
     with torch.enable_grad():
         for _ in range(iterations):
@@ -88,5 +88,7 @@ def build(cfg, ctx: BuildContext) -> TIM:
     if ctx.train_classes is None:
         raise MetalearnError("tim needs the number of training classes to size its pre-training classifier")
     backbone = ctx.backbone(cfg)
-    return TIM(backbone, ctx.feature_dim(backbone), ctx.train_classes, cfg.iterations, cfg.tim_lr, cfg.temperature,
-               tuple(cfg.loss_weights))
+    method = TIM(backbone, ctx.feature_dim(backbone), ctx.train_classes, cfg.iterations, cfg.tim_lr, cfg.temperature,
+                 tuple(cfg.loss_weights))
+    method.batch_size = cfg.batch_size
+    return method
