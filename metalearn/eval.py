@@ -6,9 +6,10 @@
     metalearn-eval run=... inner_steps=10          # other test-time adaptation steps (MAML family, meta_lstm)
     metalearn-eval run=... ways=20 within=alphabet disjoint_drawers=true   # Lake et al.'s one-shot protocol
     metalearn-eval run=... tta.copies=8           # each image's code averaged over 8 augmented copies (embedding methods)
-    metalearn-eval run=... tta.copies=96 tta.match=chamfer   # copies matched to copies (cosine heads: meta_baseline)
-    metalearn-eval run=... head=tim               # TIM's transductive inference on the run's codes (embedding methods)
+    metalearn-eval run=... tta.copies=96 readout=chamfer   # copies matched to copies (cosine heads: meta_baseline)
+    metalearn-eval run=... readout=tim            # TIM's transductive inference on the run's codes (embedding methods)
     metalearn-eval run=RUN_A 'ensemble=[RUN_B,RUN_C]'   # the three runs as one ensemble (averaged class probabilities)
+    metalearn-eval run=... tta.copies=32 paired=true  # also without the copies, on the same episodes: the paired gain
 
 The episodes are drawn from `seed` on the run's test split, so every method
 trained on the same dataset config is scored on identical episodes; the
@@ -32,71 +33,100 @@ from metalearn.help import answer_help
 if TYPE_CHECKING:
     import torch
 
+    from metalearn.config import EvalConfig
     from metalearn.data.store import ImageStore
+    from metalearn.engine.evaluate import EvalResult
+    from metalearn.engine.rundir import RunFolder
     from metalearn.methods.base import Method
+    from metalearn.readouts import Readout
 
 register()
 
 
 def run(cfg: DictConfig) -> dict:
-    from metalearn.engine.evaluate import check_head, evaluate, evaluate_ensemble
+    from dataclasses import replace
+
+    from metalearn.config import EvalConfig, TTAConfig, check_values
+    from metalearn.engine.evaluate import resolve, task_spec
+    from metalearn.engine.rundir import RunFolder
     from metalearn.errors import MetalearnError
     from metalearn.hardware import autocast, setup_device
+    from metalearn.readouts import build_readout
     from metalearn.stats import paired_difference
-    from metalearn.tasks.episodes import TaskSpec
 
     if cfg.run is None:
         raise MetalearnError("metalearn-eval needs run=PATH, a run folder such as outputs/train/<date>/<time>_protonet_...")
+    check_values(cfg, EvalConfig)
+    protocol: EvalConfig = OmegaConf.to_object(cfg)
+    readout = build_readout(protocol.readout)  # an unknown readout is refused before any run is read
     folders = [run_folder(cfg.run, "run"), *(run_folder(r, "ensemble") for r in cfg.ensemble)]
     check_distinct(folders)
-    check_head(cfg.head)
-    check_options(cfg)
+    RunFolder(folders[0], read_only=True).refuse_if_held()  # a run still training there: named before any work
     device = setup_device(cfg.hardware)
-    members = [restore_member(cfg, f, device) for f in folders]
-    (method, store, ckpt), saved = members[0], members[0][2]["config"]
+    members = [restore_member(protocol, f, device) for f in folders]
+    store, saved = members[0][1], members[0][2]["config"]
     for f, (_, other, _) in zip(folders[1:], members[1:], strict=True):
         if not other.same_images(store):
             raise MetalearnError(f"ensemble member {f} reads other images than run={folders[0]} (its dataset "
                                  f"configuration lists other classes, splits or drawers); an ensemble is scored on "
                                  f"one dataset's episodes, so give runs trained on the same dataset")
-    tta = OmegaConf.to_object(cfg.tta) if cfg.tta.copies > 1 else None
-    spec = TaskSpec(*(saved[k] if cfg[k] is None else cfg[k] for k in ("ways", "shots", "queries")),
-                    cfg.within, bool(cfg.disjoint_drawers))
+    protocol = resolve(protocol, saved["ways"], saved["shots"], saved["queries"])
+    spec = task_spec(protocol)
     for m, _, _ in members:
         m.check_task(spec)
     amp = autocast(device, cfg.hardware.amp)
-    if len(members) == 1:
-        r = evaluate(method, store, cfg.split, spec, cfg.episodes, cfg.seed, device, cfg.batch, amp, tta=tta,
-                     head=cfg.head)
-        ensemble = None
-    else:
-        r, alone = evaluate_ensemble([(m, s) for m, s, _ in members], cfg.split, spec, cfg.episodes, cfg.seed,
-                                     device, cfg.batch, amp, tta=tta, head=cfg.head)
-        ensemble = [{"run": str(f), "checkpoint": c["checkpoint_name"], "method": c["config"]["method"]["name"],
-                     "accuracy": a.accuracy, "ci95": a.ci95, "per_episode": a.per_episode.tolist()}
-                    for f, (_, _, c), a in zip(folders, members, alone, strict=True)]
-    name = result_name(cfg, spec, ckpt["checkpoint_name"], [(str(f.resolve()), c["checkpoint_name"])
-                                                            for f, (_, _, c) in zip(folders, members, strict=True)])
-    path = r.save(folders[0] / "eval", name, {"ensemble": ensemble} if ensemble else None)
-    setting = (f"{cfg.split} {spec.ways}-way {spec.shots}-shot{f' within one {spec.within}' if spec.within else ''}"
+    folder = RunFolder(folders[0], read_only=True)
+    folder.hold()  # one writer: a run still training there is named and refused before anything is scored
+    try:
+        r, alone, path = score(protocol, readout, folders, members, device, cfg.batch, amp, folder)
+        plain = None
+        if cfg.paired and (protocol.tta.copies > 1 or readout is not None):  # the same episodes without the options
+            plain = score(replace(protocol, tta=TTAConfig(), readout=None), None, folders, members, device, cfg.batch,
+                          amp, folder)
+    finally:
+        folder.release()
+    setting = (f"{protocol.split} {spec.ways}-way {spec.shots}-shot{f' within one {spec.within}' if spec.within else ''}"
                f"{', drawer-disjoint' if spec.disjoint_drawers else ''}")
-    for e in ensemble or []:
+    ensemble = [{"run": str(f), "checkpoint": c["checkpoint_name"], "method": c["config"]["method"]["name"],
+                 "accuracy": a.accuracy, "ci95": a.ci95} for f, (_, _, c), a in zip(folders, members, alone, strict=True)
+                ] if alone else []
+    for e in ensemble:
         print(f"  member {e['run']} ({e['method']}, {e['checkpoint']}): {100 * e['accuracy']:.2f} ± "
               f"{100 * e['ci95']:.2f}%")
-    what = (f"ensemble of {len(members)} runs" if ensemble else saved["method"]["name"])
+    what = f"ensemble of {len(members)} runs" if ensemble else saved["method"]["name"]
     print(f"{what} on {saved['dataset']['name']} {setting}: "
           f"{100 * r.accuracy:.2f} ± {100 * r.ci95:.2f}% (95% CI, {len(r.per_episode)} episodes, "
           f"episodes {r.plans.digest()}{'' if r.batch_norm is None else ', batch norm: ' + r.batch_norm}"
-          f"{'' if cfg.inner_steps is None else f', {cfg.inner_steps} inner steps'}"
-          f"{'' if tta is None else f', test-time augmentation: {tta.copies} copies'}"
-          f"{'' if tta is None or tta.match == 'mean' else f' matched by {tta.match}'}"
-          f"{'' if cfg.head is None else f', head: {cfg.head}'}{', transductive' if r.transductive else ''}) -> {path}")
+          f"{protocol.describe(readout)}{', transductive' if r.transductive else ''}) -> {path}")
     if ensemble:
         best = max(alone, key=lambda a: a.accuracy)
         d = paired_difference(r.per_episode, best.per_episode)
         print(f"  over its best member on these episodes: {100 * d.mean:+.2f} ± {100 * d.half_width:.2f} (paired)")
-    return r.summary() | ({"ensemble": [{k: v for k, v in e.items() if k != "per_episode"} for e in ensemble]}
-                          if ensemble else {})
+    if plain is not None:
+        d = paired_difference(r.per_episode, plain[0].per_episode)
+        print(f"  over the same {'ensemble' if ensemble else 'run'} without copies or readout ({100 * plain[0].accuracy:.2f}"
+              f" ± {100 * plain[0].ci95:.2f}%, -> {plain[2].name}): {100 * d.mean:+.2f} ± {100 * d.half_width:.2f} (paired)")
+    return r.summary() | ({"ensemble": ensemble} if ensemble else {})
+
+
+def score(protocol: EvalConfig, readout: Readout | None, folders: list[Path], members: list, device: torch.device,
+          batch: int, amp, folder: RunFolder) -> tuple[EvalResult, list[EvalResult], Path]:
+    """The run (or the ensemble of the runs) scored under `protocol`, its result saved in the first run's eval/:
+    the result, each member's alone (an ensemble), and the result file."""
+    from metalearn.engine.evaluate import evaluate, evaluate_ensemble, task_spec
+
+    spec = task_spec(protocol)
+    if len(members) == 1:
+        r, alone = evaluate(members[0][0], members[0][1], protocol, device, batch, amp), []
+    else:
+        r, alone = evaluate_ensemble([(m, s) for m, s, _ in members], protocol, device, batch, amp)
+    ensemble = [{"run": str(f), "checkpoint": c["checkpoint_name"], "method": c["config"]["method"]["name"],
+                 "accuracy": a.accuracy, "ci95": a.ci95, "per_episode": a.per_episode.tolist()}
+                for f, (_, _, c), a in zip(folders, members, alone, strict=True)] if alone else []
+    runs = [(str(f.resolve()), c["checkpoint_name"]) for f, (_, _, c) in zip(folders, members, strict=True)]
+    name = protocol.file_name(spec.tag, spec.queries, members[0][2]["checkpoint_name"], readout,
+                              f"_ensemble-{len(runs)}-{members_digest(runs)}" if len(runs) > 1 else "")
+    return r, alone, r.save(folder.eval_dir, name, {"ensemble": ensemble} if ensemble else None)
 
 
 def run_folder(path: str, key: str) -> Path:
@@ -124,33 +154,7 @@ def check_distinct(folders: list[Path]) -> None:
         seen.add(f.resolve())
 
 
-def check_options(cfg: DictConfig) -> None:
-    from metalearn.engine.copy_match import check_match
-    from metalearn.errors import MetalearnError
-
-    for key in ("ways", "shots", "queries", "episodes", "batch"):
-        value = cfg[key]
-        if value is not None and value < 1:
-            own = " (or leave it out for the run's own)" if key in ("ways", "shots", "queries") else ""
-            raise MetalearnError(f"{key}={value}: it must be a whole number >= 1{own}")
-    if cfg.seed < 0:
-        raise MetalearnError(f"seed={cfg.seed}: episode seeds are whole numbers >= 0")
-    if cfg.tta.copies < 1:
-        raise MetalearnError(f"tta.copies={cfg.tta.copies}: the copies of each image whose codes are averaged, >= 1 "
-                             f"(1: no test-time augmentation)")
-    if not (0 <= cfg.tta.shear <= 1 and 0 <= cfg.tta.aspect < 1):
-        raise MetalearnError(f"tta.shear={cfg.tta.shear} tta.aspect={cfg.tta.aspect}: the copies' largest slant "
-                             f"(x += shear * y) lies in [0, 1] and their largest change of width in [0, 1)")
-    check_match(cfg.tta.match)
-    if cfg.tta.match != "mean" and cfg.tta.copies < 2:
-        raise MetalearnError(f"tta.match={cfg.tta.match} matches each image's test-time copies, and tta.copies="
-                             f"{cfg.tta.copies} makes none; add tta.copies=96 (or drop tta.match)")
-    if cfg.tta.elastic_alpha < 0 or cfg.tta.elastic_sigma <= 0:
-        raise MetalearnError(f"tta.elastic_alpha={cfg.tta.elastic_alpha} tta.elastic_sigma={cfg.tta.elastic_sigma}: "
-                             f"the copies' elastic distortion needs alpha >= 0 (0: off) and sigma > 0, in pixels")
-
-
-def restore_member(cfg: DictConfig, folder: Path, device: torch.device) -> tuple[Method, ImageStore, dict]:
+def restore_member(cfg: EvalConfig, folder: Path, device: torch.device) -> tuple[Method, ImageStore, dict]:
     """One run's trained method with the test-time options applied, its image store and its checkpoint."""
     from metalearn.data import build_store
     from metalearn.engine.restore import restore_method
@@ -165,23 +169,6 @@ def restore_member(cfg: DictConfig, folder: Path, device: torch.device) -> tuple
     if cfg.dataset_root is not None:
         dataset["root"] = cfg.dataset_root
     return method, build_store(DictConfig(dataset)), ckpt
-
-
-def result_name(cfg: DictConfig, spec, checkpoint: str, members: list[tuple[str, str]] | None = None) -> str:
-    """A result's file name holds everything that decides which episodes are scored and how, so two protocols
-    never share a file and the same protocol always writes the same one (batch only groups episodes)."""
-    bn = "" if cfg.test_batch_norm is None else f"_bn-{cfg.test_batch_norm}"
-    steps = "" if cfg.inner_steps is None else f"_steps-{cfg.inner_steps}"
-    t = cfg.tta
-    elastic = f"-e{t.elastic_alpha:g}-{t.elastic_sigma:g}" if t.elastic_alpha > 0 else ""
-    hand = f"-h{t.shear:g}-{t.aspect:g}" if t.shear or t.aspect else ""
-    match = "" if t.match == "mean" else f"-{t.match}"
-    tta = ("" if t.copies <= 1 else
-           f"_tta-{t.copies}-r{t.rotate:g}-s{t.scale:g}-t{t.shift:g}{hand}{elastic}-seed{t.seed}{match}")
-    head = "" if cfg.head is None else f"_head-{cfg.head}"
-    ensemble = "" if not members or len(members) < 2 else f"_ensemble-{len(members)}-{members_digest(members)}"
-    return (f"{cfg.split}_{spec.tag}_q{spec.queries}_e{cfg.episodes}_seed{cfg.seed}_{checkpoint}{bn}{steps}{tta}{head}"
-            f"{ensemble}")
 
 
 def members_digest(members: list[tuple[str, str]]) -> str:

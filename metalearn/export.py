@@ -2,6 +2,7 @@
 
     metalearn-export run=outputs/train/<date>/<run> format=onnx            # -> <run>/export/encoder.onnx
     metalearn-export run=... format=pt2 out=encoder.pt2                     # a torch.export program
+    metalearn-export run=... out=mine.onnx overwrite=true                   # replace a file this command did not write
 
 The file maps preprocessed images [N, C, H, W] (any N) to the codes the method compares; the
 preprocessing (size, channels, mean, std, inversion) goes beside it as `<file>.json`. With the codes,
@@ -19,7 +20,7 @@ from pathlib import Path
 from metalearn.cli import console_script
 from metalearn.errors import MetalearnError
 
-KEYS = {"run": None, "format": "onnx", "out": None, "checkpoint": "best"}
+KEYS = {"run": None, "format": "onnx", "out": None, "checkpoint": "best", "overwrite": "false"}
 FORMATS = ("onnx", "pt2")
 
 
@@ -30,7 +31,18 @@ def parse_args(argv: list[str]) -> dict[str, str | None]:
                             "metalearn-export run=outputs/train/<date>/<run> format=onnx")
     if args["format"] not in FORMATS:
         raise MetalearnError(f"format={args['format']} is not one of: {', '.join(FORMATS)}")
+    if args["overwrite"] not in ("true", "false"):
+        raise MetalearnError(f"overwrite={args['overwrite']} is not one of: true, false")
     return args
+
+
+def written_by_export(path: Path) -> bool:
+    """Whether `path` is an encoder this command wrote: its sidecar `<file>.json` says so."""
+    try:
+        sidecar = json.loads(path.with_name(path.name + ".json").read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(sidecar, dict) and sidecar.get("output") == "codes [N, D]" and "preprocess" in sidecar
 
 
 def encoder_module(method):
@@ -48,20 +60,25 @@ def encoder_module(method):
     return Encoder(method).eval()
 
 
-def export(run: str, fmt: str, out: str | None = None, checkpoint: str = "best") -> Path:
-    """Write the encoder of `run` as `fmt` (onnx | pt2); returns the file."""
+def export(run: str, fmt: str, out: str | None = None, checkpoint: str = "best", overwrite: bool = False) -> Path:
+    """Write the encoder of `run` as `fmt` (onnx | pt2); returns the file. It replaces only an encoder (and its
+    sidecar) this command wrote, unless `overwrite`."""
     import torch
 
     from metalearn.engine.restore import restore_method
+    from metalearn.files import refuse_to_replace
     from metalearn.methods.base import EmbeddingMethod
 
+    path = Path(out) if out else Path(run) / "export" / f"encoder.{fmt}"
+    refuse_to_replace(path, written_by_export(path), "metalearn-export", overwrite)
+    sidecar_path = path.with_name(path.name + ".json")
+    refuse_to_replace(sidecar_path, written_by_export(path), "metalearn-export", overwrite)
     method, ckpt = restore_method(run, checkpoint)
     if not isinstance(method, EmbeddingMethod) or not method.encodes_each_image_alone():
         raise MetalearnError(f"{method.name} has no fixed encoder to export: it adapts at test time or normalises each "
                              f"image by its task's batch statistics (method.test_batch_norm); export works for embedding "
                              f"methods on running statistics (protonet, matching without fce, relation, siamese, baselines)")
     pre = ckpt["preprocess"]
-    path = Path(out) if out else Path(run) / "export" / f"encoder.{fmt}"
     path.parent.mkdir(parents=True, exist_ok=True)
     encoder = encoder_module(method)
     x = torch.zeros(2, pre["channels"], pre["image_size"], pre["image_size"])
@@ -81,7 +98,7 @@ def export(run: str, fmt: str, out: str | None = None, checkpoint: str = "best")
     sidecar = {"method": method.name, "input": "images [N, C, H, W], float32, preprocessed as below",
                "output": "codes [N, D]", "preprocess": {k: (v.tolist() if hasattr(v, "tolist") else v)
                                                         for k, v in pre.items()}}
-    path.with_name(path.name + ".json").write_text(json.dumps(sidecar, indent=2))
+    sidecar_path.write_text(json.dumps(sidecar, indent=2))
     return path
 
 
@@ -93,7 +110,7 @@ def main(argv: list[str] | None = None) -> None:
         return
     try:
         args = parse_args(argv)
-        path = export(args["run"], args["format"], args["out"], args["checkpoint"])
+        path = export(args["run"], args["format"], args["out"], args["checkpoint"], args["overwrite"] == "true")
     except MetalearnError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)

@@ -49,3 +49,14 @@ def write_csv(rows: list[dict], path: Path) -> None:
             w = csv.DictWriter(f, fieldnames=fields)
             w.writeheader()
             w.writerows(rows)
+
+
+def refuse_to_replace(path: Path, ours: bool, tool: str, overwrite: bool) -> None:
+    """A command replaces only a file it wrote itself (`ours`, judged from the file's own content): anything else at
+    `path` (a user's file that happens to share the name) needs overwrite=true."""
+    from metalearn.errors import MetalearnError
+
+    if path.exists() and not overwrite and (path.is_dir() or not ours):
+        what = "a folder" if path.is_dir() else f"a file {tool} did not write"
+        raise MetalearnError(f"out={path} is {what}; {tool} replaces only its own output. Give another out=, or "
+                             f"overwrite=true to replace it")

@@ -11,14 +11,14 @@ from typing import Any
 
 import torch
 
-from metalearn.config import check_values
+from metalearn.config import HardwareConfig, check_values
 from metalearn.errors import MetalearnError
 
 
 def setup_device(cfg: Any) -> torch.device:
     if cfg.get("keep_freed_memory", True):
         keep_freed_memory()
-    check_values(cfg, prefix="hardware.")  # the trainer checked the whole config; metalearn-eval its hardware
+    check_values(cfg, HardwareConfig, prefix="hardware.")  # the trainer checked the whole config; metalearn-eval its hardware
     if cfg.threads is not None:
         torch.set_num_threads(int(cfg.threads))
     device = torch.device(cfg.device)

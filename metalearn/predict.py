@@ -2,12 +2,14 @@
 
     metalearn-predict run=outputs/train/<date>/<run> support=my_support query=my_queries
     metalearn-predict run=... support=my_support query='shots/*.png' out=predictions.json top_k=3
+    metalearn-predict ... out=mine.csv overwrite=true   # replace a file this command did not write
 
 support: a folder with one sub-folder per class (its name is the class name) holding that class's images;
 query: a folder of images, one image file, or a glob. Any image size and mode: each is read and
 preprocessed as the run's own training images were. The support set is encoded once (methods that adapt
 at test time adapt once); the queries go through in batches. Writes a CSV (or JSON, by out='s suffix) with
-each query's file, its top_k class names and their probabilities, and prints a table.
+each query's file, its top_k class names and their probabilities, and prints a table. It replaces only a
+predictions file it wrote (overwrite=true for anything else).
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from metalearn.errors import MetalearnError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 KEYS = {"run": None, "support": None, "query": None, "out": "predictions.csv", "top_k": "3", "checkpoint": "best",
-        "batch": "256", "device": "cpu"}
+        "batch": "256", "device": "cpu", "overwrite": "false"}
 
 
 def parse_args(argv: list[str]) -> dict[str, str]:
@@ -34,7 +36,28 @@ def parse_args(argv: list[str]) -> dict[str, str]:
     for key in ("top_k", "batch"):
         if not args[key].isdigit() or int(args[key]) < 1:
             raise MetalearnError(f"{key}={args[key]} must be a whole number >= 1")
+    if args["overwrite"] not in ("true", "false"):
+        raise MetalearnError(f"overwrite={args['overwrite']} is not one of: true, false")
+    from metalearn.files import refuse_to_replace
+
+    out = Path(args["out"])  # checked before any image is read
+    refuse_to_replace(out, written_by_predict(out), "metalearn-predict", args["overwrite"] == "true")
     return args
+
+
+def written_by_predict(path: Path) -> bool:
+    """Whether `path` is a predictions file as this command writes it: its header (CSV) or its rows' keys (JSON)."""
+    import json
+
+    try:
+        if path.suffix.lower() == ".json":
+            rows = json.loads(path.read_text())
+            return isinstance(rows, list) and bool(rows) and isinstance(rows[0], dict) and \
+                list(rows[0])[:3] == ["file", "class_1", "probability_1"]
+        with open(path) as f:
+            return f.readline().startswith("file,class_1,probability_1")
+    except (OSError, ValueError, UnicodeDecodeError):
+        return False
 
 
 def _images_in(folder: Path) -> list[Path]:

@@ -151,10 +151,16 @@ def _app(config_name: str) -> str:
     return f"metalearn-{config_name}"
 
 
+# keys renamed since users typed them: old key -> what to type now
+RENAMED = {"head": "readout (readout=tim)", "tta.match": "readout (tta.match=chamfer is readout=chamfer)"}
+
+
 def _one_line(message: str, known: list[str], config_name: str) -> str:
     lines = [line.strip() for line in message.splitlines() if line.strip()]
     if lines and lines[0].startswith("Could not override '"):
         key = lines[0].split("'")[1]
+        if key in RENAMED:
+            return f"{key} is not a key since 2026-12-04: it is now {RENAMED[key]}"
         where = key.rsplit(".", 1)[0] if "." in key else None
         siblings = [k for k in known if (k.rsplit(".", 1)[0] if "." in k else None) == where]
         owner = f" of {where}" if where else ""

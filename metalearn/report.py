@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from metalearn.cli import console_script
-from metalearn.engine.rundir import read_metrics
+from metalearn.engine.rundir import SUMMARY, RunFolder, read_metrics
 from metalearn.errors import MetalearnError
 from metalearn.files import write_csv
 from metalearn.stats import Paired, difference_over_seeds, holm, paired_difference, t_interval
@@ -59,10 +59,10 @@ def find_runs(paths: list[Path]) -> list[Path]:
     pre-training stages that only fed their run (is_feeding_stage)."""
     found: set[Path] = set()
     for p in paths:
-        if (p / "summary.json").is_file():
+        if (p / SUMMARY).is_file():
             found.add(p.resolve())
         elif p.is_dir():
-            found.update(s.parent.resolve() for s in p.rglob("summary.json"))
+            found.update(s.parent.resolve() for s in p.rglob(SUMMARY))
     return sorted(f for f in found if not is_feeding_stage(f))
 
 
@@ -72,10 +72,10 @@ def is_feeding_stage(folder: Path) -> bool:
     or that was tested, is listed like any run."""
     from metalearn.engine.stages import STAGE_DIR
 
-    if folder.name != STAGE_DIR or not (folder.parent / "summary.json").is_file():
+    if folder.name != STAGE_DIR or not (folder.parent / SUMMARY).is_file():
         return False
     try:
-        s = json.loads((folder / "summary.json").read_text())
+        s = json.loads((folder / SUMMARY).read_text())
     except (OSError, ValueError):
         return False
     return s.get("status") == "completed" and not s.get("test")
@@ -93,7 +93,7 @@ def load_results(run: Path) -> list[Result]:
     from metalearn.engine.rundir import observed_status
 
     try:
-        s = json.loads((run / "summary.json").read_text())
+        s = json.loads((run / SUMMARY).read_text())
         s["status"] = observed_status(s)
     except (OSError, ValueError, AttributeError):  # listed, never dropped, never a crash of the whole report
         s = {"status": "unreadable summary.json"}
@@ -104,7 +104,7 @@ def load_results(run: Path) -> list[Result]:
     out = []
     for tag, t in (s.get("test") or {}).items():
         per = None
-        path = run / "eval" / f"test_{tag}.json"
+        path = RunFolder(run, read_only=True).eval_dir / f"test_{tag}.json"
         if path.is_file():
             per = np.asarray(json.loads(path.read_text())["per_episode"], dtype=np.float64)
         shown = f"{tag} (transductive)" if transductive(s, t) else tag  # its own table: never paired with inductive
@@ -286,7 +286,8 @@ def _learning_curves(results: list[Result], path: Path, plt) -> Path:
     fig, axes = plt.subplots(len(keys), 1, figsize=(9, 3.2 * len(keys)), squeeze=False)
     for ax, key in zip(axes[:, 0], keys, strict=True):
         for i, r in enumerate(sorted(panels.get(key, []), key=lambda r: (r.method, r.seed, str(r.run)))):
-            records = read_metrics(r.run / "metrics.jsonl") if (r.run / "metrics.jsonl").is_file() else []
+            metrics = RunFolder(r.run, read_only=True).metrics_path
+            records = read_metrics(metrics) if metrics.is_file() else []
             val = [m for m in records if m.get("kind") == "val"]
             label = f"{r.method} s{r.seed} ({r.run.name[-12:]})"
             if val:

@@ -9,6 +9,7 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
+from metalearn.engine.rundir import SUMMARY
 from metalearn.files import write_csv
 
 
@@ -17,7 +18,7 @@ def collect(sweep_dir: Path) -> list[dict]:
     for job in sorted(sweep_dir.iterdir(), key=lambda p: p.name):
         if not job.is_dir():
             continue
-        path = job / "summary.json"
+        path = job / SUMMARY
         s = json.loads(path.read_text()) if path.exists() else {"status": "no summary"}
         row = {"job": job.name, "status": s.get("status"), "method": s.get("method"), "dataset": s.get("dataset"),
                "overrides": " ".join(s.get("overrides", [])), "seed": s.get("seed"),

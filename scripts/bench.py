@@ -342,7 +342,7 @@ def bench_eval(omniglot: Path, folder: Path) -> dict:
     from metalearn.backbones import Conv4
     from metalearn.config import OmniglotConfig
     from metalearn.data.omniglot import build_omniglot
-    from metalearn.engine.evaluate import evaluate
+    from metalearn.engine.evaluate import evaluate, protocol_for
     from metalearn.methods.protonet import ProtoNet
     from metalearn.tasks.episodes import TaskSpec
 
@@ -350,7 +350,7 @@ def bench_eval(omniglot: Path, folder: Path) -> dict:
                          rotations=[], split="character", cache_dir=str(folder / "cache"))
     store = build_omniglot(cfg)
     m = ProtoNet(Conv4(1, 64, "max", channels_last=True).to(memory_format=torch.channels_last))
-    seconds = median_time(lambda: evaluate(m, store, "test", TaskSpec(5, 1, 15), 600, 2, torch.device("cpu")), 3)
+    seconds = median_time(lambda: evaluate(m, store, protocol_for("test", TaskSpec(5, 1, 15), 600, 2), torch.device("cpu")), 3)
     return {"eval_600_episodes_s": seconds}
 
 

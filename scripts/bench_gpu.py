@@ -188,7 +188,7 @@ def protonet_step(channels_last: bool, bf16: bool, mode: str, iters: int) -> dic
 def eval_600(omniglot: Path, bf16: bool) -> float:
     from metalearn.config import OmniglotConfig
     from metalearn.data.omniglot import build_omniglot
-    from metalearn.engine.evaluate import evaluate
+    from metalearn.engine.evaluate import evaluate, protocol_for
     from metalearn.methods.protonet import ProtoNet
     from metalearn.tasks.episodes import TaskSpec
 
@@ -199,7 +199,7 @@ def eval_600(omniglot: Path, bf16: bool) -> float:
         m = ProtoNet(Conv4(1, 64, "max", channels_last=True).to(memory_format=torch.channels_last)).to(DEV)
 
         def run() -> None:
-            evaluate(m, store, "test", TaskSpec(5, 1, 15), 600, 2, DEV, autocast=amp(bf16))
+            evaluate(m, store, protocol_for("test", TaskSpec(5, 1, 15), 600, 2), DEV, autocast=amp(bf16))
         return cuda_median(run, 3, warmup=1)
 
 

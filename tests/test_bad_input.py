@@ -204,8 +204,8 @@ CASES: list[tuple[str, list[str], list[str]]] = [
     ("metalearn-eval", ["run={root}/nowhere"], ["does not exist"]),
     ("metalearn-eval", ["run={root}/a_file.txt"], ["is a file, not a run folder"]),
     ("metalearn-eval", ["run={root}/user"], ["is not a metalearn run folder"]),
-    ("metalearn-eval", ["run={root}/run", "ways=0"], ["ways=0: it must be a whole number >= 1"]),
-    ("metalearn-eval", ["run={root}/run", "shots=-1"], ["shots=-1: it must be a whole number >= 1"]),
+    ("metalearn-eval", ["run={root}/run", "ways=0"], ["ways=0 is out of range", ">= 1"]),
+    ("metalearn-eval", ["run={root}/run", "shots=-1"], ["shots=-1 is out of range"]),
     ("metalearn-eval", ["run={root}/run", "queries=0"], ["queries=0"]),
     ("metalearn-eval", ["run={root}/run", "episodes=0"], ["episodes=0"]),
     ("metalearn-eval", ["run={root}/run", "batch=0"], ["batch=0"]),
@@ -216,16 +216,17 @@ CASES: list[tuple[str, list[str], list[str]]] = [
     ("metalearn-eval", ["run={root}/run", "split=train2"], ["split 'train2' does not exist"]),
     ("metalearn-eval", ["run={root}/run", "test_batch_norm=foo"], ["test_batch_norm='foo' is not one of"]),
     ("metalearn-eval", ["run={root}/run", "inner_steps=5"], ["does not adapt by inner steps"]),
-    ("metalearn-eval", ["run={root}/run", "tta.copies=0"], ["tta.copies=0: the copies of each image"]),
+    ("metalearn-eval", ["run={root}/run", "tta.copies=0"], ["tta.copies=0 is out of range", "the copies of each image"]),
     ("metalearn-eval", ["run={root}/run", "tta.copies=4", "tta.elastic_alpha=-1"],
-     ["tta.elastic_alpha=-1.0 tta.elastic_sigma=4.0: the copies' elastic distortion needs alpha >= 0"]),
+     ["tta.elastic_alpha=-1.0 is out of range", "the copies' elastic distortion"]),
     ("metalearn-eval", ["run={root}/run", "tta.copies=4", "tta.shear=2"],
-     ["tta.shear=2.0 tta.aspect=0.0: the copies' largest slant (x += shear * y) lies in [0, 1]"]),
-    ("metalearn-eval", ["run={root}/run", "tta.copies=4", "tta.match=max"], ["tta.match='max' is not one of: mean, "
-                                                                            "chamfer"]),
-    ("metalearn-eval", ["run={root}/run", "tta.match=chamfer"], ["tta.match=chamfer matches each image's test-time "
-                                                                 "copies, and tta.copies=1 makes none"]),
-    ("metalearn-eval", ["run={root}/run", "head=svm"], ["head='svm' is not one of: tim"]),
+     ["tta.shear=2.0 is out of range", "the copies' largest slant (x += shear * y)", "between 0 and 1"]),
+    ("metalearn-eval", ["run={root}/run", "tta.copies=4", "readout=max"], ["readout='max' is not a known readout; "
+                                                                           "choose one of: chamfer"]),
+    ("metalearn-eval", ["run={root}/run", "readout=chamfer"], ["readout=chamfer matches each image's test-time "
+                                                               "copies, and tta.copies=1 makes none"]),
+    ("metalearn-eval", ["run={root}/run", "head=tim"], ["head is not a key since 2026-12-04: it is now readout"]),
+    ("metalearn-eval", ["run={root}/run", "tta.match=chamfer"], ["tta.match is not a key", "readout=chamfer"]),
     ("metalearn-eval", ["run={root}/run", "episds=3"], ["episds is not a key", "did you mean episodes"]),
     ("metalearn-eval", ["run={root}/evil_best"], ["could run code, so it is refused"]),
     # metalearn-report

@@ -9,9 +9,9 @@ import torch.nn.functional as F
 
 from metalearn.config import SyntheticConfig, TTAConfig
 from metalearn.data.synthetic import build_synthetic
-from metalearn.engine.copy_match import chamfer_logits, chamfer_similarity
-from metalearn.engine.evaluate import encode_distinct, evaluate
+from metalearn.engine.evaluate import encode_distinct, evaluate, protocol_for
 from metalearn.errors import MetalearnError
+from metalearn.readouts.chamfer import chamfer_logits, chamfer_similarity
 from metalearn.tasks.episodes import TaskSpec
 
 
@@ -56,7 +56,7 @@ def store(tmp_path_factory):
 
 
 def test_kept_copies_are_the_copies_the_mean_averages(store):
-    """match=chamfer keeps each copy's code; their mean is match=mean's code (the same copies from tta.seed)."""
+    """readout=chamfer keeps each copy's code; their mean is the averaged copies' code (the same copies from tta.seed)."""
     from metalearn.backbones import Conv4
     from metalearn.methods.meta_baseline import MetaBaseline
 
@@ -65,13 +65,12 @@ def test_kept_copies_are_the_copies_the_mean_averages(store):
     ids = np.arange(12)
     tta = TTAConfig(copies=4, elastic_alpha=16)
     mean, _ = encode_distinct(method, store, ids, torch.device("cpu"), tta)
-    kept, _ = encode_distinct(method, store, ids, torch.device("cpu"), TTAConfig(copies=4, elastic_alpha=16,
-                                                                                  match="chamfer"))
+    kept, _ = encode_distinct(method, store, ids, torch.device("cpu"), tta, keep=True)
     assert kept.shape == (12, 4, *mean.shape[1:])
     torch.testing.assert_close(kept.mean(1), mean)
-    args = (method, store, "test", TaskSpec(5, 1, 3), 20, 2, torch.device("cpu"))
-    a = evaluate(*args, tta=TTAConfig(copies=4, match="chamfer"))
-    assert np.array_equal(a.per_episode, evaluate(*args, tta=TTAConfig(copies=4, match="chamfer")).per_episode)
+    protocol = protocol_for("test", TaskSpec(5, 1, 3), 20, 2, tta=TTAConfig(copies=4), readout="chamfer")
+    a = evaluate(method, store, protocol, torch.device("cpu"))
+    assert np.array_equal(a.per_episode, evaluate(method, store, protocol, torch.device("cpu")).per_episode)
     assert a.summary()["tta"]["match"] == "chamfer" and not a.transductive
 
 
@@ -79,16 +78,16 @@ def test_chamfer_is_refused_for_a_head_that_is_not_cosine(store):
     from metalearn.backbones import Conv4
     from metalearn.methods.protonet import ProtoNet
 
-    with pytest.raises(MetalearnError, match="tta.match=chamfer compares copies by cosine"):
-        evaluate(ProtoNet(Conv4(1, 8)), store, "test", TaskSpec(5, 1, 3), 4, 2, torch.device("cpu"),
-                 tta=TTAConfig(copies=4, match="chamfer"))
+    with pytest.raises(MetalearnError, match="readout=chamfer compares copies by cosine"):
+        evaluate(ProtoNet(Conv4(1, 8)), store, protocol_for("test", TaskSpec(5, 1, 3), 4, 2, tta=TTAConfig(copies=4),
+                                                            readout="chamfer"), torch.device("cpu"))
 
 
-def test_chamfer_is_refused_with_head_tim(store):
-    """head=tim classifies averaged codes transductively; matched copies replace a cosine head, so not both."""
+def test_chamfer_is_refused_without_copies(store):
+    """readout=chamfer matches each image's copies: with tta.copies=1 there are none, so it is refused, not run."""
     from metalearn.backbones import Conv4
     from metalearn.methods.meta_baseline import MetaBaseline
 
-    with pytest.raises(MetalearnError, match="and head=tim is not one"):
-        evaluate(MetaBaseline(Conv4(1, 8)), store, "test", TaskSpec(5, 1, 3), 4, 2, torch.device("cpu"),
-                 tta=TTAConfig(copies=4, match="chamfer"), head="tim")
+    with pytest.raises(MetalearnError, match="readout=chamfer matches each image's test-time copies, and tta.copies=1"):
+        evaluate(MetaBaseline(Conv4(1, 8)), store, protocol_for("test", TaskSpec(5, 1, 3), 4, 2, readout="chamfer"),
+                 torch.device("cpu"))

@@ -14,8 +14,9 @@ import pytest
 import torch
 
 from metalearn.backbones import Conv4
+from metalearn.config import MAMLPlusPlusConfig
 from metalearn.engine.cuda_graph import EagerReplay, GraphedSteps, Replay
-from metalearn.methods.maml import MAML, MAMLPlusPlus
+from metalearn.methods.maml import MAML
 from metalearn.methods.protonet import ProtoNet
 from metalearn.methods.reptile import Reptile
 from metalearn.tasks.episodes import EpisodeBatch
@@ -48,7 +49,7 @@ METHODS = {
     "fomaml": lambda: maml(first_order=True),
     "anil": lambda: maml(adapt_head_only=True),
     "metasgd": lambda: maml(learn_inner_lr=True),
-    "maml_lslr": lambda: maml(plus=MAMLPlusPlus(per_layer_per_step_lr=True)),
+    "maml_lslr": lambda: maml(plus=MAMLPlusPlusConfig(per_layer_per_step_lr=True)),
     "protonet": protonet,
 }
 
@@ -110,8 +111,8 @@ def test_replay_reads_its_inputs_from_the_fixed_buffers():
 
 @pytest.mark.parametrize("make", [
     lambda: MAML(Conv4(1, 8, "stride", bn_running_stats=False), 8, WAYS, 0.4, 1, 1, task_batching="split"),
-    lambda: maml(plus=MAMLPlusPlus(multi_step_loss=True)),
-    lambda: maml(plus=MAMLPlusPlus(first_order_until=10)),
+    lambda: maml(plus=MAMLPlusPlusConfig(multi_step_loss=True)),
+    lambda: maml(plus=MAMLPlusPlusConfig(first_order_until=10)),
     lambda: MAML(Conv4(1, 8, "stride"), 8, WAYS, 0.4, 1, 1, task_batching="auto"),  # running statistics
     lambda: Reptile(Conv4(1, 8, "stride"), 8, WAYS, 0.1, 2, 2, inner_batch=3),
 ], ids=["split_forced", "msl", "order_annealing", "running_bn", "reptile"])

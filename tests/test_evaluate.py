@@ -13,7 +13,7 @@ import torch
 
 from metalearn.config import SyntheticConfig
 from metalearn.data.synthetic import build_synthetic
-from metalearn.engine.evaluate import evaluate
+from metalearn.engine.evaluate import evaluate, protocol_for
 from metalearn.methods.pixel_nn import PixelNN
 from metalearn.tasks.episodes import TaskSpec
 
@@ -25,7 +25,7 @@ def store(tmp_path_factory):
 
 
 def test_accuracy_and_its_students_t_interval(store):
-    r = evaluate(PixelNN(), store, "test", TaskSpec(5, 1, 3), 40, seed=2, device=torch.device("cpu"), batch=7)
+    r = evaluate(PixelNN(), store, protocol_for("test", TaskSpec(5, 1, 3), 40, 2), torch.device("cpu"), batch=7)
     acc = r.per_episode
     assert len(acc) == 40 and ((acc >= 0) & (acc <= 1)).all()
     assert r.accuracy == pytest.approx(acc.mean())
@@ -34,13 +34,13 @@ def test_accuracy_and_its_students_t_interval(store):
 
 
 def test_batching_does_not_change_results(store):
-    a = evaluate(PixelNN(), store, "test", TaskSpec(5, 1, 3), 30, 2, torch.device("cpu"), batch=30)
-    b = evaluate(PixelNN(), store, "test", TaskSpec(5, 1, 3), 30, 2, torch.device("cpu"), batch=4)
+    a = evaluate(PixelNN(), store, protocol_for("test", TaskSpec(5, 1, 3), 30, 2), torch.device("cpu"), batch=30)
+    b = evaluate(PixelNN(), store, protocol_for("test", TaskSpec(5, 1, 3), 30, 2), torch.device("cpu"), batch=4)
     assert np.array_equal(a.per_episode, b.per_episode) and a.plans.digest() == b.plans.digest()
 
 
 def test_results_and_episodes_are_saved(store, tmp_path):
-    r = evaluate(PixelNN(), store, "test", TaskSpec(5, 1, 3), 20, 2, torch.device("cpu"))
+    r = evaluate(PixelNN(), store, protocol_for("test", TaskSpec(5, 1, 3), 20, 2), torch.device("cpu"))
     path = r.save(tmp_path, "test_5w1s")
     data = json.loads(path.read_text())
     assert data["per_episode"] == r.per_episode.tolist() and data["episodes_digest"] == r.plans.digest()
@@ -52,8 +52,8 @@ def test_the_test_set_is_the_same_for_every_method(store):
     from metalearn.backbones import Conv4
     from metalearn.methods.protonet import ProtoNet
 
-    a = evaluate(PixelNN(), store, "test", TaskSpec(5, 1, 3), 20, 2, torch.device("cpu"))
-    b = evaluate(ProtoNet(Conv4(1, 8)), store, "test", TaskSpec(5, 1, 3), 20, 2, torch.device("cpu"))
+    a = evaluate(PixelNN(), store, protocol_for("test", TaskSpec(5, 1, 3), 20, 2), torch.device("cpu"))
+    b = evaluate(ProtoNet(Conv4(1, 8)), store, protocol_for("test", TaskSpec(5, 1, 3), 20, 2), torch.device("cpu"))
     assert a.plans.digest() == b.plans.digest()
 
 
@@ -85,41 +85,42 @@ def test_test_time_augmentation_averages_codes_of_copies_reproducibly(store):
 
     torch.manual_seed(0)
     method = ProtoNet(Conv4(1, 8))
-    args = (method, store, "test", TaskSpec(5, 1, 3), 30, 2, torch.device("cpu"))
-    plain = evaluate(*args)
-    assert np.array_equal(evaluate(*args, tta=TTAConfig(copies=1)).per_episode, plain.per_episode)
+    def score(**options):
+        return evaluate(method, store, protocol_for("test", TaskSpec(5, 1, 3), 30, 2, **options), torch.device("cpu"))
+
+    plain = score()
+    assert np.array_equal(score(tta=TTAConfig(copies=1)).per_episode, plain.per_episode)
     state = torch.random.get_rng_state()
-    a = evaluate(*args, tta=TTAConfig(copies=4, rotate=20, scale=0.2, shift=0.2))
+    a = score(tta=TTAConfig(copies=4, rotate=20, scale=0.2, shift=0.2))
     assert torch.equal(torch.random.get_rng_state(), state)
-    b = evaluate(*args, tta=TTAConfig(copies=4, rotate=20, scale=0.2, shift=0.2))
-    c = evaluate(*args, tta=TTAConfig(copies=4, rotate=20, scale=0.2, shift=0.2, seed=1))
+    b = score(tta=TTAConfig(copies=4, rotate=20, scale=0.2, shift=0.2))
+    c = score(tta=TTAConfig(copies=4, rotate=20, scale=0.2, shift=0.2, seed=1))
     assert np.array_equal(a.per_episode, b.per_episode) and not np.array_equal(a.per_episode, plain.per_episode)
     assert not np.array_equal(a.per_episode, c.per_episode)
     assert a.summary()["tta"]["copies"] == 4 and "tta" not in plain.summary()
     # elastic copies (tta.elastic_alpha, AugmentConfig's distortion): other copies from the same seed, reproducibly
-    e = evaluate(*args, tta=TTAConfig(copies=4, rotate=20, scale=0.2, shift=0.2, elastic_alpha=16))
-    f = evaluate(*args, tta=TTAConfig(copies=4, rotate=20, scale=0.2, shift=0.2, elastic_alpha=16))
+    e = score(tta=TTAConfig(copies=4, rotate=20, scale=0.2, shift=0.2, elastic_alpha=16))
+    f = score(tta=TTAConfig(copies=4, rotate=20, scale=0.2, shift=0.2, elastic_alpha=16))
     assert np.array_equal(e.per_episode, f.per_episode) and not np.array_equal(e.per_episode, a.per_episode)
     assert e.summary()["tta"]["elastic_alpha"] == 16
 
 
 def test_result_names_tell_elastic_copies_apart():
-    """Two test-time augmentations never share a result file: the elastic distortion and the match are in the name."""
-    from omegaconf import OmegaConf
+    """Two test-time augmentations never share a result file: the elastic distortion and the readout are in the name,
+    spelt as before readouts were registered (tim's as head-tim), so earlier results keep their files."""
+    from metalearn.config import EvalProtocol, TTAConfig
+    from metalearn.readouts import build_readout
 
-    from metalearn.config import TTAConfig
-    from metalearn.eval import result_name
-
-    def name(**tta):
-        cfg = OmegaConf.create({"split": "test", "episodes": 600, "seed": 2, "test_batch_norm": None,
-                                "inner_steps": None, "head": None, "tta": OmegaConf.structured(TTAConfig(**tta))})
-        return result_name(cfg, TaskSpec(20, 1, 15), "last")
+    def name(readout=None, **tta):
+        protocol = EvalProtocol(split="test", episodes=600, seed=2, tta=TTAConfig(**tta), readout=readout)
+        return protocol.file_name("20w1s", 15, "last", build_readout(readout))
 
     assert name() == "test_20w1s_q15_e600_seed2_last"
     assert name(copies=32) == "test_20w1s_q15_e600_seed2_last_tta-32-r10-s0.1-t0.1-seed0"
     assert name(copies=32, elastic_alpha=16) == "test_20w1s_q15_e600_seed2_last_tta-32-r10-s0.1-t0.1-e16-4-seed0"
-    assert (name(copies=96, elastic_alpha=16, match="chamfer")
+    assert (name("chamfer", copies=96, elastic_alpha=16)
             == "test_20w1s_q15_e600_seed2_last_tta-96-r10-s0.1-t0.1-e16-4-seed0-chamfer")
+    assert name("tim") == "test_20w1s_q15_e600_seed2_last_head-tim"
 
 
 def test_test_time_augmentation_is_refused_for_a_method_that_does_not_encode_each_image_alone(store):
@@ -130,11 +131,11 @@ def test_test_time_augmentation_is_refused_for_a_method_that_does_not_encode_eac
 
     maml = MAML(Conv4(1, 8, pool="stride"), 8, 5, 0.4, 1, 1)
     with pytest.raises(MetalearnError, match="tta.copies=4 averages an embedding method's codes"):
-        evaluate(maml, store, "test", TaskSpec(5, 1, 3), 4, 2, torch.device("cpu"), tta=TTAConfig(copies=4))
+        evaluate(maml, store, protocol_for("test", TaskSpec(5, 1, 3), 4, 2, tta=TTAConfig(copies=4)), torch.device("cpu"))
 
 
-def test_head_tim_classifies_any_embedding_methods_codes_transductively(store):
-    """head=tim is TIM's inference on the method's own codes, and its result says it is transductive."""
+def test_readout_tim_classifies_any_embedding_methods_codes_transductively(store):
+    """readout=tim is TIM's inference on the method's own codes, and its result says it is transductive."""
     from metalearn.backbones import Conv4
     from metalearn.engine.evaluate import encode_distinct
     from metalearn.methods.protonet import ProtoNet
@@ -143,8 +144,9 @@ def test_head_tim_classifies_any_embedding_methods_codes_transductively(store):
 
     torch.manual_seed(0)
     method = ProtoNet(Conv4(1, 8)).eval()
-    args = (method, store, "test", TaskSpec(5, 1, 3), 12, 2, torch.device("cpu"))
-    own, tim = evaluate(*args), evaluate(*args, head="tim")
+    protocol = protocol_for("test", TaskSpec(5, 1, 3), 12, 2)
+    own = evaluate(method, store, protocol, torch.device("cpu"))
+    tim = evaluate(method, store, protocol_for("test", TaskSpec(5, 1, 3), 12, 2, readout="tim"), torch.device("cpu"))
     codes, rows = encode_distinct(method, store, tim.plans.image_ids(), torch.device("cpu"))
     z = codes[rows]
     logits = tim_head(z[:, :5], episode_labels(12, 5, 1), z[:, 5:], 5)
@@ -155,23 +157,23 @@ def test_head_tim_classifies_any_embedding_methods_codes_transductively(store):
     assert "transductive" not in own.summary() and "head" not in own.summary()
 
 
-def test_head_tim_is_refused_for_a_method_that_does_not_encode_each_image_alone(store):
+def test_readout_tim_is_refused_for_a_method_that_does_not_encode_each_image_alone(store):
     from metalearn.backbones import Conv4
     from metalearn.errors import MetalearnError
     from metalearn.methods.maml import MAML
 
     maml = MAML(Conv4(1, 8, pool="stride"), 8, 5, 0.4, 1, 1)
-    with pytest.raises(MetalearnError, match="head=tim classifies an embedding method's codes"):
-        evaluate(maml, store, "test", TaskSpec(5, 1, 3), 4, 2, torch.device("cpu"), head="tim")
-    with pytest.raises(MetalearnError, match="head='svm' is not one of: tim"):
-        evaluate(maml, store, "test", TaskSpec(5, 1, 3), 4, 2, torch.device("cpu"), head="svm")
+    with pytest.raises(MetalearnError, match="readout=tim classifies an embedding method's codes"):
+        evaluate(maml, store, protocol_for("test", TaskSpec(5, 1, 3), 4, 2, readout="tim"), torch.device("cpu"))
+    with pytest.raises(MetalearnError, match="readout='svm' is not a known readout; choose one of: chamfer, tim"):
+        evaluate(maml, store, protocol_for("test", TaskSpec(5, 1, 3), 4, 2, readout="svm"), torch.device("cpu"))
 
 
-@pytest.mark.parametrize("name", ["tta_eval.py", "readout_levers.py", "encoder_screen.py"])
-def test_the_lever_scripts_name_a_bad_run_in_one_line(tmp_path, name):
-    """The lever scripts (tta_eval.py, readout_levers.py, encoder_screen.py) are run by hand on run folders: a
+@pytest.mark.parametrize("name", ["readout_levers.py", "encoder_screen.py"])
+def test_the_lever_experiments_name_a_bad_run_in_one_line(tmp_path, name):
+    """The lever experiments (experiments/readout_levers.py, encoder_screen.py) are run by hand on run folders: a
     wrong folder is one line naming it, exit status 2."""
-    script = Path(__file__).resolve().parents[1] / "scripts" / name
+    script = Path(__file__).resolve().parents[1] / "experiments" / name
     done = subprocess.run([sys.executable, str(script), str(tmp_path / "nope")], capture_output=True, text=True,
                           timeout=120)
     assert done.returncode == 2
@@ -194,9 +196,9 @@ def test_an_ensemble_averages_its_members_class_probabilities_on_one_list_of_epi
     members = [ProtoNet(Conv4(1, 8)), ProtoNet(Conv4(1, 8)), ProtoNet(Conv4(1, 8)),
                MAML(Conv4(1, 8, pool="stride"), 8, 5, 0.4, 1, 1)]  # codes, and adaptation episode by episode
     spec, cpu = TaskSpec(5, 1, 3), torch.device("cpu")
-    ensemble, alone = evaluate_ensemble([(m, store) for m in members], "test", spec, 12, 2, cpu, batch=5)
+    ensemble, alone = evaluate_ensemble([(m, store) for m in members], protocol_for("test", spec, 12, 2), cpu, batch=5)
     for m, a in zip(members, alone, strict=True):
-        single = evaluate(m, store, "test", spec, 12, 2, cpu, batch=5)
+        single = evaluate(m, store, protocol_for("test", spec, 12, 2), cpu, batch=5)
         assert single.plans.digest() == a.plans.digest() == ensemble.plans.digest()
         np.testing.assert_allclose(a.per_episode, single.per_episode)
     b = gather(store, ensemble.plans, cpu)
@@ -206,5 +208,5 @@ def test_an_ensemble_averages_its_members_class_probabilities_on_one_list_of_epi
     np.testing.assert_allclose(ensemble.per_episode, expected)
     assert not any(np.array_equal(ensemble.per_episode, a.per_episode) for a in alone)
     assert "transductive" not in ensemble.summary()
-    tim, _ = evaluate_ensemble([(m, store) for m in members[:2]], "test", spec, 12, 2, cpu, head="tim")
-    assert tim.summary()["transductive"]  # one transductive member (here all, by head=tim) makes the ensemble so
+    tim, _ = evaluate_ensemble([(m, store) for m in members[:2]], protocol_for("test", spec, 12, 2, readout="tim"), cpu)
+    assert tim.summary()["transductive"]  # one transductive member (here all, by readout=tim) makes the ensemble so

@@ -7,7 +7,8 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
-from metalearn.methods.maml import MAML, MAMLPlusPlus
+from metalearn.config import MAMLPlusPlusConfig
+from metalearn.methods.maml import MAML
 from metalearn.methods.reptile import Reptile
 from metalearn.tasks.episodes import EpisodeBatch
 
@@ -225,7 +226,7 @@ def test_eval_inner_steps_refusals_name_the_reason_and_the_fix():
         set_inner_steps(ProtoNet(Conv4(1, 8)), "protonet", 5)
     with pytest.raises(MetalearnError, match=r"inner_steps must be >= 1, got 0"):
         set_inner_steps(tiny_maml(), "maml", 0)
-    lslr = tiny_maml(plus=MAMLPlusPlus(per_layer_per_step_lr=True))  # rates learned for STEPS steps
+    lslr = tiny_maml(plus=MAMLPlusPlusConfig(per_layer_per_step_lr=True))  # rates learned for STEPS steps
     with pytest.raises(MetalearnError, match=rf"for {STEPS} steps only; use inner_steps<={STEPS}"):
         set_inner_steps(lslr, "mamlpp", STEPS + 1)
     set_inner_steps(lslr, "mamlpp", 1)
@@ -239,11 +240,11 @@ def test_eval_inner_steps_refusals_name_the_reason_and_the_fix():
 def tiny_bn_maml(**plus) -> MAML:
     torch.manual_seed(0)
     body = nn.Sequential(nn.Conv2d(1, 3, 1), nn.BatchNorm2d(3), nn.ReLU(), nn.Flatten())
-    return MAML(body, 12, 2, INNER_LR, STEPS, STEPS, plus=MAMLPlusPlus(**plus)).double()
+    return MAML(body, 12, 2, INNER_LR, STEPS, STEPS, plus=MAMLPlusPlusConfig(**plus)).double()
 
 
 def test_lslr_and_msl_meta_gradient_equals_the_unrolled_computation():
-    m, b = tiny_maml(plus=MAMLPlusPlus(per_layer_per_step_lr=True, multi_step_loss=True, msl_anneal_steps=10)), tiny_batch()
+    m, b = tiny_maml(plus=MAMLPlusPlusConfig(per_layer_per_step_lr=True, multi_step_loss=True, msl_anneal_steps=10)), tiny_batch()
     names = [n for n, _ in m.model.named_parameters()]
     step_lrs = [m.step_lrs[n.replace(".", "__")] for n in names]  # looked up by name, as the method does
     with torch.no_grad():
@@ -275,7 +276,7 @@ def test_lslr_and_msl_meta_gradient_equals_the_unrolled_computation():
 
 
 def test_msl_weights_anneal_to_the_final_step_then_stop():
-    m = tiny_maml(plus=MAMLPlusPlus(multi_step_loss=True, msl_anneal_steps=100))
+    m = tiny_maml(plus=MAMLPlusPlusConfig(multi_step_loss=True, msl_anneal_steps=100))
     w0 = m.msl_weights(5)
     assert torch.allclose(w0, torch.full((5,), 0.2)) and torch.isclose(w0.sum(), torch.tensor(1.0))
     m.meta_steps.fill_(50)
@@ -287,7 +288,7 @@ def test_msl_weights_anneal_to_the_final_step_then_stop():
 
 def test_derivative_order_annealing_switches_from_first_to_second_order():
     b = tiny_batch()
-    doa = tiny_maml(plus=MAMLPlusPlus(first_order_until=5))
+    doa = tiny_maml(plus=MAMLPlusPlusConfig(first_order_until=5))
     early = our_meta_gradient(doa, b)
     fo = our_meta_gradient(tiny_maml(first_order=True), b)
     assert all(torch.allclose(a, c) for a, c in zip(early, fo, strict=True))
@@ -300,7 +301,7 @@ def test_derivative_order_annealing_switches_from_first_to_second_order():
 def test_per_step_batch_norm_uses_each_steps_own_weights_and_statistics():
     m = tiny_bn_maml(per_step_bn=True)
     m.model[0][1].track_running_stats = True  # BNRS needs running statistics
-    m = MAML(m.model[0], 12, 2, INNER_LR, STEPS, STEPS, plus=MAMLPlusPlus(per_step_bn=True)).double()
+    m = MAML(m.model[0], 12, 2, INNER_LR, STEPS, STEPS, plus=MAMLPlusPlusConfig(per_step_bn=True)).double()
     b = tiny_batch()
     assert "0.1.weight" not in m.adapted  # batch-norm affine parameters are per step, not adapted
     loss, _ = m.task_loss(b, 0)
@@ -313,7 +314,7 @@ def test_per_step_batch_norm_uses_each_steps_own_weights_and_statistics():
 
 
 def test_meta_step_counter_is_checkpointed():
-    m = tiny_maml(plus=MAMLPlusPlus(first_order_until=3))
+    m = tiny_maml(plus=MAMLPlusPlusConfig(first_order_until=3))
     m.train_step(tiny_batch(), torch.optim.SGD(m.parameters(), lr=0.01))
     assert int(m.state_dict()["meta_steps"]) == 1
 
@@ -357,7 +358,7 @@ def conv_batch(tasks: int = 3) -> EpisodeBatch:
 
 
 @pytest.mark.parametrize("kw", [{}, {"first_order": True}, {"adapt_head_only": True}, {"learn_inner_lr": True},
-                                {"plus": MAMLPlusPlus(per_layer_per_step_lr=True)}],
+                                {"plus": MAMLPlusPlusConfig(per_layer_per_step_lr=True)}],
                          ids=["maml", "fomaml", "anil", "metasgd", "lslr"])
 def test_vmap_and_split_over_the_meta_batch_give_the_loop_meta_gradient(kw):
     """The batched paths (torch.func.grad inside torch.func.vmap, batch-norm on batch statistics; split:
@@ -442,7 +443,7 @@ def test_auto_batching_keeps_each_paths_best_timed_round(monkeypatch, seconds, c
 def test_msl_and_running_statistics_fall_back_to_the_loop():
     from metalearn.backbones import Conv4
 
-    assert not conv_maml(plus=MAMLPlusPlus(multi_step_loss=True)).vmap_supported()
+    assert not conv_maml(plus=MAMLPlusPlusConfig(multi_step_loss=True)).vmap_supported()
     assert not MAML(Conv4(1, 4, "stride"), 4, 3, INNER_LR, STEPS, STEPS).vmap_supported()
     assert conv_maml().vmap_supported()
 

@@ -9,7 +9,7 @@ from conftest import predictions_with_support_shuffled
 from metalearn.backbones import Conv4, RelationConv4
 from metalearn.config import SyntheticConfig
 from metalearn.data.synthetic import build_synthetic
-from metalearn.engine.evaluate import evaluate
+from metalearn.engine.evaluate import evaluate, protocol_for
 from metalearn.methods.pixel_nn import PixelNN
 from metalearn.methods.protonet import ProtoNet
 from metalearn.tasks.episodes import EpisodeSampler, TaskSpec, gather
@@ -82,10 +82,10 @@ def test_protonet_learns(store):
     m = ProtoNet(Conv4(1, 16))
     opt = torch.optim.Adam(m.parameters(), 1e-3)
     sampler = EpisodeSampler(store, "train", TaskSpec(5, 1, 5), seed=0)
-    before = evaluate(m, store, "val", TaskSpec(5, 1, 5), 100, 1, torch.device("cpu"))
+    before = evaluate(m, store, protocol_for("val", TaskSpec(5, 1, 5), 100, 1), torch.device("cpu"))
     for step in range(60):
         m.train_step(gather(store, sampler.plans(step * 4, 4)), opt)
-    after = evaluate(m, store, "val", TaskSpec(5, 1, 5), 100, 1, torch.device("cpu"))
+    after = evaluate(m, store, protocol_for("val", TaskSpec(5, 1, 5), 100, 1), torch.device("cpu"))
     assert after.accuracy > before.accuracy + 0.05
 
 

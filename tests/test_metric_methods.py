@@ -13,7 +13,7 @@ from torch import nn
 from metalearn.backbones import Conv4, RelationConv4
 from metalearn.config import SyntheticConfig
 from metalearn.data.synthetic import build_synthetic
-from metalearn.engine.evaluate import evaluate
+from metalearn.engine.evaluate import evaluate, protocol_for
 from metalearn.methods.baseline import Baseline
 from metalearn.methods.matching import MatchingNet
 from metalearn.methods.pixel_nn import PixelNN
@@ -89,7 +89,7 @@ def test_evaluation_encoding_each_distinct_image_once_matches_predict(store, nam
         torch.manual_seed(1)
         cached = m.head(z[:, :5], episode_labels(6, 5, 1), z[:, 5:], 5)
     assert torch.allclose(direct, cached, atol=1e-4, rtol=1e-4)
-    r = evaluate(m, store, "test", TaskSpec(5, 1, 3), 6, 4, torch.device("cpu"), batch=4)
+    r = evaluate(m, store, protocol_for("test", TaskSpec(5, 1, 3), 6, 4), torch.device("cpu"), batch=4)
     assert np.array_equal(r.per_episode, (direct.argmax(-1) == b.query_labels).float().mean(1).numpy())
 
 
@@ -249,7 +249,7 @@ def test_baseline_pretraining_learns_the_training_classes(store, cosine):
     for s in range(5, 80):
         last = m.train_step(src.batch(s, "cpu"), opt)
     assert last["loss"] < np.mean(first) - 0.5  # (a cosine head at scale 2 cannot go far below 0.5)
-    assert evaluate(m, store, "val", TaskSpec(5, 1, 5), 40, 1, torch.device("cpu")).accuracy > 0.5
+    assert evaluate(m, store, protocol_for("val", TaskSpec(5, 1, 5), 40, 1), torch.device("cpu")).accuracy > 0.5
 
 
 @pytest.mark.parametrize("name,extra", [("matching", []), ("matching", ["method.fce=true"]), ("relation", []),

@@ -148,3 +148,36 @@ def test_bad_input_is_one_clear_line(runs, tmp_path, case, phrases):
     assert "Traceback" not in text
     for p in phrases:
         assert p in errors[0], errors[0]
+
+
+@pytest.mark.e2e
+def test_predict_and_export_replace_only_their_own_output(runs, tmp_path):
+    """A user's own file at out= is refused by name (overwrite=true replaces it); a file the command wrote is
+    replaced without asking."""
+    from metalearn.export import written_by_export
+    from metalearn.predict import written_by_predict
+
+    support, query = folders(tmp_path, SHAPES)
+    args = (f"run={runs['protonet']}", f"support={support}", f"query={query}")
+    mine = tmp_path / "mine.csv"
+    mine.write_text("my own table\n")
+    code, text = run_main("metalearn-predict", *args, f"out={mine}", cwd=tmp_path)
+    assert code == 2 and "out=" in text and "is a file metalearn-predict did not write" in text, text
+    assert "overwrite=true" in text and mine.read_text() == "my own table\n"
+    ours = tmp_path / "ours.json"
+    for _ in range(2):  # its own file it replaces
+        code, text = run_main("metalearn-predict", *args, f"out={ours}", cwd=tmp_path)
+        assert code == 0 and written_by_predict(ours), text
+    code, text = run_main("metalearn-predict", *args, f"out={mine}", "overwrite=true", cwd=tmp_path)
+    assert code == 0 and written_by_predict(mine), text
+
+    encoder = tmp_path / "mine.pt2"
+    encoder.write_bytes(b"not an encoder")
+    export = (f"run={runs['protonet']}", "format=pt2", f"out={encoder}")
+    code, text = run_main("metalearn-export", *export, cwd=tmp_path)
+    assert code == 2 and "is a file metalearn-export did not write" in text, text
+    assert encoder.read_bytes() == b"not an encoder" and not written_by_export(encoder)
+    code, text = run_main("metalearn-export", *export, "overwrite=true", cwd=tmp_path)
+    assert code == 0 and written_by_export(encoder), text
+    code, text = run_main("metalearn-export", *export, cwd=tmp_path)
+    assert code == 0, text  # now its own: replaced without asking

@@ -55,8 +55,8 @@ def test_one_command_runs_both_stages_and_a_stage_cut_short_resumes(tmp_path, om
 
 
 def test_a_stage_on_other_data_or_beside_init_run_is_refused(tmp_path):
-    from metalearn.engine.rundir import RunFolder
     from metalearn.engine.lifecycle import Launch, RunLife
+    from metalearn.engine.rundir import RunFolder
     from metalearn.engine.stages import check_same_data
 
     cfg = compose("experiment=meta_baseline_omniglot_small")

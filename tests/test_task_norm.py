@@ -12,7 +12,7 @@ from torch import nn
 from metalearn.backbones import Conv4, RelationConv4
 from metalearn.config import SyntheticConfig
 from metalearn.data.synthetic import build_synthetic
-from metalearn.engine.evaluate import evaluate
+from metalearn.engine.evaluate import evaluate, protocol_for
 from metalearn.errors import MetalearnError
 from metalearn.methods import set_test_batch_norm
 from metalearn.methods.protonet import ProtoNet
@@ -123,7 +123,7 @@ def test_evaluation_under_task_statistics_equals_predict_on_every_episode(store)
     b = gather(store, plans)
     with torch.no_grad():
         direct = (m.predict(b.support, b.support_labels, b.query, b.ways).argmax(-1) == b.query_labels).float().mean(1)
-    r = evaluate(m, store, "test", TaskSpec(5, 1, 3), 6, 4, torch.device("cpu"), batch=4)
+    r = evaluate(m, store, protocol_for("test", TaskSpec(5, 1, 3), 6, 4), torch.device("cpu"), batch=4)
     assert torch.equal(torch.from_numpy(r.per_episode).float(), direct)
     assert r.summary()["batch_norm"] == "support"
 

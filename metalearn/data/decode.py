@@ -76,7 +76,7 @@ def decode_classes(classes: list[tuple[str, list[str]]], size: int, channels: in
     """[(class name, [image file path, ...]), ...] -> {"images": uint8 [N, C, size, size] sorted by
     class, "counts", "names"}. Decoded one image at a time into a preallocated tensor, and the file
     lists are plain strings, so a dataset needs its uint8 size in memory and little more
-    (scripts/memory.py measures it on 60,000 84x84 JPEGs)."""
+    (experiments/memory.py measures it on 60,000 84x84 JPEGs)."""
     total = sum(len(files) for _, files in classes)
     images = torch.empty((total, size, size, channels), dtype=torch.uint8)
     i = 0

@@ -74,7 +74,7 @@ def _read_cache_pickle(root: Path, s: str) -> tuple[np.ndarray, dict]:
 def _from_pickles(root: Path, size: int) -> dict:
     """Two passes over the pickles: the first counts each class's images, the second copies them into a
     store allocated once, so building holds the store plus one split's pickle and nothing else
-    (scripts/memory.py measures it)."""
+    (experiments/memory.py measures it)."""
     split = standard_split()
     counts: dict[str, int] = {}
     for s in SPLITS:

@@ -83,7 +83,7 @@ class ImageStore:
     def pixel_stats(self, split: str, max_images: int = 20_000) -> tuple[float, float]:
         """Mean and std of the split's pixels (from up to `max_images` images spread over it, in chunks
         of about 256K pixels: a float copy of a whole 84x84 RGB dataset would need 8x its uint8
-        size, and even 1,000 such images at a time cost 340 MB; scripts/memory.py measures it)."""
+        size, and even 1,000 such images at a time cost 340 MB; experiments/memory.py measures it)."""
         ids = self.splits.get(split)
         if ids is None or ids.size == 0:
             ids = np.arange(self.num_classes)

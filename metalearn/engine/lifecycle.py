@@ -8,7 +8,6 @@ so the rules for resuming, overwriting and recording a failure are written once 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -154,8 +153,6 @@ class RunLife:
             launch.out.rmdir()
         setup_logging(None, quiet=not ranks.main)
         folder = RunFolder(out, read_only=not ranks.main)
-        if ranks.main:
-            folder.hold()
         try:
             return self._run(folder, ranks.main)
         finally:
@@ -167,7 +164,10 @@ class RunLife:
         cfg, launch = self.cfg, self.launch
         if main:
             try:
-                check_run_folder(folder, cfg)
+                folder.refuse_if_held()  # a live writer is named first; then the checks, before anything is
+                check_run_folder(folder, cfg)  # written, so a refused start leaves no lock file
+                folder.hold()
+                check_run_folder(folder, cfg)  # again, now that no other process writes the folder
             except MetalearnError:  # a folder this process made for a refused start is removed again; anything
                 folder.release()  # else (a user's folder, even an empty one) is left exactly as it was
                 if launch.made_here:
@@ -235,22 +235,14 @@ class RunLife:
                 reason = f"max_minutes={cfg.max_minutes} reached"
             folder.write_summary(cfg, status=status, error=reason)
             if not isinstance(e, MetalearnError | KeyboardInterrupt | TimeLimitReached):
-                log.error("unexpected failure, recorded in %s:", folder.path / "summary.json", exc_info=e)
+                log.error("unexpected failure, recorded in %s:", folder.summary_path, exc_info=e)
         except Exception as inner:  # noqa: BLE001 - the original error matters more
             log.warning("could not record the failure in %s: %s", folder.path, one_line(inner))
 
 
-def train_and_draw(cfg: DictConfig, folder: RunFolder, group: str | None,
-                   train: Callable[..., dict] | None = None) -> dict:
-    """Train (or resume) and test; the learning curve is drawn however training ended, where it has metrics."""
+def train_and_draw(cfg: DictConfig, folder: RunFolder, group: str | None) -> dict:
+    """Train (or resume) and test; the learning curve is drawn when the run completed or diverged."""
     from metalearn.engine.plots import draw
-    from metalearn.engine.trainer import train as train_run
-    from metalearn.errors import TrainingDiverged
+    from metalearn.engine.trainer import train
 
-    try:
-        summary = (train or train_run)(cfg, folder, group=group)
-    except TrainingDiverged:
-        draw(folder, cfg)
-        raise
-    draw(folder, cfg)
-    return summary
+    return train(cfg, folder, group=group, draw=lambda: draw(folder, cfg))

@@ -22,7 +22,7 @@ def restore_method(run: str | Path, checkpoint: str = "best", device: str | torc
     """The trained method of a run folder, in eval mode, and its checkpoint dict (with `checkpoint_name`: the
     checkpoint read, `best` falling back to `last` as RunFolder.weights says)."""
     folder = RunFolder(run, read_only=True)
-    if not (folder.path / "config.yaml").is_file():
+    if not folder.is_run():
         raise MetalearnError(f"{run} is not a metalearn run folder (no config.yaml); give a folder under outputs/train/")
     path = folder.weights(checkpoint)
     ckpt = load_checkpoint(path)

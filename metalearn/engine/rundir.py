@@ -35,9 +35,11 @@ def git_commit() -> dict:
     return {"commit": sha or None, "dirty": bool(dirty) if sha else None}
 
 
-# the run's record files, rewritten whole (metalearn.files), and the temporary names a killed write leaves:
-# `.<name>.<8 random characters>.tmp`, or `.<name>.tmp` from metalearn before 2026-12
-RECORD_FILES = ("config.yaml", "overrides.json", "summary.json", "metrics.jsonl")
+# The layout of a run folder, known here only. The record files are rewritten whole (metalearn.files); a killed
+# write leaves `.<name>.<8 random characters>.tmp`, or `.<name>.tmp` from metalearn before 2026-12.
+CONFIG, OVERRIDES, SUMMARY, METRICS = "config.yaml", "overrides.json", "summary.json", "metrics.jsonl"
+LOG, PLOT, CHECKPOINTS, EVAL = "train.log", "learning_curve.png", "checkpoints", "eval"
+RECORD_FILES = (CONFIG, OVERRIDES, SUMMARY, METRICS)
 ORPHAN = re.compile(r"^\.(?P<name>.+?)(\.[a-z0-9_]{8})?\.tmp$")
 
 
@@ -93,10 +95,11 @@ class RunFolder:
         self.resume_dir = Path(resume_dir) if resume_dir is not None else self.path
         if not read_only:
             self.path.mkdir(parents=True, exist_ok=True)
-        self.metrics_path = self.path / "metrics.jsonl"
+        self.metrics_path = self.path / METRICS
+        self.summary_path, self.config_path = self.path / SUMMARY, self.path / CONFIG
 
     def checkpoint(self, name: str) -> Path:
-        return self.path / "checkpoints" / f"{name}.pt"
+        return self.path / CHECKPOINTS / f"{name}.pt"
 
     def weights(self, name: str = "best") -> Path:
         """The checkpoint that `checkpoint=<name>` reads: `best`, or `last` where there is no best (a run without
@@ -108,15 +111,25 @@ class RunFolder:
 
     @property
     def eval_dir(self) -> Path:
-        return self.path / "eval"
+        return self.path / EVAL
 
     @property
     def log_file(self) -> Path:
-        return self.path / "train.log"
+        return self.path / LOG
 
     @property
     def plot_file(self) -> Path:
-        return self.path / "learning_curve.png"
+        return self.path / PLOT
+
+    def is_run(self) -> bool:
+        """Whether the folder holds a metalearn run (its config)."""
+        return self.config_path.is_file()
+
+    def artifacts(self, checkpoints: bool = False) -> list[Path]:
+        """What a tracker stores of the run: its record files, the log and the plot, eval/, and checkpoints/ on
+        request."""
+        files = [self.path / n for n in (*RECORD_FILES, LOG, PLOT) if (self.path / n).is_file()]
+        return files + [self.path / d for d in ((EVAL, CHECKPOINTS) if checkpoints else (EVAL,)) if (self.path / d).is_dir()]
 
     def hold(self) -> None:
         """Become the folder's one writer: an OS lock on LOCK_FILE (flock), which the OS releases when this process
@@ -133,12 +146,8 @@ class RunFolder:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
-            holder = _holder(lock)
             os.close(fd)
-            raise FolderHeld(
-                f"{self.path} is being written by another live process ({_describe(holder)}); two writers would "
-                f"interleave their records. Wait for it to end, or stop it (kill {holder.get('pid', '<pid>')}) and "
-                f"then continue the run with `metalearn-train resume=true run_dir={self.resume_dir}`.") from None
+            raise self._held_error() from None
         previous = _holder(lock)
         self.took_over = None
         if previous.get("pid") not in (None, os.getpid()):
@@ -149,32 +158,56 @@ class RunFolder:
                                   "since": dt.datetime.now().isoformat(timespec="seconds")}).encode(), 0)
         _HELD[key] = [fd, 1]
 
+    def refuse_if_held(self) -> None:
+        """Refuse, creating nothing, a folder another live process holds (checked before a start's other checks, so
+        its message names the live writer rather than what that writer has written so far)."""
+        import fcntl
+
+        lock = self.path / LOCK_FILE
+        if str(self.path.resolve()) in _HELD or not lock.is_file():
+            return
+        fd = os.open(lock, os.O_RDONLY)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            raise self._held_error() from None
+        finally:
+            os.close(fd)
+
+    def _held_error(self) -> FolderHeld:
+        holder = _holder(self.path / LOCK_FILE)
+        return FolderHeld(
+            f"{self.path} is being written by another live process ({_describe(holder)}); two writers would "
+            f"interleave their records. Wait for it to end, or stop it (kill {holder.get('pid', '<pid>')}) and "
+            f"then continue the run with `metalearn-train resume=true run_dir={self.resume_dir}`.")
+
     def release(self) -> None:
         """Give up what hold() took (the last of nested holds closes the lock file, which unlocks it)."""
         held = _HELD.get(str(self.path.resolve()))
         if held is None:
             return
         held[1] -= 1
-        if held[1] == 0:
+        if held[1] == 0:  # emptied first: a lock file that still names a holder was left by a process that died
+            os.ftruncate(held[0], 0)
             os.close(held[0])
             del _HELD[str(self.path.resolve())]
 
     def write_config(self, cfg: DictConfig, overrides: list[str], choices: dict) -> None:
         if self.read_only:
             return
-        write_text(self.path / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
-        _write_json(self.path / "overrides.json", {"overrides": overrides, "choices": choices})
+        write_text(self.config_path, OmegaConf.to_yaml(cfg, resolve=True))
+        _write_json(self.path / OVERRIDES, {"overrides": overrides, "choices": choices})
 
     def recorded_overrides(self) -> dict:
         """overrides.json: the command line's overrides and Hydra's group choices."""
-        p = self.path / "overrides.json"
+        p = self.path / OVERRIDES
         return {"overrides": [], "choices": {}, **(json.loads(p.read_text()) if p.exists() else {})}
 
     def saved_config(self) -> DictConfig:
         """config.yaml, with keys renamed since it was written under their new names."""
         from metalearn.config import migrate_saved_config
 
-        saved = OmegaConf.to_container(OmegaConf.load(self.path / "config.yaml"))
+        saved = OmegaConf.to_container(OmegaConf.load(self.config_path))
         return OmegaConf.create(migrate_saved_config(saved))
 
     def append_metrics(self, record: dict) -> None:
@@ -193,8 +226,7 @@ class RunFolder:
         write_text(self.metrics_path, "".join(line + "\n" for line in keep))
 
     def summary(self) -> dict:
-        p = self.path / "summary.json"
-        return json.loads(p.read_text()) if p.exists() else {}
+        return json.loads(self.summary_path.read_text()) if self.summary_path.exists() else {}
 
     def remove_if_empty(self) -> None:
         """Remove the folder when it holds nothing but this project's lock file (a folder this process made for a
@@ -206,7 +238,7 @@ class RunFolder:
 
     def foreign_entries(self) -> list[str]:
         """What is in the folder that no metalearn run wrote (empty for a new, empty or metalearn run folder)."""
-        if not self.path.is_dir() or (self.path / "config.yaml").is_file() or (self.path / "summary.json").is_file():
+        if not self.path.is_dir() or self.config_path.is_file() or self.summary_path.is_file():
             return []
         return sorted(p.name for p in self.path.iterdir() if p.name != LOCK_FILE)
 
@@ -217,10 +249,10 @@ class RunFolder:
         if self.read_only:
             return []
         removed = []
-        for folder in (self.path, self.path / "checkpoints", self.path / "eval"):
+        for folder in (self.path, self.path / CHECKPOINTS, self.path / EVAL):
             for p in folder.glob(".*.tmp") if folder.is_dir() else []:
                 m = ORPHAN.match(p.name)
-                ours = m and (m["name"] in (*RECORD_FILES, "learning_curve.png") or folder != self.path)
+                ours = m and (m["name"] in (*RECORD_FILES, PLOT) or folder != self.path)
                 if ours and p.is_file():
                     p.unlink()
                     removed.append(p)
@@ -265,17 +297,17 @@ class RunFolder:
         if status == "running":  # who runs it: a report tells a live run from a killed one by these
             s["process"] = {"pid": os.getpid(), "host": socket.gethostname(), "started": now}
         if not self.read_only:
-            _write_json(self.path / "summary.json", s)
+            _write_json(self.summary_path, s)
         return s
 
 
 def find_resumable(outputs: Path, task: str = "train") -> Path | None:
     """The newest run under outputs/<task>/ that has a last checkpoint and did not complete."""
-    runs = sorted((outputs / task).glob("*/*/checkpoints/last.pt"), key=lambda p: p.stat().st_mtime, reverse=True)
+    runs = sorted((outputs / task).glob(f"*/*/{CHECKPOINTS}/last.pt"), key=lambda p: p.stat().st_mtime, reverse=True)
     for ckpt in runs:
         run = ckpt.parent.parent
         try:
-            status = json.loads((run / "summary.json").read_text()).get("status")
+            status = json.loads((run / SUMMARY).read_text()).get("status")
         except (OSError, ValueError):
             status = None
         if status != "completed":

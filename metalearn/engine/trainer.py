@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -17,7 +18,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from metalearn import optimizers
-from metalearn.config import check_values
+from metalearn.config import EvalProtocol, TrainConfig, TTAConfig, check_values
 from metalearn.data import build_store
 from metalearn.data.store import ImageStore
 from metalearn.engine.checkpoint import load_checkpoint, save_checkpoint
@@ -32,7 +33,7 @@ from metalearn.engine.distributed import (
     local_device,
     shard,
 )
-from metalearn.engine.evaluate import evaluate
+from metalearn.engine.evaluate import evaluate, protocol_for, setting_tag, task_spec
 from metalearn.engine.init_weights import initialize_from, parse_rename
 from metalearn.engine.progress import Progress
 from metalearn.engine.restore import restore_method
@@ -42,6 +43,7 @@ from metalearn.hardware import autocast, describe_device, setup_device
 from metalearn.loggers import Trackers, open_trackers
 from metalearn.methods import Method, build_method
 from metalearn.methods.base import TrainingContext
+from metalearn.readouts import build_readout
 from metalearn.tasks.augment import random_affine
 from metalearn.tasks.episodes import EpisodeSampler, TaskSpec
 
@@ -49,7 +51,7 @@ log = logging.getLogger("metalearn")
 
 
 def build_optimizer(cfg: Any, params) -> torch.optim.Optimizer:
-    """cfg's values were checked by config.check_values (BOUNDS, CHOICES). torch's Adam and SGD,
+    """cfg's values were checked by config.check_values (the ranges and choices its schema declares). torch's Adam and SGD,
     without their torch.compile hooks (metalearn.optimizers: ~1.1 s less start-up)."""
     if cfg.name == "adam":
         return optimizers.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -72,15 +74,18 @@ def preprocess_spec(store: ImageStore, image_size: int) -> dict:
     return {"image_size": image_size, "channels": c, "invert": store.invert, "mean": store.mean, "std": store.std}
 
 
-def test_specs(cfg: DictConfig) -> list[TaskSpec]:
-    """test.ways x test.shots on random episodes, then each of test.extra (older run configs lack it)."""
-    ways = list(cfg.test.ways) or [cfg.ways]
-    shots = list(cfg.test.shots) or [cfg.shots]
-    specs = [TaskSpec(w, s, cfg.queries) for w in ways for s in shots]
+def test_protocols(cfg: DictConfig) -> list[EvalProtocol]:
+    """test.ways x test.shots on random episodes, then each of test.extra (older run configs lack it), any with a
+    readout and test-time copies of its own."""
+    ways, shots = list(cfg.test.ways) or [cfg.ways], list(cfg.test.shots) or [cfg.shots]
+    common = {"split": "test", "queries": cfg.queries, "episodes": cfg.test.episodes, "seed": cfg.test.seed}
+    out = [EvalProtocol(ways=w, shots=s, **common) for w in ways for s in shots]
     for extra in cfg.test.get("extra") or []:
-        for s in [extra.shots] if extra.shots is not None else shots:
-            specs.append(TaskSpec(extra.ways, s, cfg.queries, extra.within, bool(extra.disjoint_drawers)))
-    return specs
+        options = {"within": extra.within, "disjoint_drawers": bool(extra.disjoint_drawers),
+                   "readout": extra.get("readout"), "tta": TTAConfig(**(extra.get("tta") or {}))}
+        out += [EvalProtocol(ways=extra.ways, shots=s, **common, **options)
+                for s in ([extra.shots] if extra.shots is not None else shots)]
+    return out
 
 
 @dataclass
@@ -99,7 +104,7 @@ class Trainer:
     """Owns one run: builds the pieces from the config, trains, validates, tests."""
 
     def __init__(self, cfg: DictConfig, folder: RunFolder):
-        check_values(cfg)
+        check_values(cfg, TrainConfig)
         self.cfg, self.folder = cfg, folder
         self.trackers = Trackers({})  # train() opens the ones cfg.logger names
         self.device = local_device(setup_device(cfg.hardware))
@@ -112,14 +117,14 @@ class Trainer:
         self.train_spec = TaskSpec(cfg.sampler.train_ways, cfg.sampler.train_shots, cfg.sampler.train_queries,
                                    cfg.sampler.get("within"), bool(cfg.sampler.get("disjoint_drawers", False)))
         self.eval_spec = TaskSpec(cfg.ways, cfg.shots, cfg.queries)
-        self.test_specs = test_specs(cfg)
+        self.test_protocols = test_protocols(cfg)
         self.store = build_store(cfg.dataset)
         log.info("%s", self.store.describe())
         self.val_plans = None
         if cfg.val.every > 0 and len(self.store.splits.get("val", [])):
             self.val_plans = EpisodeSampler(self.store, "val", self.eval_spec, cfg.val.seed).plans(0, cfg.val.episodes)
-        for spec in self.test_specs:  # fail now, not after an hour of training
-            EpisodeSampler(self.store, "test", spec, cfg.test.seed)
+        for protocol in self.test_protocols:  # fail now, not after an hour of training
+            EpisodeSampler(self.store, "test", task_spec(protocol), cfg.test.seed)
         channels_last = cfg.hardware.channels_last and self.device.type in ("cpu", "cuda")
         self.train_classes = len(self.store.splits["train"])
         self.method: Method = build_method(cfg.method, self.store.image_shape, self.train_spec.ways, channels_last,
@@ -130,8 +135,12 @@ class Trainer:
         self.method.prepare(context)
         self.train_source = self.method.training_source(context)
         check_divisible(self.train_source.per_step, self.train_source.unit, self.ranks)
-        for spec in [self.eval_spec, *self.test_specs]:
+        for spec in [self.eval_spec, *map(task_spec, self.test_protocols)]:
             self.method.check_task(spec)
+        for protocol in self.test_protocols:  # a readout that cannot read this method: refused before training
+            readout = build_readout(protocol.readout)
+            if readout is not None:
+                readout.check(self.method, protocol.tta.copies)
         self.trainable = self.method.learns()
         self.optimizer = build_optimizer(cfg.optimizer, self.method.parameter_groups(cfg.optimizer.lr) if self.trainable
                                          else [torch.zeros(1, requires_grad=True)])
@@ -170,7 +179,7 @@ class Trainer:
     # ------------------------------------------------------------ the loop
     def validate(self) -> dict:
         with torch.random.fork_rng(devices=[]):  # validation must not shift the training RNG stream
-            r = evaluate(self.method, self.store, "val", self.eval_spec, len(self.val_plans), self.cfg.val.seed,
+            r = evaluate(self.method, self.store, protocol_for("val", self.eval_spec, len(self.val_plans), self.cfg.val.seed),
                          self.device, self.cfg.test.batch, autocast(self.device, self.amp), plans=self.val_plans)
         return {"accuracy": r.accuracy, "ci95": r.ci95}
 
@@ -259,23 +268,25 @@ class Trainer:
         which = path.stem
         self.method.load_state_dict(load_checkpoint(path)["method"])
         results = {}
-        for spec in self.test_specs:
-            r = evaluate(self.method, self.store, "test", spec, self.cfg.test.episodes, self.cfg.test.seed,
-                         self.device, self.cfg.test.batch, autocast(self.device, self.amp))
+        for protocol in self.test_protocols:
+            r = evaluate(self.method, self.store, protocol, self.device, self.cfg.test.batch,
+                         autocast(self.device, self.amp))
+            tag = setting_tag(protocol)
             if self.ranks.main:
-                r.save(self.folder.eval_dir, f"test_{spec.tag}")
-            results[spec.tag] = {**r.summary(), "checkpoint": which}
-            log.info("test %s: %.2f ± %.2f%% (%d episodes, %s checkpoint)", spec.tag, 100 * r.accuracy,
+                r.save(self.folder.eval_dir, f"test_{tag}")
+            results[tag] = {**r.summary(), "checkpoint": which}
+            log.info("test %s: %.2f ± %.2f%% (%d episodes, %s checkpoint)", tag, 100 * r.accuracy,
                      100 * r.ci95, len(r.per_episode), which)
         return results
 
 
-def train(cfg: DictConfig, folder: RunFolder, group: str | None = None) -> dict:
+def train(cfg: DictConfig, folder: RunFolder, group: str | None = None, draw: Callable[[], None] | None = None) -> dict:
     """Train (or resume), test, and write the run's summary; returns the summary. `group`: the sweep a job
-    belongs to, for the trackers."""
+    belongs to, for the trackers; `draw`: the learning curve, drawn when the run completed or diverged, before the
+    trackers store the folder."""
     trainer = Trainer(cfg, folder)
     if not folder.read_only:
-        trainer.trackers = open_trackers(cfg, folder.path, group)
+        trainer.trackers = open_trackers(cfg, folder.path, group, folder.artifacts)
     status = "failed"
     try:
         summary = _train(trainer, cfg, folder)
@@ -285,6 +296,8 @@ def train(cfg: DictConfig, folder: RunFolder, group: str | None = None) -> dict:
         status = "diverged" if isinstance(e, TrainingDiverged) else "interrupted"
         raise
     finally:
+        if draw is not None and status in ("completed", "diverged"):
+            draw()
         trainer.trackers.finish(status)
 
 

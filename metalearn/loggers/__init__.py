@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import importlib.util
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,6 +36,8 @@ class RunInfo:
     tags: list[str] = field(default_factory=list)
     notes: str = ""
     group: str | None = None  # the sweep a job belongs to (its folder), None for a single run
+    # what the tracker stores of the run at its end: checkpoints too or not -> the files and folders (RunFolder's)
+    artifacts: Callable[[bool], list[Path]] = lambda checkpoints: []
 
 
 class Tracker:
@@ -48,15 +51,6 @@ class Tracker:
 
     def finish(self, status: str) -> None:
         """The run ended with `status` (completed, failed, diverged, interrupted); upload and close."""
-
-
-RECORDS = ("config.yaml", "overrides.json", "summary.json", "metrics.jsonl", "train.log", "learning_curve.png")
-
-
-def artifacts(folder: Path, checkpoints: bool) -> list[Path]:
-    """What a tracker with artifacts stores of a run folder: its record files, eval/, and checkpoints/ on request."""
-    subs = ("eval", "checkpoints") if checkpoints else ("eval",)
-    return [folder / n for n in RECORDS if (folder / n).is_file()] + [folder / d for d in subs if (folder / d).is_dir()]
 
 
 def require(package: str, logger: str, extra: str | None = None) -> None:
@@ -119,7 +113,8 @@ class Trackers(Tracker):
         self.trackers = {}
 
 
-def open_trackers(cfg: DictConfig, folder: Path, group: str | None = None) -> Trackers:
+def open_trackers(cfg: DictConfig, folder: Path, group: str | None = None,
+                  artifacts: Callable[[bool], list[Path]] | None = None) -> Trackers:
     """The trackers `cfg.logger` names (name -> that tracker's settings), started."""
     node = cfg.get("logger")
     chosen = OmegaConf.to_container(node, resolve=True) if OmegaConf.is_config(node) else dict(node or {})
@@ -127,7 +122,7 @@ def open_trackers(cfg: DictConfig, folder: Path, group: str | None = None) -> Tr
         return Trackers({})
     config = OmegaConf.to_container(cfg, resolve=True)
     info = RunInfo(folder=Path(folder), name=Path(folder).name, config=config, tags=list(cfg.get("tags") or []),
-                   notes=cfg.get("notes") or "", group=group)
+                   notes=cfg.get("notes") or "", group=group, artifacts=artifacts or (lambda checkpoints: []))
     started: dict[str, Tracker] = {}
     for name, settings in chosen.items():
         started[name] = LOGGERS.builder(name)(settings or {}, info)

@@ -11,7 +11,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from metalearn.loggers import RunInfo, Tracker, artifacts, check_schema, flat, numbers, require
+from metalearn.loggers import RunInfo, Tracker, check_schema, flat, numbers, require
 from metalearn.registry import LOGGERS
 
 STATUS = {"completed": "FINISHED", "interrupted": "KILLED"}  # anything else: FAILED
@@ -72,7 +72,7 @@ class MLflow(Tracker):
         self._log({f"test/{tag}/{k}": float(r[k]) for tag, r in results.items() for k in ("accuracy", "ci95")}, 0)
 
     def finish(self, status: str) -> None:
-        for path in artifacts(self.info.folder, self.settings.checkpoints):
+        for path in self.info.artifacts(self.settings.checkpoints):
             if path.is_dir():
                 self.client.log_artifacts(self.run_id, str(path), artifact_path=path.name)
             else:

@@ -7,7 +7,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
-from metalearn.loggers import RunInfo, Tracker, artifacts, check_schema, numbers, require
+from metalearn.loggers import RunInfo, Tracker, check_schema, numbers, require
 from metalearn.registry import LOGGERS
 
 log = logging.getLogger("metalearn")
@@ -44,7 +44,7 @@ class Wandb(Tracker):
         import wandb
 
         artifact = wandb.Artifact(f"run-{self.run.id}", type="run-folder")
-        for path in artifacts(self.info.folder, self.settings.checkpoints):
+        for path in self.info.artifacts(self.settings.checkpoints):
             if path.is_dir():
                 artifact.add_dir(str(path), name=path.name)
             else:

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from metalearn.config import CHOICES, check_values
+from metalearn.config import SCHEMAS, TEST_BATCH_NORMS, check_values
 from metalearn.errors import MetalearnError
 from metalearn.methods.base import BuildContext, EmbeddingMethod, Method
 from metalearn.registry import METHODS
@@ -16,7 +16,7 @@ def build_method(cfg: Any, image_shape: tuple[int, int, int], ways: int, channel
                  train_classes: int | None = None) -> Method:
     """`ways`: the training episodes' way count; `train_classes`: the training split's class count
     (the pre-training head of the transfer baselines)."""
-    check_values(cfg, prefix="method.")
+    check_values(cfg, SCHEMAS["method"].get(cfg.name), prefix="method.")
     method = METHODS.builder(cfg.name)(cfg, BuildContext(tuple(image_shape), ways, channels_last, train_classes))
     method.name = cfg.name  # the name it was built by: what logs and summaries call it
     if "test_batch_norm" in cfg and isinstance(method, EmbeddingMethod):
@@ -27,7 +27,7 @@ def build_method(cfg: Any, image_shape: tuple[int, int, int], ways: int, channel
 def set_test_batch_norm(method: EmbeddingMethod, policy: str, key: str = "method.test_batch_norm") -> None:
     """The batch-norm statistics `method` normalises with at test time (metalearn.methods.task_norm);
     `key`: the option's name in the error for a bad policy."""
-    allowed = CHOICES["method.test_batch_norm"]
+    allowed = TEST_BATCH_NORMS
     if policy not in allowed:
         raise MetalearnError(f"{key}={policy!r} is not one of: {', '.join(allowed)}")
     method.batch_norm = policy

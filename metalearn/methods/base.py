@@ -220,7 +220,7 @@ class EmbeddingMethod(Method):
         return self.backbone(x)
 
     def cosine_temperature(self) -> float | None:
-        """The factor a cosine head multiplies its similarities by (tta.match=chamfer takes it), or None when the
+        """The factor a cosine head multiplies its similarities by (readout=chamfer takes it), or None when the
         head does not compare codes by cosine."""
         return None
 

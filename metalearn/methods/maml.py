@@ -3,7 +3,7 @@
 - ``fomaml``: first-order MAML, the inner gradient treated as a constant;
 - ``anil`` (Raghu et al. 2020): the inner loop adapts the head only;
 - ``metasgd`` (Li et al. 2017): a learned learning rate for every parameter entry;
-- the MAML++ options (Antoniou et al. 2019), see ``MAMLPlusPlus``.
+- the MAML++ options (Antoniou et al. 2019), declared once in the torch-free schema ``metalearn.config.MAMLPlusPlusConfig``.
 
 The outer step is the engine's optimiser (Adam by default) on the query loss at the adapted
 weights, averaged over the meta-batch.
@@ -11,28 +11,16 @@ weights, averaged over the meta-batch.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 from torch import nn
 
 from metalearn.backbones import vmap_safe
+from metalearn.config import MAMLPlusPlusConfig
 from metalearn.methods.base import AdaptingMethod, BuildContext, accuracy, fp32
 from metalearn.methods.inner_loop import Params, adapt, call, param_key
 from metalearn.methods.task_batching import PATHS, TaskBatching
 from metalearn.registry import METHODS
 from metalearn.tasks.episodes import EpisodeBatch
-
-
-@dataclass
-class MAMLPlusPlus:
-    """MAML++ switches; all off gives plain MAML."""
-
-    per_layer_per_step_lr: bool = False  # LSLR: a learned inner learning rate per layer and per step
-    multi_step_loss: bool = False  # MSL: query loss after every inner step, weights annealed to the last
-    msl_anneal_steps: int = 1000  # meta-steps over which MSL's weights move to the final step (then MSL stops)
-    per_step_bn: bool = False  # BNWB + BNRS: batch-norm weights, biases and statistics per inner step
-    first_order_until: int = 0  # derivative-order annealing: first order for this many meta-steps
 
 
 class MAML(AdaptingMethod):
@@ -41,10 +29,10 @@ class MAML(AdaptingMethod):
 
     def __init__(self, backbone: nn.Module, feature_dim: int, ways: int, inner_lr: float, inner_steps: int,
                  inner_steps_eval: int, first_order: bool = False, adapt_head_only: bool = False,
-                 learn_inner_lr: bool = False, name: str = "maml", plus: MAMLPlusPlus | None = None,
+                 learn_inner_lr: bool = False, name: str = "maml", plus: MAMLPlusPlusConfig | None = None,
                  task_batching: str = "auto", task_chunk: int | None = None):
         super().__init__()
-        self.name, self.plus = name, plus or MAMLPlusPlus()
+        self.name, self.plus = name, plus or MAMLPlusPlusConfig()
         self.batching = TaskBatching(task_batching, task_chunk)  # how a meta-batch's tasks run (loop | vmap | split | auto)
         self.register_buffer("batching_path", torch.tensor(-1))  # the path auto chose: -1 not yet, else PATHS[i]
         self.register_load_state_dict_pre_hook(_older_batching_buffer)  # checkpoints from older versions
@@ -235,7 +223,7 @@ class _PerStepBatchNorm(nn.Module):
 def build(cfg, ctx: BuildContext) -> MAML:
     """One schema for the family: each member is MAML with its switches (configs/method/<name>.yaml)."""
     backbone = ctx.backbone(cfg, bn_running_stats=cfg.batch_norm == "running")
-    plus = MAMLPlusPlus(**{k: cfg.plus[k] for k in cfg.plus})
+    plus = MAMLPlusPlusConfig(**{k: cfg.plus[k] for k in cfg.plus})
     return MAML(backbone, ctx.feature_dim(backbone), ctx.ways, cfg.inner_lr, cfg.inner_steps, cfg.inner_steps_eval,
                 cfg.first_order, cfg.adapt == "head", cfg.learn_inner_lr, name=cfg.name, plus=plus,
                 task_batching=cfg.task_batching, task_chunk=cfg.task_chunk)

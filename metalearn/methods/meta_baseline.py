@@ -59,7 +59,7 @@ class MetaBaseline(EmbeddingMethod):
         return groups_with_scale(self.backbone.parameters(), self.log_temperature, lr, self.temperature_lr_multiplier)
 
     def cosine_temperature(self) -> float:
-        return float(self.temperature)
+        return float(self.temperature.detach())
 
     def head(self, zs, support_labels, zq, ways):
         return centroid_cosine_logits(zs, support_labels, zq, ways, self.temperature)

@@ -11,7 +11,7 @@ vmap and split run at most `chunk_size` tasks at once (on the CPU a bound on mem
 Each path wins somewhere (docs/performance.md), so `auto` times them on the first meta-batch and keeps
 the fastest; the method records the choice in a buffer, so a resumed run takes the same path.
 
-The public interface, used by the trainer through MAML and by scripts/bench.py and scripts/auto_choice.py:
+The public interface, used by the trainer through MAML and by scripts/bench.py and experiments/auto_choice.py:
 `TaskBatching.choose(method, batch)` and `TaskBatching.meta_gradient(method, batch, path)`. What a
 method must offer is `BatchableMethod` below.
 """

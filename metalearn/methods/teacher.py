@@ -36,12 +36,13 @@ def load_teacher(teacher_run: str, ctx: TrainingContext, train_classes: int, kin
     """The run `teacher_run` names, checked to be a `kind` (a Baseline) that learnt this run's training classes,
     in the student's memory format (its forward pass runs every step beside the student's)."""
     path = Path(str(teacher_run)).expanduser()
-    if not (path / "config.yaml").is_file():
-        raise MetalearnError(f"method.teacher={teacher_run}: no run folder there (no config.yaml); give the "
-                             f"folder of a finished baseline or baselinepp run, e.g. outputs/train/<run>/pretrain")
     if ctx.restore is None:
         raise MetalearnError("method.teacher needs a run reader (TrainingContext.restore); the engine passes one")
-    teacher, ckpt = ctx.restore(path)
+    try:
+        teacher, ckpt = ctx.restore(path)
+    except MetalearnError as e:
+        raise MetalearnError(f"method.teacher={teacher_run}: no run folder there ({e}); give the folder of a finished "
+                             f"baseline or baselinepp run, e.g. outputs/train/<run>/pretrain") from None
     if not isinstance(teacher, kind):
         raise MetalearnError(f"method.teacher={teacher_run} is a {ckpt['config']['method']['name']} run; a "
                              f"teacher must be a baseline or baselinepp run (a classifier over the training classes)")

@@ -53,7 +53,7 @@ def tim_head(zs: torch.Tensor, support_labels: torch.Tensor, zq: torch.Tensor, w
              weights: tuple[float, float, float] = (0.1, 1.0, 0.1)) -> torch.Tensor:
     """TIM-GD's inference on any encoder's codes of a batch of tasks (zs [T, S, D], zq [T, Q, D]): the query
     logits [T, Q, ways]. A function of codes alone, so that it can also be measured on encoders trained
-    otherwise (scripts/tta_eval.py --head tim); the result is transductive whatever the encoder."""
+    otherwise (metalearn-eval readout=tim, metalearn/readouts/tim.py); the result is transductive whatever the encoder."""
     zs, zq = nn.functional.normalize(zs.detach(), dim=-1), nn.functional.normalize(zq.detach(), dim=-1)
     onehot = nn.functional.one_hot(support_labels, ways).to(zs.dtype)
     w = class_centroids(zs, support_labels, ways).clone().requires_grad_(True)

@@ -1,7 +1,7 @@
 """Resident memory of a MAML training process after `auto`'s timing trial, against a path forced.
 
-    python scripts/trial_memory.py auto     # the trial, then steps on the path it chose
-    python scripts/trial_memory.py split    # split forced: no trial
+    python experiments/trial_memory.py auto     # the trial, then steps on the path it chose
+    python experiments/trial_memory.py split    # split forced: no trial
 
 Workload: the fomaml Omniglot preset's meta-batch (Conv-4 strided, 5-way 1-shot, 15 queries per
 class, 32 tasks), random images. Prints one JSON line: the path, resident MB after the first step and

@@ -5,8 +5,8 @@ instance that vector plus Gaussian noise (sd 0.5), so the features already separ
 only the memory mechanism is under test. Prints the accuracy by instance number (instance 1 can
 only be guessed; instance 2 needs one retrieval).
 
-    python scripts/mann_toy.py --write add
-    python scripts/mann_toy.py --write key   # the paper's rule
+    python experiments/mann_toy.py --write add
+    python experiments/mann_toy.py --write key   # the paper's rule
 
 Measured (2026-11-22, this script, defaults, 1 thread, about 5 minutes each): at step 3000
 --write add gives 95% on the 2nd instance (loss 0.354), --write key 26% (loss 1.430: label

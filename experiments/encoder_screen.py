@@ -5,7 +5,7 @@ compares runs that render the images at other sizes (dataset.image_size): the te
 distortion is given in pixels of an `--at`-pixel image and scaled to each run's size (sigma by the size ratio k,
 alpha by k squared: the smoothing divides the field by sigma), so every run's copies bend the strokes alike.
 
-    python scripts/encoder_screen.py outputs/val/mb96_el16/pretrain outputs/val/stem16_56_pretrain --split val \\
+    python experiments/encoder_screen.py outputs/val/mb96_el16/pretrain outputs/val/stem16_56_pretrain --split val \\
         --copies 32 --elastic-alpha 16 --elastic-sigma 4 --at 28
 """
 
@@ -18,12 +18,12 @@ import torch
 import torch.nn.functional as F
 from omegaconf import DictConfig
 
-from metalearn.api import restore_method
 from metalearn.cli import report_errors
 from metalearn.config import TTAConfig
 from metalearn.console import setup_logging
 from metalearn.data import build_store
 from metalearn.engine.evaluate import encode_distinct
+from metalearn.engine.restore import restore_method
 from metalearn.stats import paired_difference, t_interval
 from metalearn.tasks.episodes import EpisodeSampler, TaskSpec, episode_labels
 

@@ -10,8 +10,8 @@ only imported torch, metalearn and PIL's decoders (VmHWM, Linux):
 3. a training run's data path: the store loaded from the cache, 300 meta-batches of 4 episodes
    (5-way, 1+15 per class) gathered, normalised and batched as the trainer does.
 
-    python scripts/memory.py              # about 3 minutes, 4 GB of temporary disk
-    python scripts/memory.py --no-folders # pickles and cache only (about 1 minute)
+    python experiments/memory.py              # about 3 minutes, 4 GB of temporary disk
+    python experiments/memory.py --no-folders # pickles and cache only (about 1 minute)
 
 The goal (issue 6): no more than the uint8 size plus one batch. A pickle must be unpickled whole,
 so building from the pickles also holds one split's pickle; that is reported beside it.

@@ -3,8 +3,8 @@ other ways to turn the same network's codes into a query's class, each scored ag
 the same episodes (paired), without and with test-time copies. Every readout is inductive: a query's class
 depends on the support images and on itself only.
 
-    python scripts/readout_levers.py outputs/val/mb96_el16 --split val            # 20-way within one alphabet
-    python scripts/readout_levers.py outputs/val/mb96_el16 --split val --copies 32 --elastic-alpha 16
+    python experiments/readout_levers.py outputs/val/mb96_el16 --split val            # 20-way within one alphabet
+    python experiments/readout_levers.py outputs/val/mb96_el16 --split val --copies 32 --elastic-alpha 16
 
 Readouts (cosine to class centroids unless said):
   stage-1 member   the run's own probabilities averaged with its pre-training stage's encoder's (weight w)
@@ -24,12 +24,12 @@ import torch
 import torch.nn.functional as F
 from omegaconf import DictConfig
 
-from metalearn.api import restore_method
 from metalearn.cli import report_errors
 from metalearn.config import TTAConfig
 from metalearn.console import setup_logging
 from metalearn.data import build_store
 from metalearn.engine.evaluate import encode_distinct
+from metalearn.engine.restore import restore_method
 from metalearn.methods.base import fp32
 from metalearn.stats import paired_difference, t_interval
 from metalearn.tasks.augment import random_affine

@@ -1,4 +1,4 @@
-"""tta.match=chamfer: two images compared by their sets of test-time copies, not by the mean of the copies' codes.
+"""readout=chamfer: two images compared by their sets of test-time copies, not by the mean of the copies' codes.
 
 Why: the mean code blurs each image over the same random distortions, so a query drawn by another hand is
 still compared with one fixed view of the support image. Matching copies to copies asks instead whether
@@ -15,14 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from metalearn.errors import MetalearnError
-
-MATCHES = ("mean", "chamfer")
-
-
-def check_match(match: str) -> None:
-    if match not in MATCHES:
-        raise MetalearnError(f"tta.match={match!r} is not one of: {', '.join(MATCHES)} (mean: each image's code is "
-                             f"the mean over its copies; chamfer: copies matched to copies)")
+from metalearn.readouts import READOUTS, Readout
 
 
 def chamfer_similarity(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -43,3 +36,21 @@ def chamfer_logits(zs: torch.Tensor, support_labels: torch.Tensor, zq: torch.Ten
     per_class = onehot / onehot.sum(1, keepdim=True)
     out = [chamfer_similarity(q, s) @ w for q, s, w in zip(zq, zs, per_class, strict=True)]
     return scale * torch.stack(out)
+
+
+@READOUTS.register("chamfer")
+class ChamferReadout(Readout):
+    """Stands in for a cosine head (meta_baseline's), so it takes that head's temperature: an ensemble then averages
+    probabilities as sharp as the members' own. Other heads are refused before any image is encoded."""
+
+    keeps_copies = True
+
+    def check(self, method, copies):
+        super().check(method, copies)
+        if method.cosine_temperature() is None:
+            raise MetalearnError(f"readout=chamfer compares copies by cosine in place of a cosine head (meta_baseline's), "
+                                 f"and {type(method).__name__}'s head is not one; drop readout= or evaluate a "
+                                 f"meta_baseline run")
+
+    def logits(self, method, zs, support_labels, zq, ways):
+        return chamfer_logits(zs, support_labels, zq, ways, method.cosine_temperature())

@@ -1,8 +1,8 @@
 """How often MAML's `auto` batching picks a path that is slower in steady state, under each timing rule.
 
-    python scripts/auto_choice.py                  # 24 fresh processes (about 12 min on 2 cores, alone)
-    python scripts/auto_choice.py --processes 6 --save timings.jsonl
-    python scripts/auto_choice.py --load timings.jsonl      # rescore saved timings
+    python experiments/auto_choice.py                  # 24 fresh processes (about 12 min on 2 cores, alone)
+    python experiments/auto_choice.py --processes 6 --save timings.jsonl
+    python experiments/auto_choice.py --load timings.jsonl      # rescore saved timings
 
 Each fresh process (the timings of a first meta-batch depend on a cold allocator and caches, which a
 loop inside one process would not reproduce) times the fomaml Omniglot preset's meta-batch (Conv-4
