@@ -6,8 +6,9 @@
 
 Each run is `metalearn-train debug=smoke method=<m> hardware.threads=1` in a fresh folder (the CPU is
 deterministic at a fixed thread count). The fingerprint keeps every metrics.jsonl record without its
-timings (episodes_per_s and the like), the test results with their per-episode accuracies, and a hash of
-each tensor of the final checkpoint (a buffer a refactor removes is listed, not counted as a difference).
+timings (episodes_per_s and the like, and each record's wall-clock `time`), the test results with their
+per-episode accuracies, and a hash of each tensor of the final checkpoint (a buffer a refactor removes is
+listed, not counted as a difference). The methods are every registered one (METHODS.names()), plus VARIANTS.
 `--compare` prints, per method, identical or which part differs.
 """
 
@@ -23,8 +24,11 @@ import tempfile
 from pathlib import Path
 
 # variants beside each registered method's own smoke run (its name as method=)
-VARIANTS = {"matching_fce": ["method=matching", "method.fce=true"]}
-TIMING = ("_per_s",)
+# (the MAML family's task_batching=auto picks its path by timing it, so its checkpoint records which path ran: a
+# busy machine can pick another, equal up to float rounding; the _loop variants fix the path)
+VARIANTS = {"matching_fce": ["method=matching", "method.fce=true"],
+            **{f"{m}_loop": [f"method={m}", "method.task_batching=loop"] for m in ("maml", "anil", "mamlpp")}}
+TIMING = ("_per_s", "time")  # throughput and the wall-clock stamp of each record
 
 
 def method_runs() -> dict[str, list[str]]:
@@ -69,6 +73,13 @@ def run_all(repo: Path, methods: list[str]) -> dict:
     return out
 
 
+def untimed(records):
+    """metrics records without their timings (fingerprints written before `time` was left out still compare)."""
+    if not isinstance(records, list):
+        return records
+    return [{k: v for k, v in r.items() if not k.endswith(TIMING)} for r in records]
+
+
 def compare(a: dict, b: dict) -> int:
     differ = 0
     for name in sorted(set(a) | set(b)):
@@ -78,7 +89,7 @@ def compare(a: dict, b: dict) -> int:
             continue
         wa, wb = a[name].get("weights", {}), b[name].get("weights", {})
         shared = set(wa) & set(wb)
-        parts = [k for k in ("metrics", "tests", "error") if a[name].get(k) != b[name].get(k)]
+        parts = [k for k in ("metrics", "tests", "error") if untimed(a[name].get(k)) != untimed(b[name].get(k))]
         parts += [f"tensor {k}" for k in sorted(shared) if wa[k] != wb[k]]
         extra = [f"{'-' if k in wa else '+'}{k}" for k in sorted(set(wa) ^ set(wb))]  # a state_dict entry (un)registered
         note = f" (state_dict entries {' '.join(extra)})" if extra else ""

@@ -167,7 +167,8 @@ class RunLife:
                 folder.refuse_if_held()  # a live writer is named first; then the checks, before anything is
                 check_run_folder(folder, cfg)  # written, so a refused start leaves no lock file
                 folder.hold()
-                check_run_folder(folder, cfg)  # again, now that no other process writes the folder
+                if not cfg.resume:  # again, now that no other process writes the folder: one may have just finished
+                    check_run_folder(folder, cfg)
             except MetalearnError:  # a folder this process made for a refused start is removed again; anything
                 folder.release()  # else (a user's folder, even an empty one) is left exactly as it was
                 if launch.made_here:
@@ -180,7 +181,7 @@ class RunLife:
             run_cfg.resume = True
         if main:  # checks passed: from here the run folder is this process's, and so is its log
             setup_logging(folder.log_file)
-            if getattr(folder, "took_over", None):
+            if folder.took_over:
                 log.info("%s", folder.took_over)
         folder.remove_orphans()
         if not cfg.resume:

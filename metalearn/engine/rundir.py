@@ -97,6 +97,7 @@ class RunFolder:
             self.path.mkdir(parents=True, exist_ok=True)
         self.metrics_path = self.path / METRICS
         self.summary_path, self.config_path = self.path / SUMMARY, self.path / CONFIG
+        self.took_over: str | None = None  # hold(): the dead holder whose lock this process took over
 
     def checkpoint(self, name: str) -> Path:
         return self.path / CHECKPOINTS / f"{name}.pt"
@@ -149,7 +150,6 @@ class RunFolder:
             os.close(fd)
             raise self._held_error() from None
         previous = _holder(lock)
-        self.took_over = None
         if previous.get("pid") not in (None, os.getpid()):
             self.took_over = f"took over the lock of {self.path}: {_describe(previous)}, which no longer runs"
             log.info("%s", self.took_over)
