@@ -46,7 +46,7 @@ def test_test_episodes_zero_skips_the_test_and_eval_refuses_zero_episodes(tmp_pa
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert summary["status"] == "completed" and not summary.get("test")
     assert "test skipped (test.episodes=0)" in r.stderr + r.stdout
-    assert_clean_error(cli("metalearn-eval", "run=run", "episodes=0", cwd=tmp_path), "episodes=0: it must be a whole number >= 1")
+    assert_clean_error(cli("metalearn-eval", "run=run", "episodes=0", cwd=tmp_path), "episodes=0 is out of range")
 
 
 def test_eval_scores_a_finished_run_on_fixed_episodes(trained):
