@@ -298,16 +298,16 @@ def test_feat_set_attention_equals_its_formula_and_is_permutation_equivariant():
 
 
 def test_feat_contrastive_term_by_class_loops_and_its_faster_transformer():
+    """Each raw embedding against the transformed sets' centres (the authors' code), class by class."""
     from metalearn.methods.feat import FEAT
 
     torch.manual_seed(1)
     m = FEAT(Conv4(1, 8), 8, temperature2=4.0).eval()
     ways, shots, queries = 3, 2, 2
     zs, zq = torch.randn(1, ways * shots, 8), torch.randn(1, ways * queries, 8)
-    sets = [m.attention(torch.cat([zs[0, c * shots:(c + 1) * shots], zq[0, c * queries:(c + 1) * queries]])[None])[0]
-            for c in range(ways)]
-    centres = torch.stack([s.mean(0) for s in sets])
-    terms = [-torch.log_softmax(-((e - centres) ** 2).sum(-1) / 4.0, 0)[c] for c, s in enumerate(sets) for e in s]
+    raw = [torch.cat([zs[0, c * shots:(c + 1) * shots], zq[0, c * queries:(c + 1) * queries]]) for c in range(ways)]
+    centres = torch.stack([m.attention(s[None])[0].mean(0) for s in raw])  # the transformed sets' centres
+    terms = [-torch.log_softmax(-((e - centres) ** 2).sum(-1) / 4.0, 0)[c] for c, s in enumerate(raw) for e in s]
     torch.testing.assert_close(m.contrastive(zs, zq, ways), torch.stack(terms).mean())
     groups = m.parameter_groups(1e-4)
     assert groups[1]["lr"] == 1e-3 and len(groups[0]["params"]) + len(groups[1]["params"]) == len(list(m.parameters()))

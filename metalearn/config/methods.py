@@ -151,13 +151,19 @@ class TIMConfig(EmbeddingMethodConfig):
 @schema("method", "feat_schema", "feat")
 @dataclass
 class FEATConfig(EmbeddingMethodConfig):
-    """Prototypes adapted to the task by a set-to-set Transformer (Ye et al. 2020); defaults: the authors' Conv-4 runs."""
+    """Prototypes adapted to the task by a set-to-set Transformer (Ye et al. 2020), as the authors' code trains it.
+    temperature, temperature2 and balance left null take the authors' command for the backbone and the training
+    shots (methods/feat.py: Conv-4 1-shot 64 / 16 / 1, 5-shot 32 / 64 / 0.1; ResNets 64 / 64 / 0.01, 64 / 32 / 0.1)."""
 
     name: str = "feat"
-    temperature: float = option(64.0, "query logits: -distance / temperature; > 0", low=POSITIVE)
-    temperature2: float = option(16.0, "FEAT's regulariser temperature, > 0", low=POSITIVE)
-    balance: float = option(1.0, "FEAT's regulariser weight (0: none)", low=0)
-    dropout: float = option(0.5, "FEAT's Transformer dropout", low=0, high=0.99)
+    temperature: float | None = option(None, "query logits: -distance / temperature; > 0 (null: the authors' per shot)",
+                                       low=POSITIVE)
+    temperature2: float | None = option(None, "the regulariser's temperature; > 0 (null: the authors' per shot)",
+                                        low=POSITIVE)
+    balance: float | None = option(None, "the regulariser's weight, 0: none (null: the authors' per shot)", low=0)
+    dropout: float = option(0.5, "dropout on the Transformer block's output (the authors' 0.5)", low=0, high=0.99)
+    attention_dropout: float = option(0.1, "dropout on the attention weights in training (the authors' 0.1)", low=0,
+                                      high=0.99)
     lr_multiplier: float = option(10.0, "FEAT's Transformer learning-rate multiplier over the encoder's, > 0", low=POSITIVE)
 
 

@@ -34,6 +34,6 @@ def restore_method(run: str | Path, checkpoint: str = "best", device: str | torc
     cfg = OmegaConf.create(ckpt["config"])
     pre = ckpt["preprocess"]
     method = build_method(cfg.method, (pre["channels"], pre["image_size"], pre["image_size"]), cfg.sampler.train_ways,
-                          train_classes=ckpt.get("train_classes"))
+                          train_classes=ckpt.get("train_classes"), shots=cfg.sampler.train_shots)
     method.load_state_dict(ckpt["method"])
     return method.to(device).eval(), ckpt

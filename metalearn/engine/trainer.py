@@ -128,7 +128,7 @@ class Trainer:
         channels_last = cfg.hardware.channels_last and self.device.type in ("cpu", "cuda")
         self.train_classes = len(self.store.splits["train"])
         self.method: Method = build_method(cfg.method, self.store.image_shape, self.train_spec.ways, channels_last,
-                                           self.train_classes).to(self.device)
+                                           self.train_classes, self.train_spec.shots).to(self.device)
         context = TrainingContext(self.store, cfg.seed, self.train_spec, cfg.sampler.meta_batch, self.device, channels_last,
                                   OmegaConf.to_container(cfg.dataset, resolve=True),
                                   lambda run: restore_method(run, "last", self.device))

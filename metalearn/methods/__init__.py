@@ -13,11 +13,11 @@ from metalearn.registry import METHODS
 
 
 def build_method(cfg: Any, image_shape: tuple[int, int, int], ways: int, channels_last: bool = False,
-                 train_classes: int | None = None) -> Method:
-    """`ways`: the training episodes' way count; `train_classes`: the training split's class count
-    (the pre-training head of the transfer baselines)."""
+                 train_classes: int | None = None, shots: int | None = None) -> Method:
+    """`ways`, `shots`: the training episodes' way and shot counts; `train_classes`: the training split's class
+    count (the pre-training head of the transfer baselines)."""
     check_values(cfg, SCHEMAS["method"].get(cfg.name), prefix="method.")
-    method = METHODS.builder(cfg.name)(cfg, BuildContext(tuple(image_shape), ways, channels_last, train_classes))
+    method = METHODS.builder(cfg.name)(cfg, BuildContext(tuple(image_shape), ways, channels_last, train_classes, shots))
     method.name = cfg.name  # the name it was built by: what logs and summaries call it
     if "test_batch_norm" in cfg and isinstance(method, EmbeddingMethod):
         set_test_batch_norm(method, cfg.test_batch_norm)

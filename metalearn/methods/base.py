@@ -40,6 +40,7 @@ class BuildContext:
     ways: int  # the training episodes' way count (the size of a classifier head, for methods that have one)
     channels_last: bool = False
     train_classes: int | None = None  # the training split's class count (the transfer baselines' head)
+    shots: int | None = None  # the training episodes' shot count (FEAT's per-shot settings)
 
     def backbone(self, cfg: Any, bn_running_stats: bool = True) -> nn.Module:
         return build_backbone(cfg.backbone, self.image_shape[0], self.channels_last, bn_running_stats)
