@@ -122,6 +122,13 @@ class RunFolder:
     def plot_file(self) -> Path:
         return self.path / PLOT
 
+    def write_record(self, name: str, data: dict) -> Path:
+        """A JSON record of this project's beside the run's own (reproduction.json), written whole."""
+        path = self.path / name
+        if not self.read_only or str(self.path.resolve()) in _HELD:
+            _write_json(path, data)
+        return path
+
     def is_run(self) -> bool:
         """Whether the folder holds a metalearn run (its config)."""
         return self.config_path.is_file()
