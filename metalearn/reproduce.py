@@ -5,6 +5,7 @@
     metalearn-reproduce protonet_omniglot_small --eval-only run=outputs/train/<run>   # check a finished run
     metalearn-reproduce protonet_omniglot_small debug=smoke    # the card's pipeline in seconds, figures not compared
     metalearn-reproduce maml_omniglot_small_5w1s --force       # a GPU card on this CPU anyway
+    metalearn-reproduce <card> run_dir=PATH                    # its runs under PATH (default outputs/reproduce/<card>/<time>)
 
 A card (configs/cards/<name>.yaml, schema metalearn/config/cards.py) names the presets and overrides that made a
 figure, the settings it was scored on, the expected accuracy with its 95% interval and episode digest, and where
@@ -35,6 +36,11 @@ from pathlib import Path
 from metalearn.cli import console_script
 from metalearn.errors import MetalearnError
 
+# what debug=smoke sets (configs/debug/smoke.yaml) and the hardware: a card's own value of these would make its
+# smoke run as long as the real one (an explicit steps= beats the debug group), so smoke mode drops them
+SMOKE_SETS = ("steps", "log_every", "checkpoint_every", "val.", "test.episodes", "method.backbone.width", "hardware",
+              "sampler.meta_batch")
+SMOKE_ADDS = ("sampler.meta_batch=1", "test.episodes=5", "val.every=0")  # a card's pipeline in seconds, not minutes
 SETTING = re.compile(r"^(?P<ways>\d+)w(?P<shots>\d+)s(_within-(?P<within>[a-z]+))?(?P<drawers>_drawers)?$")
 
 
@@ -78,7 +84,7 @@ def find_card(name: str):
     return load_card(path)
 
 
-def data_root(card, overrides: list[str]) -> Path:
+def data_root(card, overrides: list[str]) -> Path | None:
     """dataset.root= on the command line, else the card's root: absolute, or relative to the working folder, then
     to the folder above the project (where ../shared sits beside a checkout)."""
     from metalearn.config import config_dir
@@ -86,6 +92,8 @@ def data_root(card, overrides: list[str]) -> Path:
     given = [o.split("=", 1)[1] for o in overrides if o.startswith("dataset.root=")]
     if given:
         return Path(given[-1]).expanduser()
+    if card.data.root is None:
+        return None
     root = Path(card.data.root).expanduser()
     if root.is_absolute():
         return root
@@ -95,8 +103,8 @@ def data_root(card, overrides: list[str]) -> Path:
     return root
 
 
-def data_present(card, root: Path) -> bool:
-    return root.is_dir() and all((root / f).is_file() for f in card.data.files)
+def data_present(card, root: Path | None) -> bool:
+    return root is None or (root.is_dir() and all((root / f).is_file() for f in card.data.files))
 
 
 def format_source(card) -> str:
@@ -136,17 +144,17 @@ def agreement(expected, measured: dict) -> dict:
             "same_episodes": same_episodes, "agrees": same_episodes and abs(diff) <= half}
 
 
-def train_runs(card, root: Path, out: Path, overrides: list[str], smoke: bool) -> dict[str, Path]:
+def train_runs(card, root: Path | None, out: Path, overrides: list[str], smoke: bool) -> dict[str, Path]:
     """Each of the card's runs, in order, as metalearn-train would run it; returns name -> run folder."""
     folders: dict[str, Path] = {}
     extra = [o for o in overrides if not o.startswith("dataset.root=")]
     for run in card.runs:
         args = [a.format(**{k: str(v) for k, v in folders.items()}) for a in run.overrides]
-        if smoke:  # the pipeline, in seconds, on this machine: the card's hardware is not needed for that
-            args = [a for a in args if not a.startswith("hardware")] + ["debug=smoke"]
+        if smoke:  # the pipeline, in seconds, on this machine: the card's hardware and sizes give way to smoke's
+            args = [a for a in args if not a.split("=", 1)[0].startswith(SMOKE_SETS)] + ["debug=smoke", *SMOKE_ADDS]
         folder = out / run.name
-        cmd = [sys.executable, "-m", "metalearn.train", f"experiment={run.preset}", f"dataset.root={root}", *args,
-               *extra, f"run_dir={folder}"]
+        cmd = [sys.executable, "-m", "metalearn.train", *([f"experiment={run.preset}"] if run.preset else []),
+               *([f"dataset.root={root}"] if root is not None else []), *args, *extra, f"run_dir={folder}"]
         print(f"[{card.name}] run {run.name}: metalearn-train {' '.join(cmd[3:])}", flush=True)
         done = subprocess.run(cmd)
         if done.returncode != 0:
@@ -155,7 +163,7 @@ def train_runs(card, root: Path, out: Path, overrides: list[str], smoke: bool) -
     return folders
 
 
-def measure(card, folders: list[Path], root: Path, smoke: bool) -> dict[str, dict]:
+def measure(card, folders: list[Path], root: Path | None, smoke: bool) -> dict[str, dict]:
     """setting -> the measured result: the main run's own test, or metalearn-eval with the card's options."""
     out = {}
     for expected in card.expected:
@@ -170,7 +178,7 @@ def measure(card, folders: list[Path], root: Path, smoke: bool) -> dict[str, dic
         members = f"ensemble=[{','.join(str(f) for f in folders[1:])}]" if len(folders) > 1 else None
         options = [f"ways={s['ways']}", f"shots={s['shots']}", f"disjoint_drawers={str(s['disjoint_drawers']).lower()}",
                    *([f"within={s['within']}"] if s["within"] else []), *card.evaluate,
-                   f"episodes={20 if smoke else expected.episodes}", f"dataset_root={root}"]
+                   f"episodes={5 if smoke else expected.episodes}", *([f"dataset_root={root}"] if root else [])]
         if smoke:
             options = [o.replace("tta.copies=96", "tta.copies=4") for o in options]
         cmd = [sys.executable, "-m", "metalearn.eval", f"run={folders[0]}", *([members] if members else []), *options]

@@ -16,7 +16,7 @@ class CardRun:
     this run's folder as {name} (a pre-trained body another preset starts from), and an ensemble's members."""
 
     name: str = option("main", "the run's name in the card's folder (and as {name} in later overrides)")
-    preset: str = option(MISSING, "a preset of configs/experiment/")
+    preset: str | None = option(None, "a preset of configs/experiment/ (null: the default config and the overrides)")
     overrides: list[str] = option(help="metalearn-train overrides after the preset", factory=list)
 
 
@@ -52,8 +52,8 @@ class CardData:
     """The data the card reads, where it is looked for, and how to get it."""
 
     dataset: str = option(MISSING, "the dataset config the presets use (omniglot_small, mini_imagenet, ...)")
-    root: str = option(MISSING, "where it is looked for: a path (relative: to the working folder, then the repo's "
-                       "parent); dataset.root= on the command line overrides it")
+    root: str | None = option(None, "where it is looked for: a path (relative: to the working folder, then the repo's "
+                              "parent); dataset.root= on the command line overrides it; null: built in (synthetic)")
     files: list[str] = option(help="files that must be in the root", factory=list)
     get: str = option("", "how to get it, in one line")
 
