@@ -6,6 +6,8 @@
     metalearn-reproduce protonet_omniglot_small debug=smoke    # the card's pipeline in seconds, figures not compared
     metalearn-reproduce maml_omniglot_small_5w1s --force       # a GPU card on this CPU anyway
     metalearn-reproduce <card> run_dir=PATH                    # its runs under PATH (default outputs/reproduce/<card>/<time>)
+    metalearn-reproduce tables                                 # regenerate the README's and docs/' tables from the record
+    metalearn-reproduce tables --check                         # exit 1, one line per table or figure off its data
 
 A card (configs/cards/<name>.yaml, schema metalearn/config/cards.py) names the presets and overrides that made a
 figure, the settings it was scored on, the expected accuracy with its 95% interval and episode digest, and where
@@ -20,19 +22,22 @@ about 95% of the time. It is not a test across seeds (a seed's own spread is not
 when every setting agrees, 1 when one does not, 2 on bad input (an unknown card, missing data, a GPU card on a
 CPU without --force). The record (expected, measured, differences, verdict, wall time, commit) is written as
 reproduction.json into the run folder that holds the figure.
+
+The record: every other figure of the docs is a row of docs/results.yaml (metalearn/record.py); `tables` writes
+the generated tables of README.md and docs/*.md from it and from the cards.
 """
 
 from __future__ import annotations
 
 import json
 import math
-import os
 import re
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+from metalearn.cards import SETTING, all_cards, find_card, format_source, load_card  # noqa: F401 - load_card: tests
 from metalearn.cli import console_script
 from metalearn.errors import MetalearnError
 
@@ -41,47 +46,14 @@ from metalearn.errors import MetalearnError
 SMOKE_SETS = ("steps", "log_every", "checkpoint_every", "val.", "test.episodes", "method.backbone.width", "hardware",
               "sampler.meta_batch")
 SMOKE_ADDS = ("sampler.meta_batch=1", "test.episodes=5", "val.every=0")  # a card's pipeline in seconds, not minutes
-SETTING = re.compile(r"^(?P<ways>\d+)w(?P<shots>\d+)s(_within-(?P<within>[a-z]+))?(?P<drawers>_drawers)?$")
 
 
-def cards_dir() -> Path:
-    from metalearn.config import config_dir
-
-    return Path(os.environ.get("METALEARN_CARDS", Path(config_dir()) / "cards"))
 
 
-def load_card(path: Path):
-    """A card file, checked against its schema: a misspelt key or a wrong type is one line naming it."""
-    from omegaconf import OmegaConf
-
-    from metalearn.config import check_values
-    from metalearn.config.cards import Card
-
-    try:
-        merged = OmegaConf.merge(OmegaConf.structured(Card), OmegaConf.load(path))
-        card = OmegaConf.to_object(merged)
-    except Exception as e:  # noqa: BLE001 - OmegaConf raises several kinds; each is one line naming the key
-        raise MetalearnError(f"card {path}: {' '.join(str(e).split())[:300]}") from None
-    check_values(merged, Card)
-    if card.name != path.stem:
-        raise MetalearnError(f"card {path}: name={card.name} differs from the file's name {path.stem}")
-    for s in card.expected:
-        if not SETTING.match(s.setting):
-            raise MetalearnError(f"card {path}: setting {s.setting!r} is not a test setting's tag (5w1s, "
-                                 f"20w1s_within-alphabet_drawers, ...)")
-    return card
 
 
-def all_cards() -> list:
-    return [load_card(p) for p in sorted(cards_dir().glob("*.yaml"))]
 
 
-def find_card(name: str):
-    path = cards_dir() / f"{name}.yaml"
-    if not path.is_file():
-        names = [p.stem for p in sorted(cards_dir().glob("*.yaml"))]
-        raise MetalearnError(f"no card named {name!r}; the cards are: {', '.join(names)} (metalearn-reproduce list)")
-    return load_card(path)
 
 
 def data_root(card, overrides: list[str]) -> Path | None:
@@ -107,13 +79,6 @@ def data_present(card, root: Path | None) -> bool:
     return root is None or (root.is_dir() and all((root / f).is_file() for f in card.data.files))
 
 
-def format_source(card) -> str:
-    s = card.source
-    if s.kind == "paper":
-        return f"paper: {s.authors} {s.year}, {s.table}"
-    parts = [s.date, s.hardware, f"{s.threads} thread(s)" if s.threads else None, s.precision,
-             f"{s.wall_minutes:g} min" if s.wall_minutes is not None else None]
-    return "measured: " + ", ".join(p for p in parts if p)
 
 
 def show_list() -> None:
@@ -246,6 +211,22 @@ def reproduce(name: str, overrides: list[str], force: bool = False, eval_only: l
     return 0 if passed else 1
 
 
+def tables(check_only: bool) -> int:
+    """Regenerate (or, with --check, only compare) the record's tables; 1 when a document disagrees."""
+    from metalearn import record
+
+    if not check_only:
+        for name in record.write():
+            print(f"rewrote the generated tables of {name}")
+    problems = record.check()
+    for p in problems:
+        print(p)
+    if not problems:
+        print(f"every generated table and every accuracy in {', '.join(record.DOCUMENTS)} agrees with "
+              f"docs/results.yaml and the cards")
+    return 1 if problems else 0
+
+
 @console_script
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
@@ -259,6 +240,8 @@ def main(argv: list[str] | None = None) -> None:
         if argv[0] == "list":
             show_list()
             return
+        if argv[0] == "tables":
+            sys.exit(tables(check_only="--check" in argv[1:]))
         force = "--force" in argv
         eval_only = "--eval-only" in argv
         rest = [a for a in argv[1:] if a not in ("--force", "--eval-only")]

@@ -1,27 +1,27 @@
-"""Print results-table rows (docs/results.md) from finished run folders, so table numbers are copied, never typed.
+"""Print measurement rows for docs/results.yaml from finished run folders, so figures are copied, never typed.
 
-    python scripts/results_rows.py outputs/train/<date>/<run> [more runs...]
+    python scripts/results_rows.py outputs/train/<date>/<run> [more runs...] [--table NAME]
+
+Paste the rows under `measurements:`, fill in `what` (and the table), then `metalearn-reproduce tables`.
 """
 
 from __future__ import annotations
 
-import json
-import shlex
 import sys
 from pathlib import Path
 
+import yaml
 
-def row(run: Path) -> str:
-    s = json.loads((run / "summary.json").read_text())
-    cells = [f"{100 * t['accuracy']:.2f} ± {100 * t['ci95']:.2f}%" for t in s.get("test", {}).values()]
-    command = "metalearn-train " + " ".join(shlex.quote(o) for o in s.get("overrides", []) if not o.startswith("run_dir="))
-    minutes = f"{s.get('wall_time_s', 0) / 60:.1f} min"
-    tags = ", ".join(s.get("test", {}))
-    return f"| {s['method']} | `{command.strip()}` | {' | '.join(cells)} | {minutes} | <!-- {tags}; {s['status']} -->"
-
+from metalearn.record import row_from_run
 
 if __name__ == "__main__":
-    if len(sys.argv) < 2:
+    args = sys.argv[1:]
+    table = "TABLE"
+    if "--table" in args:
+        i = args.index("--table")
+        table = args[i + 1]
+        del args[i:i + 2]
+    if not args:
         sys.exit(__doc__)
-    for arg in sys.argv[1:]:
-        print(row(Path(arg)))
+    rows = [row_from_run(Path(a), table) for a in args]
+    print(yaml.safe_dump(rows, sort_keys=False, allow_unicode=True, width=120), end="")

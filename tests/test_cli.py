@@ -189,10 +189,14 @@ def test_results_rows_script_copies_numbers_from_a_run(trained):
     r = subprocess.run([sys.executable, str(REPO / "scripts" / "results_rows.py"), str(trained)], capture_output=True,
                        text=True)
     assert r.returncode == 0, r.stderr
+    import yaml
+
     s = json.loads((trained / "summary.json").read_text())
     t = s["test"]["5w1s"]
-    assert r.stdout.startswith("| protonet | `metalearn-train debug=smoke` |")
-    assert f"{100 * t['accuracy']:.2f} ± {100 * t['ci95']:.2f}%" in r.stdout
+    (row,) = yaml.safe_load(r.stdout)
+    assert row["what"] == "protonet" and row["command"] == "`metalearn-train debug=smoke`"
+    assert row["scores"]["5w1s"] == {"acc": round(100 * t["accuracy"], 2), "ci95": round(100 * t["ci95"], 2)}
+    assert row["date"] == s["started"][:10]
 
 
 def test_joblib_launcher_runs_the_jobs_of_a_sweep_in_parallel_processes(tmp_path):

@@ -10,7 +10,7 @@ import pytest
 import yaml
 from conftest import OMNIGLOT
 
-from metalearn.reproduce import all_cards, cards_dir, load_card
+from metalearn.cards import all_cards, cards_dir, load_card
 
 REQUIRED = {"protonet_omniglot_small", "meta_baseline_elastic_omniglot_small", "maml_omniglot_small_5w1s",
             "relation_omniglot_small", "matching_omniglot_small", "siamese_omniglot_small",
