@@ -126,6 +126,15 @@ def report_errors(fn: Callable[[], T], multirun: bool = False,
         raise
 
 
+def keys_help(defaults: dict[str, str | None], meanings: dict[str, str], required: tuple[str, ...]) -> str:
+    """The == Keys == section of a key=value tool's --help: each key, its default (or required), its meaning."""
+    lines = ["== Keys ==", "key=value on the command line", ""]
+    for key, default in defaults.items():
+        shown = "(required)" if key in required else ("null" if default is None else default)
+        lines.append(f"  {key}={shown}  {meanings[key]}")
+    return "\n".join(lines) + "\n"
+
+
 def parse_key_values(argv: list[str], tool: str, defaults: dict[str, str | None],
                      required: tuple[str, ...], usage: str) -> dict[str, str | None]:
     """key=value arguments of a tool that needs no config composition (metalearn-predict, metalearn-export):

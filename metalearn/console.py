@@ -4,8 +4,10 @@ runs a console script. Every layer logs and draws progress, so this sits at the 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import sys
+from collections.abc import Iterator
 from functools import lru_cache
 from pathlib import Path
 
@@ -52,3 +54,18 @@ def setup_logging(log_file: Path | None = None, quiet: bool = False) -> None:
         fh = logging.FileHandler(log_file)
         fh.setFormatter(logging.Formatter("[%(asctime)s] %(message)s"))
         log.addHandler(fh)
+
+
+@contextlib.contextmanager
+def also_log_to(log_file: Path) -> Iterator[None]:
+    """The log also goes to `log_file` while the block runs: a run's pre-training stage keeps its own train.log,
+    a complete run folder like any other, while the run's train.log keeps the whole story."""
+    log_file.parent.mkdir(parents=True, exist_ok=True)
+    fh = logging.FileHandler(log_file)
+    fh.setFormatter(logging.Formatter("[%(asctime)s] %(message)s"))
+    log.addHandler(fh)
+    try:
+        yield
+    finally:
+        log.removeHandler(fh)
+        fh.close()

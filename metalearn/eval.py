@@ -158,6 +158,7 @@ def restore_member(cfg: EvalConfig, folder: Path, device: torch.device) -> tuple
     """One run's trained method with the test-time options applied, its image store and its checkpoint."""
     from metalearn.data import build_store
     from metalearn.engine.restore import restore_method
+    from metalearn.errors import MetalearnError
 
     method, ckpt = restore_method(folder, cfg.checkpoint, device)
     saved = ckpt["config"]
@@ -168,7 +169,22 @@ def restore_member(cfg: EvalConfig, folder: Path, device: torch.device) -> tuple
     dataset = dict(saved["dataset"])
     if cfg.dataset_root is not None:
         dataset["root"] = cfg.dataset_root
-    return method, build_store(DictConfig(dataset)), ckpt
+    try:
+        store = build_store(DictConfig(dataset))
+    except MetalearnError as e:
+        raise MetalearnError(in_eval_terms(str(e), saved["dataset"].get("root"))) from None
+    return method, store, ckpt
+
+
+def in_eval_terms(message: str, trained_root: str | None) -> str:
+    """A dataset builder's message speaks metalearn-train's keys; metalearn-eval's are dataset_root= (and no
+    download: the run's data is what it was trained on)."""
+    import re
+
+    message = re.sub(r",? or set dataset\.download=true[^.;]*", "", message)
+    message = re.sub(r"dataset\.root=?", "dataset_root=", message)
+    return f"{message} (metalearn-eval reads the run's dataset from dataset_root=, by default where it was trained: " \
+           f"{trained_root})"
 
 
 def members_digest(members: list[tuple[str, str]]) -> str:

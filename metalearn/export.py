@@ -21,6 +21,9 @@ from metalearn.cli import console_script
 from metalearn.errors import MetalearnError
 
 KEYS = {"run": None, "format": "onnx", "out": None, "checkpoint": "best", "overwrite": "false"}
+MEANINGS = {"run": "the trained run folder (an embedding method's)", "format": "onnx | pt2 (a torch.export program)",
+            "out": "the file to write (null: <run>/export/encoder.<format>)", "checkpoint": "best | last",
+            "overwrite": "true: replace an out= file this command did not write"}
 FORMATS = ("onnx", "pt2")
 
 
@@ -106,7 +109,9 @@ def export(run: str, fmt: str, out: str | None = None, checkpoint: str = "best",
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     if any(a in ("--help", "-h") for a in argv):
-        print(__doc__)
+        from metalearn.cli import keys_help
+
+        print(f"{__doc__}\n{keys_help(KEYS, MEANINGS, ('run',))}")
         return
     try:
         args = parse_args(argv)

@@ -17,11 +17,28 @@ from pathlib import Path
 from typing import IO
 
 
+def _umask() -> int:
+    """The process's umask, read without changing it where Linux shows it (os.umask can only be read by setting it,
+    which would open a window for other threads' files)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 @contextlib.contextmanager
 def atomic_open(path: Path, mode: str = "wb") -> Iterator[IO]:
-    """A file handle whose contents replace `path` only when the block ends without an exception."""
+    """A file handle whose contents replace `path` only when the block ends without an exception. The file gets
+    the permissions any other new file of the user gets (0666 less the umask), not mkstemp's private 0600: a run
+    folder shared with a colleague is readable whole or not at all."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.fchmod(fd, 0o666 & ~_umask())
     try:
         with os.fdopen(fd, mode, **({} if "b" in mode else {"newline": ""})) as f:
             yield f

@@ -24,13 +24,19 @@ from metalearn.errors import MetalearnError
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 KEYS = {"run": None, "support": None, "query": None, "out": "predictions.csv", "top_k": "3", "checkpoint": "best",
         "batch": "256", "device": "cpu", "overwrite": "false"}
+MEANINGS = {"run": "the trained run folder", "support": "a folder with one sub-folder of images per class",
+            "query": "a folder of images, one image file, or a glob", "out": "the predictions file: .csv or .json",
+            "top_k": "class names (and probabilities) given per query", "checkpoint": "best | last",
+            "batch": "queries classified at once", "device": "cpu | cuda | cuda:N",
+            "overwrite": "true: replace an out= file this command did not write"}
+REQUIRED = ("run", "support", "query")
 
 
 def parse_args(argv: list[str]) -> dict[str, str]:
     """key=value arguments, each a known key, run/support/query required."""
     from metalearn.cli import parse_key_values
 
-    args = parse_key_values(argv, "metalearn-predict", KEYS, ("run", "support", "query"),
+    args = parse_key_values(argv, "metalearn-predict", KEYS, REQUIRED,
                             "metalearn-predict run=<run folder> support=<folder of class folders> "
                             "query=<folder, image or glob>")
     for key in ("top_k", "batch"):
@@ -120,7 +126,11 @@ def predict(args: dict[str, str]) -> list[dict]:
     learner = load_run(args["run"], args["checkpoint"], args["device"])
     images, labels, names = support_set(Path(args["support"]))
     files = query_files(args["query"])
-    learner.fit(images, [names[i] for i in labels])
+    try:
+        learner.fit(images, [names[i] for i in labels])
+    except MetalearnError as e:  # the run's own limit (a fixed-way head) is about this support folder: say so
+        raise MetalearnError(f"support={args['support']} has {len(names)} class folders ({', '.join(names[:6])}"
+                             f"{', ...' if len(names) > 6 else ''}), and {e}") from None
     k = min(int(args["top_k"]), len(names))
     rows: list[dict] = []
     batch = int(args["batch"])
@@ -168,7 +178,9 @@ def show(rows: list[dict], limit: int = 20) -> None:
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     if any(a in ("--help", "-h") for a in argv):
-        print(__doc__)
+        from metalearn.cli import keys_help
+
+        print(f"{__doc__}\n{keys_help(KEYS, MEANINGS, REQUIRED)}")
         return
     from metalearn.console import setup_logging
 

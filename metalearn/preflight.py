@@ -34,7 +34,10 @@ def config_options(root: Path) -> dict[str, list[str]]:
     YAML file's `*_schema` (a part registered in Python, e.g. a method defined in a test or a plugin)."""
     from hydra.core.config_store import ConfigStore
 
-    options = {d.name: {f.stem for f in d.glob("*.yaml")} for d in sorted(root.iterdir()) if d.is_dir()}
+    from metalearn.help import NOT_GROUPS
+
+    options = {d.name: {f.stem for f in d.glob("*.yaml")} for d in sorted(root.iterdir())
+               if d.is_dir() and d.name not in NOT_GROUPS}
     store = ConfigStore.instance()
     for group in options:
         try:

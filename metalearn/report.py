@@ -121,10 +121,13 @@ def load_results(run: Path) -> list[Result]:
 
 
 def leaderboard(results: list[Result]) -> list[dict]:
+    """Ranked rows per dataset and task; runs with no test result (failed, unfinished, killed) come last, unranked:
+    a failed run is never anyone's leader."""
     rows = []
     groups: dict[tuple[str, str], list[Result]] = {}
     for r in results:
-        groups.setdefault((r.dataset, r.tag), []).append(r)
+        if not math.isnan(r.accuracy):
+            groups.setdefault((r.dataset, r.tag), []).append(r)
     for (dataset, tag), rs in sorted(groups.items()):
         rs = sorted(rs, key=lambda r: -r.accuracy if not math.isnan(r.accuracy) else math.inf)
         leader = rs[0]
@@ -149,6 +152,12 @@ def leaderboard(results: list[Result]) -> list[dict]:
                          "wall_time_s": r.extra.get("wall_time_s"), "episodes": r.digest,
                          "test_batch_norm": r.extra.get("batch_norm") or "", "tags": ",".join(r.extra.get("tags", [])),
                          "ranks": r.extra.get("ranks", 1)})
+    for r in (r for r in results if math.isnan(r.accuracy)):
+        rows.append({"dataset": r.dataset, "task": r.tag, "rank": "", "method": r.method, "accuracy": r.accuracy,
+                     "ci95": r.ci95, "episodes_n": "", "vs_leader": "", "p_value": "", "vs_leader_holm": "no test result",
+                     "seed": r.seed, "status": r.status, "config": r.config, "run": str(r.run),
+                     "wall_time_s": r.extra.get("wall_time_s"), "episodes": r.digest, "test_batch_norm": "",
+                     "tags": ",".join(r.extra.get("tags", [])), "ranks": r.extra.get("ranks", 1)})
     return rows
 
 
@@ -229,6 +238,8 @@ def _pct(x: float) -> str:
 
 def markdown(rows: list[dict], seeds: list[dict]) -> str:
     lines = ["# metalearn leaderboard", ""]
+    untested = [r for r in rows if r["rank"] == ""]
+    rows = [r for r in rows if r["rank"] != ""]
     for key in sorted({(r["dataset"], r["task"]) for r in rows}):
         lines += [f"## {key[0]}, {key[1]}", "", "| # | method | accuracy (95% CI, n episodes) | vs leader, paired "
                   "(p, n) | vs leader, Holm 95% | test batch norm | seed | status | config | tags | run |",
@@ -239,6 +250,13 @@ def markdown(rows: list[dict], seeds: list[dict]) -> str:
             lines.append(f"| {r['rank']} | {r['method']} | {_pct(r['accuracy'])} ± {_pct(r['ci95'])}%{n} | "
                          f"{r['vs_leader']} | {r['vs_leader_holm']} | {r['test_batch_norm'] or '—'} | {r['seed']} | "
                          f"{r['status']}{ranks} | `{r['config']}` | {r['tags'] or '—'} | {Path(r['run']).name} |")
+        lines.append("")
+    if untested:
+        lines += ["## Runs without a test result", "", "Failed, unfinished or killed, or trained with no test "
+                  "(test.episodes=0): listed so that nothing is silently dropped, never ranked.", "",
+                  "| method | dataset | status | seed | config | run |", "| --- | --- | --- | --- | --- | --- |"]
+        lines += [f"| {r['method']} | {r['dataset']} | {r['status']} | {r['seed']} | `{r['config']}` | "
+                  f"{Path(r['run']).name} |" for r in untested]
         lines.append("")
     multi = [s for s in seeds if s["seeds"] > 1]
     if multi:
@@ -378,7 +396,8 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(prog="metalearn-report", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("paths", nargs="+", type=Path, help="run folders, sweep folders, or folders holding them")
-    ap.add_argument("--out", type=Path, default=Path("outputs/report"))
+    ap.add_argument("--out", type=Path, default=Path("outputs/report"),
+                    help="the folder the leaderboard and plots are written to (default: outputs/report)")
     ap.add_argument("--tags", default=None, help="only runs with any of these tags, comma-separated (tags=[...] at training)")
     args = ap.parse_args(argv)
     try:

@@ -167,17 +167,19 @@ def test_help_lists_config_groups(tmp_path):
     assert r.returncode == 0
     for group in ("dataset:", "method:", "sampler:", "hardware:", "experiment:", "debug:", "launcher:"):
         assert group in r.stdout
-    assert "maml, mamlpp" in r.stdout and "name: protonet" in r.stdout  # options, and the composed config
+    assert "maml, mamlpp" in r.stdout and "  method.name=protonet  " in r.stdout  # options, and the composed keys
+    assert "cards:" not in r.stdout  # configs/cards holds reproduction cards, not a config group
     assert not (tmp_path / "outputs").exists()  # help starts no run
 
 
 def test_help_shows_the_config_the_overrides_compose(tmp_path):
     r = cli("metalearn-train", "method=maml", "shots=5", "-h", cwd=tmp_path)
-    assert r.returncode == 0 and "name: maml" in r.stdout and "inner_lr" in r.stdout and "shots: 5" in r.stdout
+    assert r.returncode == 0 and "  method.name=maml  " in r.stdout and "  shots=5  " in r.stdout
+    assert "  method.inner_lr=0.4  [>= 0]  the inner-loop learning rate" in r.stdout
     r = cli("metalearn-train", "method=nope", "--help", cwd=tmp_path)
     assert r.returncode == 2 and "method/nope" in r.stderr and "Traceback" not in r.stderr
     r = cli("metalearn-eval", "--help", cwd=tmp_path)
-    assert r.returncode == 0 and "metalearn-eval run=PATH" in r.stdout and "checkpoint:" in r.stdout
+    assert r.returncode == 0 and "metalearn-eval run=PATH" in r.stdout and "  checkpoint=best" in r.stdout
 
 
 def test_results_rows_script_copies_numbers_from_a_run(trained):
@@ -289,3 +291,36 @@ def test_cpu_bf16_profile_trains_maml_under_autocast(tmp_path):
     losses = [x["loss"] for x in lines if x["kind"] == "train"]
     assert losses and all(0 < v < 10 for v in losses)
     assert json.loads((tmp_path / "run" / "summary.json").read_text())["status"] == "completed"
+
+
+def test_every_file_of_a_run_folder_has_one_mode(trained):
+    import stat
+
+    from metalearn.files import _umask
+
+    want = 0o666 & ~_umask()
+    modes = {p.relative_to(trained).as_posix(): stat.S_IMODE(p.stat().st_mode)
+             for p in trained.rglob("*") if p.is_file() and not p.name.startswith(".")}
+    assert "summary.json" in modes and "config.yaml" in modes and "metrics.jsonl" in modes
+    assert {name: m for name, m in modes.items() if m != want} == {}
+
+
+def test_debug_smoke_overridden_by_an_explicit_steps_says_so(tmp_path):
+    """Trap (issue 60): `debug=smoke steps=5000` silently ran a 10-minute "smoke" run."""
+    r = cli("metalearn-train", "debug=smoke", "steps=21", "test.episodes=5", "run_dir=run", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "debug=smoke sets steps=20, but steps=21 on the command line wins: this run is not smoke-sized" in r.stderr
+    r = cli("metalearn-train", "debug=smoke", "test.episodes=5", "run_dir=run2", cwd=tmp_path)
+    assert r.returncode == 0 and "not smoke-sized" not in r.stderr
+
+
+def test_eval_with_a_missing_dataset_root_names_the_runs_archives_and_evals_key(tmp_path, omniglot):
+    """Trap (issue 60): the message named the full archives and dataset.download=true, not the small ones the
+    run used, nor metalearn-eval's own key."""
+    r = cli("metalearn-train", "debug=smoke", "dataset=omniglot_small", f"dataset.root={omniglot}", "steps=2",
+            "val.every=0", "test.episodes=2", "run_dir=run", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-2000:]
+    r = cli("metalearn-eval", "run=run", "dataset_root=/nonexistent", "episodes=2", cwd=tmp_path)
+    assert_clean_error(r, "images_background_small1.zip, images_background_small2.zip", "dataset_root=",
+                       f"by default where it was trained: {omniglot}")
+    assert "images_evaluation" not in r.stderr and "download" not in r.stderr and "dataset.root" not in r.stderr

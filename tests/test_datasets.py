@@ -251,3 +251,14 @@ def test_missing_root_is_a_clear_cli_error(tmp_path, name):
     r = cli("metalearn-train", f"dataset={name}", "debug=smoke", cwd=tmp_path)
     assert r.returncode == 2 and "Traceback" not in r.stderr
     assert "dataset.root=PATH" in r.stderr
+
+
+def test_image_folder_names_a_class_with_one_image_before_any_split(tmp_path):
+    """Trap (issue 60): a class with one image gave "the test split of image_folder has only 1 class"."""
+    write_folders(tmp_path / "data", classes=3, per_class=20)
+    (tmp_path / "data" / "cat").mkdir()
+    (tmp_path / "data" / "cat" / "only.png").write_bytes(encoded(7, fmt="PNG"))
+    cfg = ImageFolderConfig(root=str(tmp_path / "data"), image_size=16, cache_dir=str(tmp_path / "c"))
+    with pytest.raises(MetalearnError, match=r"class cat of .* has only 1 image; every class needs at least "
+                                             r"shots\+queries images .* Add images to it or remove it"):
+        build_image_folder(cfg)

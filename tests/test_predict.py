@@ -119,7 +119,7 @@ def test_embed_gives_the_codes_and_refuses_adapting_methods(runs):
     ("bad_query", ["cannot read the image", "broken.png"]),
     ("one_class", ["has 1 class folder", "at least 2"]),
     ("empty_query", ["holds no image file"]),
-    ("too_many_for_maml", ["can only be evaluated 5-way, not 3-way"]),
+    ("too_many_for_maml", ["has 3 class folders (circle, cross, square)", "can only be evaluated 5-way, not 3-way"]),
     ("unknown_key", ["'colour=red' is not a key=value argument", "top_k"]),
 ])
 def test_bad_input_is_one_clear_line(runs, tmp_path, case, phrases):

@@ -192,3 +192,22 @@ def test_a_pretraining_stage_that_only_fed_its_run_is_not_a_leaderboard_row(tmp_
     summary(tmp_path / "lone" / "pretrain", status="completed")  # a run folder someone named pretrain
     found = {p.relative_to(tmp_path.resolve()).as_posix() for p in find_runs([tmp_path])}
     assert found == {"meta", "tested", "tested/pretrain", "broken", "broken/pretrain", "lone/pretrain"}
+
+
+def test_runs_without_a_test_result_are_listed_apart_and_never_ranked(tmp_path):
+    """Trap (issue 60): a report of failed runs ranked each "#1 ... leader" with "— ± —%" under "synthetic, -"."""
+    import csv
+
+    from metalearn.report import report
+
+    for name, status in (("a", "failed"), ("b", "interrupted")):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "summary.json").write_text(json.dumps(
+            {"status": status, "method": "protonet", "choices": {"dataset": "synthetic"}, "error": "boom"}))
+    report([tmp_path], tmp_path / "out")
+    md = (tmp_path / "out" / "leaderboard.md").read_text()
+    assert "leader" not in md.replace("leaderboard", "") and "—" not in md and "synthetic, -" not in md
+    assert "## Runs without a test result" in md and "| protonet | synthetic | failed |" in md
+    assert "| protonet | synthetic | interrupted |" in md
+    rows = list(csv.DictReader((tmp_path / "out" / "leaderboard.csv").read_text().splitlines()))
+    assert [(r["rank"], r["vs_leader_holm"]) for r in rows] == [("", "no test result")] * 2

@@ -108,3 +108,25 @@ def test_a_refused_start_leaves_a_users_folder_as_it_was(tmp_path):
     code, text = finish("debug=smoke", "run_dir=user", cwd=tmp_path)
     assert code == 2 and "already holds files that no metalearn run wrote (notes.txt)" in text, text
     assert sorted(p.name for p in user.iterdir()) == ["notes.txt"]
+
+
+def test_files_a_run_writes_get_the_users_umask_not_private_modes(tmp_path):
+    """Trap (issue 60): config.yaml, summary.json and checkpoints were 0600 while metrics.jsonl was 0644, so a run
+    folder shared with a colleague was half unreadable. Every file now gets 0666 less the umask."""
+    import os
+    import stat
+
+    from metalearn.files import write_csv, write_text
+
+    old = os.umask(0o022)
+    try:
+        write_text(tmp_path / "summary.json", "{}")
+        write_csv([{"a": 1}], tmp_path / "leaderboard.csv")
+        os.umask(0o077)
+        write_text(tmp_path / "private.json", "{}")
+    finally:
+        os.umask(old)
+    mode = lambda name: stat.S_IMODE((tmp_path / name).stat().st_mode)  # noqa: E731
+    assert mode("summary.json") == 0o644 and mode("leaderboard.csv") == 0o644
+    assert mode("private.json") == 0o600  # a user who asks for privacy keeps it
+

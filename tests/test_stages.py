@@ -35,6 +35,9 @@ def test_one_command_runs_both_stages_and_a_stage_cut_short_resumes(tmp_path, om
     stage_cfg = (stage / "config.yaml").read_text()
     assert f"root: {omniglot}" in stage_cfg and "width: 16" in stage_cfg  # dataset.root and debug=smoke reach it
     assert "stage 1 of 2: pre-training (baseline_omniglot_small)" in r.stderr
+    stage_log = (stage / "train.log").read_text()  # trap (issue 60): the stage is a complete run folder, log included
+    assert "step 20/20" in stage_log and "stage 2 of 2" not in stage_log
+    assert "stage 2 of 2" in (run / "train.log").read_text()
 
     cut = tmp_path / "cut"
     cut.mkdir()

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from omegaconf import MISSING
 
@@ -30,9 +30,9 @@ class SyntheticConfig(DatasetConfig):
 
 @dataclass
 class AlphabetLists:
-    train: list[str] = field(default_factory=list)
-    val: list[str] = field(default_factory=list)
-    test: list[str] = field(default_factory=list)
+    train: list[str] = option(help="alphabets to train on (empty: the split's own)", factory=list)
+    val: list[str] = option(help="alphabets held out for validation (empty: the split's own)", factory=list)
+    test: list[str] = option(help="alphabets to test on (empty: the split's own)", factory=list)
 
 
 @schema("dataset", "omniglot_schema", "omniglot")

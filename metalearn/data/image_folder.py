@@ -77,6 +77,13 @@ def build_image_folder(cfg: ImageFolderConfig) -> ImageStore:
         files = [(f"{f.parent.name}/{f.name}", [str(p) for p in image_files(f)]) for f in nested]
     else:
         files = [(f.name, [str(p) for p in image_files(f)]) for f in folders]
+    single = [name for name, fs in files if len(fs) < 2]
+    if single:  # said first: whatever the split, such a class can never give a support image and a query
+        them = "it" if len(single) == 1 else "them"
+        raise MetalearnError(f"class {', '.join(single[:3])}{' ...' if len(single) > 3 else ''} of {root} "
+                             f"{'has' if len(single) == 1 else 'have'} only 1 image; every class needs at least "
+                             f"shots+queries images (2 at the least: a support image and a query). Add images to "
+                             f"{them} or remove {them} from the dataset.")
     key = {"v": FORMAT_VERSION, "root": str(root.resolve()), "size": cfg.image_size, "channels": cfg.channels,
            "files": [[name, len(fs), max(os.path.getmtime(n) for n in fs)] for name, fs in files]}
     data = cached(cfg.cache_dir, "image_folder", key, lambda: decode_classes(files, cfg.image_size, cfg.channels))

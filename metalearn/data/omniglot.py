@@ -39,9 +39,18 @@ ARCHIVE_MD5 = {"images_background": "68d2efa1b9178cc56df9314c21c6e718",
                "images_evaluation": "6b91aef0f799c5bb55b94e3f2daec811",
                "images_background_small1": "e704a628b5459e08445c13499850abc4",
                "images_background_small2": "b75a71a51d3b13f821f212756fe481fd"}
-HOW_TO_GET = ("Get the archives from the Omniglot repository (brendenlake/omniglot, folder python/: "
-              "images_background.zip, images_evaluation.zip) and put them in dataset.root, "
-              "or set dataset.download=true where the network allows.")
+FULL = ("images_background", "images_evaluation")  # the archives torchvision can download
+
+
+def how_to_get(archives: list[str] | tuple[str, ...] = FULL) -> str:
+    """Where the archives this config reads come from: the small ones have no download, so none is offered."""
+    names = ", ".join(f"{a}.zip" for a in archives)
+    download = ", or set dataset.download=true where the network allows" if set(archives) <= set(FULL) else ""
+    return (f"Get {names} from the Omniglot repository (brendenlake/omniglot, folder python/) and put them in "
+            f"dataset.root{download}.")
+
+
+HOW_TO_GET = how_to_get()
 
 
 @dataclass
@@ -82,7 +91,7 @@ class _Source:
 def _find_sources(cfg: OmniglotConfig) -> list[_Source]:
     if cfg.root is None:
         raise MetalearnError(f"dataset=omniglot needs dataset.root=PATH, the folder holding the archives "
-                             f"{', '.join(a + '.zip' for a in cfg.archives)}. {HOW_TO_GET}")
+                             f"{', '.join(a + '.zip' for a in cfg.archives)}. {how_to_get(cfg.archives)}")
     root = Path(cfg.root).expanduser()
     if cfg.download:
         _download(root, cfg.archives)
@@ -96,7 +105,7 @@ def _find_sources(cfg: OmniglotConfig) -> list[_Source]:
             missing.append(name)
     if missing:
         raise MetalearnError(f"Omniglot archive(s) {', '.join(missing)} not found in {root} (looked for NAME.zip and "
-                             f"an extracted NAME/ folder). {HOW_TO_GET}")
+                             f"an extracted NAME/ folder). {how_to_get(cfg.archives)}")
     return sources
 
 

@@ -214,7 +214,10 @@ class RunLife:
                 stage.path.mkdir(parents=True, exist_ok=True)
                 stage.write_config(stage_cfg, stage_overrides, {"experiment": cfg.pretrain.experiment})
                 log.info("stage 1 of 2: pre-training (%s) in %s", cfg.pretrain.experiment, stage.path)
-            train_and_draw(stage_cfg, stage, self.launch.group)
+            from metalearn.console import also_log_to
+
+            with also_log_to(stage.log_file):
+                train_and_draw(stage_cfg, stage, self.launch.group)
         log.info("stage 2 of 2: %s from the pre-trained weights", cfg.method.name)
         out = OmegaConf.create(OmegaConf.to_container(cfg))
         out.init.run = str(stage.path)
