@@ -8,14 +8,10 @@
     metalearn-train resume=true run_dir=PATH hardware.threads=1   # resume on fewer (or more) CPU threads
     metalearn-train ... max_minutes=230              # stop (checkpointed, exit 124) before a 4-hour job limit
     metalearn-train method=maml --help               # every key of that configuration, with its meaning
-
-Each run writes outputs/train/<date>/<time>/ (or run_dir=): config.yaml, metrics.jsonl, summary.json,
-checkpoints/, eval/, train.log and learning_curve.png.
 """
 
 from __future__ import annotations
 
-import logging
 import sys
 from pathlib import Path
 
@@ -26,8 +22,6 @@ from metalearn.cli import console_script, report_errors
 from metalearn.config import config_dir, register
 from metalearn.errors import MetalearnError
 from metalearn.help import answer_help
-
-log = logging.getLogger("metalearn")
 
 register()
 # run_dir= values as first resolved, before Hydra creates the folder: whether each already existed, so a
@@ -62,14 +56,10 @@ def run(cfg: DictConfig) -> dict | None:
     hc = HydraConfig.get()
     out, multirun = Path(hc.runtime.output_dir), hc.mode == RunMode.MULTIRUN
     made_here = cfg.run_dir is None or not RUN_DIR_EXISTED.get(str(out.absolute()), True)
-    from metalearn.console import setup_logging
-
-    setup_logging(None)  # the run's own log file comes with its folder, once the config is known to be valid
-    warn_smoke_overridden(dict(hc.runtime.choices), list(hc.overrides.task))
-    if report_errors(lambda: check_ranges(cfg, out, made_here), multirun=multirun) is None:
-        return None  # a sweep's job with a value out of range: logged, no folder, the sweep goes on
     life = RunLife(cfg, Launch(out, list(hc.overrides.task), dict(hc.runtime.choices),
                                str(hc.sweep.dir) if multirun else None, made_here))
+    if report_errors(life.check, multirun=multirun) is None:
+        return None  # a sweep's job with a value out of range: logged, no folder, the sweep goes on
     try:
         return report_errors(life.run, multirun=multirun, on_error=life.record_failure)
     except Exception:
@@ -78,60 +68,6 @@ def run(cfg: DictConfig) -> dict | None:
         if multirun:  # a crashed job is recorded (and its traceback logged) and the sweep goes on
             return None
         sys.exit(1)  # the traceback is in the log and train.log, the reason in summary.json
-
-
-def smoke_keys() -> dict[str, object]:
-    """What debug=smoke sets (configs/debug/smoke.yaml), as dotted keys."""
-    flat: dict[str, object] = {}
-
-    def walk(node: object, prefix: str) -> None:
-        if isinstance(node, dict):
-            for k, v in node.items():
-                walk(v, f"{prefix}{k}.")
-        else:
-            flat[prefix[:-1]] = node
-
-    walk(OmegaConf.to_container(OmegaConf.load(Path(config_dir()) / "debug" / "smoke.yaml")), "")
-    return flat
-
-
-def warn_smoke_overridden(choices: dict, overrides: list[str]) -> None:
-    """debug=smoke with a larger explicit steps= (or test.episodes=, a wider backbone): the command line wins, as in
-    any Hydra config, so the run is not smoke-sized; say so rather than start a ten-minute "smoke" run in silence.
-    A smaller value (test.episodes=5) keeps it smoke-sized and is not mentioned."""
-    if choices.get("debug") != "smoke":
-        return
-    sets = smoke_keys()
-    for o in overrides:
-        key, _, value = o.partition("=")
-        key = key.lstrip("+~")
-        if key not in sets or key.endswith("every"):
-            continue
-        try:
-            larger = float(value) > float(sets[key])  # type: ignore[arg-type]
-        except ValueError:
-            continue
-        if larger:
-            log.warning("debug=smoke sets %s=%s, but %s on the command line wins: this run is not smoke-sized",
-                        key, sets[key], o)
-
-
-def check_ranges(cfg: DictConfig, out: Path, made_here: bool) -> bool:
-    """Every declared range and choice (the run's keys, its method's), checked before a run folder is claimed:
-    a value out of range is refused like an unknown key, leaving no folder behind (Hydra has made the empty
-    folder by now; it is removed when this command made it)."""
-    from metalearn.config import SCHEMAS, TrainConfig, check_values
-
-    try:
-        check_values(cfg, TrainConfig)
-        check_values(cfg.method, SCHEMAS["method"].get(cfg.method.name), prefix="method.")
-    except MetalearnError:
-        if made_here:
-            from metalearn.engine.rundir import RunFolder
-
-            RunFolder(out).remove_if_empty()
-        raise
-    return True
 
 
 @hydra.main(version_base=None, config_path=config_dir(), config_name="train")

@@ -41,7 +41,7 @@ def test_eval_help_lists_evals_keys_not_trains_groups(capsys):
     assert answer_help("metalearn-eval", "eval", "intro", ["--help"])
     text = capsys.readouterr().out
     assert "Configuration groups" not in text and "method:" not in text
-    assert "episodes: 600" in text and "checkpoint: best" in text
+    assert "  episodes=600  " in text and "  checkpoint=best  " in text
     assert answer_help("metalearn-train", "train", "intro", ["--help"])
     text = capsys.readouterr().out
     assert "Configuration groups" in text and "logger: csv, many, mlflow, tensorboard, wandb" in text

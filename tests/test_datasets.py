@@ -260,5 +260,5 @@ def test_image_folder_names_a_class_with_one_image_before_any_split(tmp_path):
     (tmp_path / "data" / "cat" / "only.png").write_bytes(encoded(7, fmt="PNG"))
     cfg = ImageFolderConfig(root=str(tmp_path / "data"), image_size=16, cache_dir=str(tmp_path / "c"))
     with pytest.raises(MetalearnError, match=r"class cat of .* has only 1 image; every class needs at least "
-                                             r"shots\+queries images .* Add images to it or remove it"):
+                                             r"shots\+queries images .*; add images to it or remove it"):
         build_image_folder(cfg)

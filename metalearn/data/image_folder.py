@@ -82,7 +82,7 @@ def build_image_folder(cfg: ImageFolderConfig) -> ImageStore:
         them = "it" if len(single) == 1 else "them"
         raise MetalearnError(f"class {', '.join(single[:3])}{' ...' if len(single) > 3 else ''} of {root} "
                              f"{'has' if len(single) == 1 else 'have'} only 1 image; every class needs at least "
-                             f"shots+queries images (2 at the least: a support image and a query). Add images to "
+                             f"shots+queries images (2 at the least: a support image and a query); add images to "
                              f"{them} or remove {them} from the dataset.")
     key = {"v": FORMAT_VERSION, "root": str(root.resolve()), "size": cfg.image_size, "channels": cfg.channels,
            "files": [[name, len(fs), max(os.path.getmtime(n) for n in fs)] for name, fs in files]}

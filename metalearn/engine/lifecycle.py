@@ -140,6 +140,15 @@ class RunLife:
         self.cfg, self.launch = cfg, launch
         self.started: tuple[RunFolder, DictConfig] | None = None
 
+    def check(self) -> bool:
+        """What the command line asks for, checked and said before a run folder is claimed: every declared range
+        (refused like an unknown key, leaving no folder) and a debug=smoke that a larger steps= overrides."""
+        from metalearn.console import setup_logging
+
+        setup_logging(None)  # the run's own log file comes with its folder, once the config is known to be valid
+        warn_smoke_overridden(self.launch.choices, self.launch.overrides)
+        return check_ranges(self.cfg, RunFolder(self.launch.out), self.launch.made_here)
+
     def run(self) -> dict:
         import torch
 
@@ -250,3 +259,58 @@ def train_and_draw(cfg: DictConfig, folder: RunFolder, group: str | None) -> dic
     from metalearn.engine.trainer import train
 
     return train(cfg, folder, group=group, draw=lambda: draw(folder, cfg))
+
+
+# before a run folder is claimed: what the command line asks for, checked and said
+def smoke_keys() -> dict[str, object]:
+    """What debug=smoke sets (configs/debug/smoke.yaml), as dotted keys."""
+    from metalearn.config import config_dir
+
+    flat: dict[str, object] = {}
+
+    def walk(node: object, prefix: str) -> None:
+        if isinstance(node, dict):
+            for k, v in node.items():
+                walk(v, f"{prefix}{k}.")
+        else:
+            flat[prefix[:-1]] = node
+
+    walk(OmegaConf.to_container(OmegaConf.load(Path(config_dir()) / "debug" / "smoke.yaml")), "")
+    return flat
+
+
+def warn_smoke_overridden(choices: dict, overrides: list[str]) -> None:
+    """debug=smoke with a larger explicit steps= (or test.episodes=, a wider backbone): the command line wins, as in
+    any Hydra config, so the run is not smoke-sized; say so rather than start a ten-minute "smoke" run in silence.
+    A smaller value (test.episodes=5) keeps it smoke-sized and is not mentioned."""
+    if choices.get("debug") != "smoke":
+        return
+    sets = smoke_keys()
+    for o in overrides:
+        key, _, value = o.partition("=")
+        key = key.lstrip("+~")
+        if key not in sets or key.endswith("every"):
+            continue
+        try:
+            larger = float(value) > float(sets[key])  # type: ignore[arg-type]
+        except ValueError:
+            continue
+        if larger:
+            log.warning("debug=smoke sets %s=%s, but %s on the command line wins: this run is not smoke-sized",
+                        key, sets[key], o)
+
+
+def check_ranges(cfg: DictConfig, folder: RunFolder, made_here: bool) -> bool:
+    """Every declared range and choice (the run's keys, its method's), checked before a run folder is claimed:
+    a value out of range is refused like an unknown key, leaving no folder behind (Hydra has made the empty
+    folder by now; it is removed when this command made it)."""
+    from metalearn.config import SCHEMAS, TrainConfig, check_values
+
+    try:
+        check_values(cfg, TrainConfig)
+        check_values(cfg.method, SCHEMAS["method"].get(cfg.method.name), prefix="method.")
+    except MetalearnError:
+        if made_here:
+            folder.remove_if_empty()
+        raise
+    return True
