@@ -27,7 +27,7 @@ from metalearn.errors import MetalearnError
 
 REPO = Path(__file__).resolve().parent.parent  # a checkout: the record lives in its docs/, not in the package
 RECORD = REPO / "docs" / "results.yaml"
-DOCUMENTS = ("README.md", "docs/results.md", "docs/performance.md")
+DOCUMENTS = ("README.md", "docs/guide.md", "docs/results.md", "docs/performance.md")
 BLOCK = re.compile(r"(<!-- record:(table [A-Za-z0-9_]+|cards) -->\n)(.*?)(<!-- record:end -->)", re.S)
 ACCURACY = re.compile(r"(?<![\d.+−-])(\d{1,3}\.\d\d)(?:\s±\s(\d+\.\d\d))?%")
 ROW_KEYS = {"id", "table", "what", "date", "hardware", "command", "wall", "scores", "text", "quote"}

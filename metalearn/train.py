@@ -101,12 +101,13 @@ def objective(summary: dict | None) -> float | None:
 
 @console_script
 def main() -> None:
-    """The console script: --help answered fast (metalearn.help; torch is imported only after it), everything
-    else by Hydra."""
+    """The console script: --help answered fast (metalearn.help, before torch), everything else by Hydra."""
     if not answer_help("metalearn-train", "train", __doc__ or ""):
         from metalearn.errors import TimeLimitReached
         from metalearn.preflight import run_checked
 
+        flags = [a for a in sys.argv[1:] if a in ("-m", "--multirun")]  # Hydra takes them only before the overrides
+        sys.argv[1:] = flags + [a for a in sys.argv[1:] if a not in flags]
         try:
             run_checked(sys.argv[1:], "train", _hydra_main)
         except KeyboardInterrupt:  # Ctrl-C or SIGTERM: the run said where it stopped; no traceback

@@ -21,7 +21,7 @@ OMNIGLOT = Path(os.environ.get("METALEARN_OMNIGLOT", REPO.parent / "shared" / "d
 # `pytest -m "not e2e"` is the quick loop of unit tests (one module at a time, in this process).
 E2E_FILES = {"test_cli.py", "test_train.py", "test_bad_input.py", "test_faults.py", "test_install.py",
              "test_distributed.py", "test_report.py", "test_accuracy.py", "test_loggers.py", "test_cluster.py", "test_predict.py",
-             "test_export.py"}
+             "test_export.py", "test_tour.py"}
 
 
 def pytest_collection_modifyitems(items) -> None:

@@ -324,3 +324,10 @@ def test_eval_with_a_missing_dataset_root_names_the_runs_archives_and_evals_key(
     assert_clean_error(r, "images_background_small1.zip, images_background_small2.zip", "dataset_root=",
                        f"by default where it was trained: {omniglot}")
     assert "images_evaluation" not in r.stderr and "download" not in r.stderr and "dataset.root" not in r.stderr
+
+
+def test_the_multirun_flag_may_follow_the_overrides(tmp_path):
+    """Hydra's parser refused `metalearn-train debug=smoke -m seed=0,1` ("unrecognized arguments")."""
+    r = cli("metalearn-train", "debug=smoke", "test.episodes=5", "-m", "seed=0,1", "hydra.sweep.dir=sweep", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert len(list((tmp_path / "sweep").glob("*/summary.json"))) == 2
