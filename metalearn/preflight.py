@@ -23,7 +23,18 @@ from omegaconf import OmegaConf
 from metalearn.errors import MetalearnError
 
 # options that need a Hydra plugin from an optional extra: (group, option) -> (its module, its package)
-PLUGINS = {("launcher", "slurm"): ("hydra_plugins.hydra_submitit_launcher", "hydra-submitit-launcher")}
+# group options that need an extra: (group, option) -> (the module it imports, its package, the extra)
+PLUGINS = {("launcher", "slurm"): ("hydra_plugins.hydra_submitit_launcher", "hydra-submitit-launcher", "slurm"),
+           ("launcher", "joblib"): ("hydra_plugins.hydra_joblib_launcher", "hydra-joblib-launcher", "joblib"),
+           **{("search", space): ("optuna", "optuna", "search")
+              for space in ("metric", "gradient", "reptile", "transfer", "learned")}}
+
+
+def installed(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):  # a parent package missing, or hidden from the path
+        return False
 
 SKIP_FLAGS = ("--config-name", "-cn", "--config-dir", "-cd", "--config-path", "-cp", "--info", "-i",
               "--shell-completion", "-sc", "--hydra-help", "--version")
@@ -112,9 +123,10 @@ def preflight(argv: list[str], config_name: str, compose_all: bool = True) -> No
                 if v is not None and str(v) not in groups[key]:
                     raise MetalearnError(f"{key}={v} is not a {key}; choose one of: {', '.join(groups[key])}"
                                          f"{_closest(str(v), groups[key])}")
-                if v is not None and (key, str(v)) in PLUGINS and importlib.util.find_spec(PLUGINS[key, str(v)][0]) is None:
-                    raise MetalearnError(f"{key}={v} needs the {PLUGINS[key, str(v)][1]} package, which is not installed; "
-                                         f"install it with pip install -e \".[{v}]\" (or pip install {PLUGINS[key, str(v)][1]})")
+                if v is not None and (key, str(v)) in PLUGINS and not installed(PLUGINS[key, str(v)][0]):
+                    _, package, extra = PLUGINS[key, str(v)]
+                    raise MetalearnError(f"{key}={v} needs the {package} package, which is not installed; "
+                                         f"install it with pip install -e \".[{extra}]\" (or pip install {package})")
         elif o.is_add() or o.is_force_add():
             appended.append(key)
             continue

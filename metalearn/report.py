@@ -284,6 +284,12 @@ def markdown(rows: list[dict], seeds: list[dict]) -> str:
 
 
 def plots(results: list[Result], out: Path) -> list[Path]:
+    from metalearn.engine.plots import have_matplotlib
+
+    if not have_matplotlib():
+        print("the report's plots are not drawn: matplotlib is not installed (pip install -e \".[plots]\")",
+              file=sys.stderr)
+        return []
     import matplotlib
 
     matplotlib.use("Agg")

@@ -89,7 +89,7 @@ def objective(summary: dict | None) -> float | None:
     if "accuracy" not in (summary.get("best_val") or {}):
         from hydra.core.hydra_config import HydraConfig
 
-        if HydraConfig.get().runtime.choices.get("hydra/sweeper") == "optuna":  # stop the search: all would fail
+        if HydraConfig.get().runtime.choices.get("hydra/sweeper") == "optuna_search":  # stop the search: all would fail
             def refuse():
                 raise MetalearnError("the search maximises validation accuracy, but this run has none: its dataset has "
                                      "no validation split or val.every=0. Give it one (e.g. dataset.alphabets.val=[Greek] "

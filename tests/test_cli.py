@@ -262,6 +262,22 @@ def test_a_search_in_a_database_persists_and_two_processes_share_it(tmp_path):
     assert len(study.trials) == 8 and all(t.state.name == "COMPLETE" for t in study.trials)
 
 
+def test_a_search_in_optunas_journal_file_resumes_by_name(tmp_path):
+    """hydra.sweeper.storage=journal:///path: Optuna's journal file (no database server: what a shared cluster
+    filesystem allows); a second search with the same study name adds its trials to the first's."""
+    import optuna
+
+    journal = tmp_path / "studies" / "search.log"
+    args = ["-m", "search=metric", "debug=smoke", "steps=4", "val.every=2", "val.episodes=5", "test.episodes=5",
+            "hydra.sweeper.n_trials=2", f"hydra.sweeper.storage=journal://{journal}", "hydra.sweeper.study_name=j"]
+    for sweep in ("first", "second"):
+        r = cli("metalearn-train", *args, f"hydra.sweep.dir={sweep}", cwd=tmp_path)
+        assert r.returncode == 0, r.stderr[-2000:]
+    storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(journal)))
+    study = optuna.load_study(study_name="j", storage=storage)
+    assert len(study.trials) == 4 and all(t.state.name == "COMPLETE" for t in study.trials)
+
+
 def test_a_search_needs_validation_accuracy(tmp_path):
     r = cli("metalearn-train", "-m", "search=metric", "debug=smoke", "val.every=0", "hydra.sweeper.n_trials=2",
             cwd=tmp_path)

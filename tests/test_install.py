@@ -51,3 +51,65 @@ def test_wheel_installs_and_runs_in_any_directory(tmp_path):
                        timeout=600)
     assert r.returncode == 0, r.stderr
     assert json.loads((elsewhere / "run" / "summary.json").read_text())["status"] == "completed"
+
+
+BLOCK_EXTRAS = '''
+import sys
+BLOCKED = {"optuna", "matplotlib"}  # what the extras [search] and [plots] install
+
+
+class NotInstalled:
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in BLOCKED:
+            raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+        return None
+
+
+sys.meta_path.insert(0, NotInstalled())
+'''
+
+
+def test_the_core_install_trains_and_names_the_extra_a_command_needs(tmp_path):
+    """Without the extras (optuna and matplotlib hidden, as after `pip install .`): a run trains, tests and records
+    without its plot, saying so in one line; a search is refused in one line naming `.[search]`."""
+    from conftest import cli
+
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text(BLOCK_EXTRAS)
+    old = os.environ.get("PYTHONPATH")
+    os.environ["PYTHONPATH"] = str(site) + (os.pathsep + old if old else "")
+    try:
+        r = cli("metalearn-train", "debug=smoke", "test.episodes=5", "run_dir=run", cwd=tmp_path)
+        assert r.returncode == 0, r.stderr[-2000:]
+        assert 'learning_curve.png not drawn: matplotlib is not installed (pip install -e ".[plots]")' in r.stderr
+        assert json.loads((tmp_path / "run" / "summary.json").read_text())["status"] == "completed"
+        assert not (tmp_path / "run" / "learning_curve.png").exists()
+        r = cli("metalearn-train", "-m", "search=metric", "debug=smoke", cwd=tmp_path)
+        errors = [line for line in r.stderr.splitlines() if "error:" in line]
+        assert r.returncode == 2 and len(errors) == 1 and "Traceback" not in r.stderr, r.stderr[-2000:]
+        assert 'search=metric needs the optuna package, which is not installed; install it with pip install -e ".[search]"' \
+            in errors[0]
+        r = cli("metalearn-report", "run", "--out", "report", cwd=tmp_path)
+        assert r.returncode == 0 and "matplotlib is not installed" in r.stderr, r.stderr[-2000:]
+    finally:
+        if old is None:
+            os.environ.pop("PYTHONPATH")
+        else:
+            os.environ["PYTHONPATH"] = old
+
+
+def test_no_dependency_pins_optuna_or_sqlalchemy_below_their_current_majors():
+    """Installing metalearn into an environment with Optuna 5 and SQLAlchemy 2 keeps them (the 2021 pins are gone)."""
+    import pytest
+
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11 on
+    from packaging.requirements import Requirement
+
+    meta = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    reqs = [Requirement(r) for r in meta["dependencies"] + sum(meta["optional-dependencies"].values(), [])]
+    names = {r.name.lower() for r in reqs}
+    assert "hydra-optuna-sweeper" not in names and "optuna" not in {r.name for r in map(Requirement, meta["dependencies"])}
+    for r in reqs:
+        if r.name.lower() in ("optuna", "sqlalchemy", "alembic"):
+            assert r.specifier.contains("5.1.0" if r.name == "optuna" else "2.1.0", prereleases=True), r

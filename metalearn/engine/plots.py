@@ -18,11 +18,27 @@ def draw(folder: RunFolder, cfg: DictConfig) -> None:
     """learning_curve.png from metrics.jsonl and summary.json, here or in a detached process (plots_detached)."""
     if folder.read_only or not (folder.metrics_path.exists() and folder.metrics_path.stat().st_size):
         return
+    if not have_matplotlib():
+        import logging
+
+        logging.getLogger("metalearn").info("learning_curve.png not drawn: matplotlib is not installed "
+                                            "(pip install -e \".[plots]\")")
+        return
     title = f"{cfg.method.name} · {cfg.dataset.name} · {cfg.ways}-way {cfg.shots}-shot"
     if plots_detached(cfg):
         draw_detached(folder.path, title)
     else:
         draw_run(folder.path, title)
+
+
+def have_matplotlib() -> bool:
+    """Plotting is an extra (`.[plots]`): a core install trains, tests and records without it."""
+    import importlib.util
+
+    try:
+        return importlib.util.find_spec("matplotlib") is not None
+    except (ImportError, ValueError):
+        return False
 
 
 def plots_detached(cfg: DictConfig) -> bool:

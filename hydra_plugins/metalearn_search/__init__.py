@@ -1,0 +1,1 @@
+"""metalearn's Optuna sweeper for Hydra (`search=<space>`), on current Optuna; see optuna_search.py."""
