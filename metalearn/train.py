@@ -80,12 +80,12 @@ def _hydra_main(cfg: DictConfig) -> float | None:
     return objective(run(cfg))
 
 
-def objective(summary: dict | None) -> float | None:
+def objective(summary: dict | None) -> float | str | None:
     """What a hyperparameter search (search=<family>, the Optuna sweeper) maximises: the run's best
     validation accuracy. A failed job returns None, which the sweeper records as a failed trial (its
     own failure handling, `max_failure_rate` in configs/search/); summary.csv marks it failed too."""
-    if summary is None:
-        return None
+    if summary is None or summary.get("status") == "pruned":  # "pruned": the sweeper tells the study so
+        return None if summary is None else "pruned"
     if "accuracy" not in (summary.get("best_val") or {}):
         from hydra.core.hydra_config import HydraConfig
 

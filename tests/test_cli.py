@@ -278,6 +278,27 @@ def test_a_search_in_optunas_journal_file_resumes_by_name(tmp_path):
     assert len(study.trials) == 4 and all(t.state.name == "COMPLETE" for t in study.trials)
 
 
+def test_a_pruned_search_stops_trials_below_the_median_at_a_validation_step(tmp_path):
+    """hydra.sweeper.pruner.name=median: each trial reports its validation accuracy at every validation; one below
+    the earlier trials' median at that step stops there (status pruned, checkpointed, not tested) and the study
+    records it PRUNED, across processes through the storage."""
+    import optuna
+
+    db = f"sqlite:///{tmp_path / 'study.db'}"
+    r = cli("metalearn-train", "-m", "search=metric", "debug=smoke", "steps=60", "val.every=10", "val.episodes=20",
+            "test.episodes=5", "hydra.sweeper.n_trials=6", "hydra.sweeper.pruner.name=median",
+            "hydra.sweeper.pruner.n_startup_trials=2", f"hydra.sweeper.storage={db}", "hydra.sweeper.study_name=p",
+            "hydra.sweep.dir=sweep", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-2000:]
+    study = optuna.load_study(study_name="p", storage=db)
+    states = [t.state.name for t in study.trials]
+    assert len(states) == 6 and "PRUNED" in states and states[:2] == ["COMPLETE", "COMPLETE"], states
+    summaries = [json.loads(p.read_text()) for p in sorted((tmp_path / "sweep").glob("*/summary.json"))]
+    pruned = [s for s in summaries if s["status"] == "pruned"]
+    assert len(pruned) == states.count("PRUNED") and all(s["steps_done"] < 60 and not s.get("test") for s in pruned)
+    assert all(s["steps_done"] == 60 for s in summaries if s["status"] == "completed")
+
+
 def test_a_search_needs_validation_accuracy(tmp_path):
     r = cli("metalearn-train", "-m", "search=metric", "debug=smoke", "val.every=0", "hydra.sweeper.n_trials=2",
             cwd=tmp_path)

@@ -30,15 +30,26 @@ from hydra.plugins.sweeper import Sweeper
 from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, OmegaConf
 
+from metalearn.engine import search_trial
+from metalearn.engine.search_trial import storage_of
+
 log = logging.getLogger("metalearn")
 
 SAMPLERS = ("tpe", "random", "gp", "cmaes")
+PRUNERS = ("none", "median", "hyperband")
 
 
 @dataclass
 class SamplerConf:
     name: str = "tpe"  # tpe | random | gp | cmaes (Optuna's samplers; cmaes needs the cmaes package)
     seed: int | None = None
+
+
+@dataclass
+class PrunerConf:
+    name: str = "none"  # none | median (below the median of earlier trials at a step) | hyperband
+    n_startup_trials: int = 3  # median: trials that run in full before any is pruned
+    n_warmup_steps: int = 0  # median: steps before a trial can be pruned
 
 
 @dataclass
@@ -51,22 +62,12 @@ class OptunaSearchConf:
     n_jobs: int = 1  # trials per batch: with launcher=joblib they run in parallel
     max_failure_rate: float = 0.0  # the share of a batch's trials that may fail before the search stops
     sampler: SamplerConf = field(default_factory=SamplerConf)
+    pruner: PrunerConf = field(default_factory=PrunerConf)
     params: dict[str, str] | None = None
 
 
 ConfigStore.instance().store(group="hydra/sweeper", name="optuna_search", node=OptunaSearchConf,
                              provider="metalearn")
-
-
-def storage_of(url: str | None) -> Any:
-    """None, an SQLAlchemy URL, or Optuna's journal file storage for `journal:///path`."""
-    if url is None or not url.startswith("journal://"):
-        return url
-    import optuna
-
-    path = Path(url.removeprefix("journal://")).expanduser()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    return optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(path)))
 
 
 def sampler_of(conf: Any) -> Any:
@@ -79,6 +80,18 @@ def sampler_of(conf: Any) -> Any:
             "random": lambda: optuna.samplers.RandomSampler(seed=seed),
             "gp": lambda: optuna.samplers.GPSampler(seed=seed),
             "cmaes": lambda: optuna.samplers.CmaEsSampler(seed=seed)}[name]()
+
+
+def pruner_of(conf: Any) -> Any:
+    import optuna
+
+    name = conf.get("name", "none")
+    if name not in PRUNERS:
+        raise ValueError(f"hydra.sweeper.pruner.name={name} is not one of: {', '.join(PRUNERS)}")
+    if name == "median":
+        return optuna.pruners.MedianPruner(n_startup_trials=conf.get("n_startup_trials", 3),
+                                           n_warmup_steps=conf.get("n_warmup_steps", 0))
+    return optuna.pruners.HyperbandPruner() if name == "hyperband" else optuna.pruners.NopPruner()
 
 
 def suggest(trial: Any, name: str, space: Any) -> Any:
@@ -98,10 +111,10 @@ def suggest(trial: Any, name: str, space: Any) -> Any:
 
 class OptunaSearch(Sweeper):
     def __init__(self, direction: str, study_name: str | None, storage: str | None, n_trials: int, n_jobs: int,
-                 max_failure_rate: float, sampler: Any, params: dict[str, str] | None) -> None:
+                 max_failure_rate: float, sampler: Any, pruner: Any, params: dict[str, str] | None) -> None:
         self.direction, self.study_name, self.storage_url = direction, study_name, storage
         self.n_trials, self.n_jobs, self.max_failure_rate = n_trials, n_jobs, max_failure_rate
-        self.sampler_conf, self.params = sampler, dict(params or {})
+        self.sampler_conf, self.pruner_conf, self.params = sampler, pruner, dict(params or {})
         self.job_idx = 0
 
     def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
@@ -131,26 +144,40 @@ class OptunaSearch(Sweeper):
                 fixed.append(f"{key}={value}")
         return searched, fixed
 
+    def trial_env(self, study: Any, trial: Any) -> list[str]:
+        """The job's environment naming its trial, so its validations can be reported and pruned."""
+        if self.storage_url is None:
+            search_trial.IN_PROCESS[trial._trial_id] = trial
+        env = "+hydra.job.env_set."
+        return [f"{env}{search_trial.TRIAL}={trial._trial_id}",
+                f"{env}{search_trial.STORAGE}='{self.storage_url or search_trial.MEMORY}'",
+                f"{env}{search_trial.STUDY}='{study.study_name}'"]
+
     def sweep(self, arguments: list[str]) -> None:
         import optuna
 
         searched, fixed = self.space(arguments)
         study = optuna.create_study(study_name=self.study_name, storage=storage_of(self.storage_url),
-                                    sampler=sampler_of(self.sampler_conf), direction=self.direction,
-                                    load_if_exists=True)
+                                    sampler=sampler_of(self.sampler_conf), pruner=pruner_of(self.pruner_conf),
+                                    direction=self.direction, load_if_exists=True)
+        pruning = self.pruner_conf.get("name", "none") != "none"
         log.info("search: study %s (%s), %d trials, %s sampler, %s", study.study_name, self.storage_url or "in memory",
                  self.n_trials, self.sampler_conf.get("name", "tpe"), self.direction)
         to_go = self.n_trials
         while to_go > 0:
             batch = min(to_go, self.n_jobs)
             trials = [study.ask() for _ in range(batch)]
-            jobs = [fixed + [f"{name}={suggest(t, name, space)}" for name, space in searched.items()] for t in trials]
+            jobs = [fixed + [f"{name}={suggest(t, name, space)}" for name, space in searched.items()]
+                    + (self.trial_env(study, t) if pruning else []) for t in trials]
             returns = self.launcher.launch(jobs, initial_job_idx=self.job_idx)
             self.job_idx += len(returns)
             failures = 0
             for trial, ret in zip(trials, returns, strict=True):
                 value = ret.return_value if ret.status == JobStatus.COMPLETED else None
-                if value is None or not isinstance(value, int | float) or math.isnan(value):
+                search_trial.IN_PROCESS.pop(trial._trial_id, None)
+                if value == "pruned":  # stopped at a validation step by the pruner (engine/search_trial.py)
+                    study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+                elif value is None or not isinstance(value, int | float) or math.isnan(value):
                     study.tell(trial, state=optuna.trial.TrialState.FAIL)  # no made-up score for a failed trial
                     failures += 1
                 else:

@@ -38,6 +38,7 @@ from metalearn.engine.init_weights import initialize_from, parse_rename
 from metalearn.engine.progress import Progress
 from metalearn.engine.restore import restore_method
 from metalearn.engine.rundir import RunFolder
+from metalearn.engine.search_trial import TrialPruned, reporter
 from metalearn.errors import TimeLimitReached, TrainingDiverged
 from metalearn.hardware import autocast, describe_device, setup_device
 from metalearn.loggers import Trackers, open_trackers
@@ -112,6 +113,7 @@ class Trainer:
         self.processes = describe_ranks(self.ranks, self.device)  # world size, backend, each rank's device
         self.amp = cfg.hardware.amp
         self.cuda_graph = bool(cfg.hardware.get("cuda_graph", False))  # run folders from before the option lack it
+        self.report = reporter()  # a search trial's validations, for its pruner (engine/search_trial.py)
         check_cuda_graph(self.cuda_graph, self.device)
         torch.manual_seed(cfg.seed)
         self.train_spec = TaskSpec(cfg.sampler.train_ways, cfg.sampler.train_shots, cfg.sampler.train_queries,
@@ -236,6 +238,10 @@ class Trainer:
                     if v["accuracy"] > st.best_val:
                         st.best_val, st.best_step, st.best_ci95 = v["accuracy"], st.step, v["ci95"]
                         self._checkpoint("best")
+                    if self.report is not None and self.report(st.step, v["accuracy"]):
+                        st.elapsed = time.perf_counter() - t_start
+                        self._checkpoint("last")
+                        raise TrialPruned(st.step)
                     t_window = time.perf_counter()
                 saved = st.step % cfg.checkpoint_every == 0 or st.step == cfg.steps
                 out_of_time = deadline is not None and any_rank(time.perf_counter() >= deadline, self.ranks)
@@ -295,8 +301,12 @@ def train(cfg: DictConfig, folder: RunFolder, group: str | None = None, draw: Ca
     except (TrainingDiverged, KeyboardInterrupt, TimeLimitReached) as e:
         status = "diverged" if isinstance(e, TrainingDiverged) else "interrupted"
         raise
+    except TrialPruned as e:  # a search's pruner stopped it: recorded, not tested, not a failure
+        status = "pruned"
+        log.info("pruned by the search at step %d (below the other trials at that step); not tested", e.step)
+        return folder.write_summary(cfg, status="pruned", state=trainer.state)
     finally:
-        if draw is not None and status in ("completed", "diverged"):
+        if draw is not None and status in ("completed", "diverged", "pruned"):
             draw()
         trainer.trackers.finish(status)
 
