@@ -9,6 +9,17 @@ class MetalearnError(Exception):
     """Bad input or a state the user must act on."""
 
 
+def installed(module: str) -> bool:
+    """Whether an optional package (an extra's) can be imported, without importing it: one answer for the
+    trackers, the plots and the command-line check alike."""
+    import importlib.util
+
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):  # a parent package missing, or hidden from the path
+        return False
+
+
 class TimeLimitReached(BaseException):
     """max_minutes ran out: the run checkpointed its current step and stops so a scheduler can requeue it.
     A BaseException, as KeyboardInterrupt is, so no `except Exception` (a sweep's job guard) swallows it."""

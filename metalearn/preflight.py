@@ -12,7 +12,6 @@ first job.
 from __future__ import annotations
 
 import difflib
-import importlib.util
 import os
 import sys
 from collections.abc import Callable
@@ -20,7 +19,7 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from metalearn.errors import MetalearnError
+from metalearn.errors import MetalearnError, installed
 
 # options that need a Hydra plugin from an optional extra: (group, option) -> (its module, its package)
 # group options that need an extra: (group, option) -> (the module it imports, its package, the extra)
@@ -29,12 +28,6 @@ PLUGINS = {("launcher", "slurm"): ("hydra_plugins.hydra_submitit_launcher", "hyd
            **{("search", space): ("optuna", "optuna", "search")
               for space in ("metric", "gradient", "reptile", "transfer", "learned")}}
 
-
-def installed(module: str) -> bool:
-    try:
-        return importlib.util.find_spec(module) is not None
-    except (ImportError, ValueError):  # a parent package missing, or hidden from the path
-        return False
 
 SKIP_FLAGS = ("--config-name", "-cn", "--config-dir", "-cd", "--config-path", "-cp", "--info", "-i",
               "--shell-completion", "-sc", "--hydra-help", "--version")

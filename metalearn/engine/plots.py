@@ -33,12 +33,9 @@ def draw(folder: RunFolder, cfg: DictConfig) -> None:
 
 def have_matplotlib() -> bool:
     """Plotting is an extra (`.[plots]`): a core install trains, tests and records without it."""
-    import importlib.util
+    from metalearn.errors import installed
 
-    try:
-        return importlib.util.find_spec("matplotlib") is not None
-    except (ImportError, ValueError):
-        return False
+    return installed("matplotlib")
 
 
 def plots_detached(cfg: DictConfig) -> bool:

@@ -11,7 +11,6 @@ none of them must not pay for their import.
 
 from __future__ import annotations
 
-import importlib.util
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -20,7 +19,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from metalearn.errors import MetalearnError
+from metalearn.errors import MetalearnError, installed
 from metalearn.registry import LOGGERS
 
 log = logging.getLogger("metalearn")
@@ -55,7 +54,7 @@ class Tracker:
 
 def require(package: str, logger: str, extra: str | None = None) -> None:
     """A clear error when a tracker's library is missing, naming the extra that installs it."""
-    if importlib.util.find_spec(package) is None:
+    if not installed(package):
         raise MetalearnError(f"logger={logger} needs the {package} package, which is not installed; install it with "
                              f"pip install -e \".[{extra or logger}]\" (or pip install {package})")
 
