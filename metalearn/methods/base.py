@@ -65,6 +65,16 @@ class TrainingContext:
     restore: Callable[[Path], tuple[Method, dict]] | None = None
 
 
+def on_load(module: nn.Module, hook: Callable) -> None:
+    """Run `hook(module, state_dict, prefix, ...)` before `module` reads a state dict (to read checkpoints of
+    older versions). torch >= 2.5 names it register_load_state_dict_pre_hook; 2.3 and 2.4, the lowest this
+    project supports, have only the private spelling with the same call (with_module=True)."""
+    if hasattr(module, "register_load_state_dict_pre_hook"):
+        module.register_load_state_dict_pre_hook(hook)
+    else:  # pragma: no cover - torch 2.3 / 2.4 (.ci/lowest)
+        module._register_load_state_dict_pre_hook(hook, with_module=True)
+
+
 def fp32(x: torch.Tensor) -> torch.Tensor:
     """Losses are computed at least in float32: bf16/fp16 logits (autocast) are upcast, float64 kept."""
     return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x

@@ -16,7 +16,7 @@ from torch import nn
 
 from metalearn.backbones import vmap_safe
 from metalearn.config import MAMLPlusPlusConfig
-from metalearn.methods.base import AdaptingMethod, BuildContext, accuracy, fp32
+from metalearn.methods.base import AdaptingMethod, BuildContext, accuracy, fp32, on_load
 from metalearn.methods.inner_loop import Params, adapt, call, param_key
 from metalearn.methods.task_batching import PATHS, TaskBatching
 from metalearn.registry import METHODS
@@ -35,7 +35,7 @@ class MAML(AdaptingMethod):
         self.name, self.plus = name, plus or MAMLPlusPlusConfig()
         self.batching = TaskBatching(task_batching, task_chunk)  # how a meta-batch's tasks run (loop | vmap | split | auto)
         self.register_buffer("batching_path", torch.tensor(-1))  # the path auto chose: -1 not yet, else PATHS[i]
-        self.register_load_state_dict_pre_hook(_older_batching_buffer)  # checkpoints from older versions
+        on_load(self, _older_batching_buffer)  # checkpoints from older versions
         self.model = nn.Sequential(backbone, nn.Linear(feature_dim, ways))
         self.ways, self.inner_lr, self.first_order = ways, inner_lr, first_order
         self.inner_steps, self.inner_steps_eval = inner_steps, inner_steps_eval

@@ -25,7 +25,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from metalearn.methods.base import BuildContext, EmbeddingMethod, class_centroids
+from metalearn.methods.base import BuildContext, EmbeddingMethod, class_centroids, on_load
 from metalearn.methods.log_scale import groups_with_scale, log_parameter, raw_scale_loader
 from metalearn.registry import METHODS
 
@@ -49,7 +49,7 @@ class MetaBaseline(EmbeddingMethod):
         self.backbone = backbone
         self.log_temperature = log_parameter(temperature, learn_temperature)
         self.temperature_lr_multiplier = temperature_lr_multiplier
-        self.register_load_state_dict_pre_hook(raw_scale_loader("temperature", "log_temperature"))
+        on_load(self, raw_scale_loader("temperature", "log_temperature"))
 
     @property
     def temperature(self) -> torch.Tensor:

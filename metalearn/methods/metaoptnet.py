@@ -39,7 +39,7 @@ import logging
 import torch
 from torch import nn
 
-from metalearn.methods.base import BuildContext, EmbeddingMethod
+from metalearn.methods.base import BuildContext, EmbeddingMethod, on_load
 from metalearn.methods.log_scale import groups_with_scale, log_parameter, raw_scale_loader
 from metalearn.registry import METHODS
 
@@ -175,7 +175,7 @@ class MetaOptNet(EmbeddingMethod):
         self.svm_iterations, self.svm_iterations_eval = svm_iterations, svm_iterations_eval
         self.log_scale = log_parameter(scale)
         self.scale_lr_multiplier = scale_lr_multiplier
-        self.register_load_state_dict_pre_hook(raw_scale_loader("scale", "log_scale"))
+        on_load(self, raw_scale_loader("scale", "log_scale"))
 
     @property
     def scale(self) -> torch.Tensor:

@@ -22,7 +22,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from metalearn.methods.base import AdaptingMethod, BuildContext, accuracy
+from metalearn.methods.base import AdaptingMethod, BuildContext, accuracy, on_load
 from metalearn.methods.inner_loop import Params, call, param_key
 from metalearn.registry import METHODS
 from metalearn.tasks.episodes import EpisodeBatch
@@ -44,7 +44,7 @@ class Reptile(AdaptingMethod):
         for n, p in self.model.named_parameters():  # Adam's second moments, kept when inner_state=persistent
             self.register_buffer(f"adam_v__{param_key(n)}", torch.zeros_like(p))
         self.register_buffer("adam_t", torch.zeros((), dtype=torch.long))
-        self.register_load_state_dict_pre_hook(_default_adam_state)  # checkpoints from before it existed
+        on_load(self, _default_adam_state)  # checkpoints from before it existed
 
     # ------------------------------------------------------------ the inner optimiser
     def _adam_state(self) -> tuple[Params, int]:

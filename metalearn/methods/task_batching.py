@@ -42,6 +42,15 @@ CPU_VMAP_IMAGES = 160  # on the CPU, vmap runs at most this many support and que
 CPU_SPLIT_TASKS = 16  # and split the support side of at most this many tasks
 
 
+def cpu_autocast() -> bool:
+    """Whether autocast is on for the CPU: torch >= 2.4 asks is_autocast_enabled("cpu"); 2.3 has only
+    is_autocast_cpu_enabled()."""
+    try:
+        return torch.is_autocast_enabled("cpu")
+    except TypeError:  # pragma: no cover - torch 2.3 (.ci/lowest)
+        return torch.is_autocast_cpu_enabled()
+
+
 class BatchableMethod(Protocol):
     """What a meta-batch strategy needs of the algorithm: its model, which weights the inner loop adapts,
     the inner loop as a pure function, one task's query loss, and every task's at once."""
@@ -220,6 +229,6 @@ class TaskBatching:
         small to keep the cores busy with intra-op parallelism; a task per core is not (measured on 2
         cores: +14% tasks/s with 15 queries per class, +16% with 1). The GPU, and autocast (whose state
         is per thread), keep one."""
-        if batch.support.device.type != "cpu" or torch.is_autocast_enabled("cpu"):
+        if batch.support.device.type != "cpu" or cpu_autocast():
             return 1
         return max(1, min(self.query_threads or torch.get_num_threads(), batch.tasks))
