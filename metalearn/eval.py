@@ -10,6 +10,7 @@
     metalearn-eval run=... readout=tim            # TIM's transductive inference on the run's codes (embedding methods)
     metalearn-eval run=RUN_A 'ensemble=[RUN_B,RUN_C]'   # the three runs as one ensemble (averaged class probabilities)
     metalearn-eval run=... tta.copies=32 paired=true  # also without the copies, on the same episodes: the paired gain
+    metalearn-eval run=<a mini_imagenet run> dataset=cub   # cross-domain: CUB's test split at the run's input size
 
 The episodes are drawn from `seed` on the run's test split, so every method
 trained on the same dataset config is scored on identical episodes; the
@@ -94,7 +95,10 @@ def run(cfg: DictConfig) -> dict:
         print(f"  member {e['run']} ({e['method']}, {e['checkpoint']}): {100 * e['accuracy']:.2f} ± "
               f"{100 * e['ci95']:.2f}%")
     what = f"ensemble of {len(members)} runs" if ensemble else saved["method"]["name"]
-    print(f"{what} on {saved['dataset']['name']} {setting}: "
+    crossed = store.meta.get("cross_domain")
+    where = (f"{crossed['tested_on']} (cross-domain: trained on {crossed['trained_on']})" if crossed
+             else saved["dataset"]["name"])
+    print(f"{what} on {where} {setting}: "
           f"{100 * r.accuracy:.2f} ± {100 * r.ci95:.2f}% (95% CI, {len(r.per_episode)} episodes, "
           f"episodes {r.plans.digest()}{'' if r.batch_norm is None else ', batch norm: ' + r.batch_norm}"
           f"{protocol.describe(readout)}{', transductive' if r.transductive else ''}) -> {path}")
@@ -106,7 +110,7 @@ def run(cfg: DictConfig) -> dict:
         d = paired_difference(r.per_episode, plain[0].per_episode)
         print(f"  over the same {'ensemble' if ensemble else 'run'} without copies or readout ({100 * plain[0].accuracy:.2f}"
               f" ± {100 * plain[0].ci95:.2f}%, -> {plain[2].name}): {100 * d.mean:+.2f} ± {100 * d.half_width:.2f} (paired)")
-    return r.summary() | ({"ensemble": ensemble} if ensemble else {})
+    return r.summary() | ({"ensemble": ensemble} if ensemble else {}) | ({"cross_domain": crossed} if crossed else {})
 
 
 def score(protocol: EvalConfig, readout: Readout | None, folders: list[Path], members: list, device: torch.device,
@@ -126,7 +130,11 @@ def score(protocol: EvalConfig, readout: Readout | None, folders: list[Path], me
     runs = [(str(f.resolve()), c["checkpoint_name"]) for f, (_, _, c) in zip(folders, members, strict=True)]
     name = protocol.file_name(spec.tag, spec.queries, members[0][2]["checkpoint_name"], readout,
                               f"_ensemble-{len(runs)}-{members_digest(runs)}" if len(runs) > 1 else "")
-    return r, alone, r.save(folder.eval_dir, name, {"ensemble": ensemble} if ensemble else None)
+    crossed = members[0][1].meta.get("cross_domain")
+    if crossed:
+        name = f"cross-{crossed['tested_on']}_{name}"
+    extra = ({"ensemble": ensemble} if ensemble else {}) | ({"cross_domain": crossed} if crossed else {})
+    return r, alone, r.save(folder.eval_dir, name, extra or None)
 
 
 def run_folder(path: str, key: str) -> Path:
@@ -166,6 +174,16 @@ def restore_member(cfg: EvalConfig, folder: Path, device: torch.device) -> tuple
         set_policy(method, saved["method"]["name"], cfg.test_batch_norm)
     if cfg.inner_steps is not None:
         set_inner_steps(method, saved["method"]["name"], cfg.inner_steps)
+    if cfg.test_dataset is not None:  # cross-domain: another dataset's test split, as the run's input
+        from metalearn.data.cross_domain import as_run_input, target_config
+
+        pre = ckpt["preprocess"]
+        target = target_config(cfg.test_dataset, cfg.dataset_root, int(pre["image_size"]))
+        try:
+            store = build_store(target)
+        except MetalearnError as e:
+            raise MetalearnError(in_eval_terms(str(e), None)) from None
+        return method, as_run_input(store, pre, saved["dataset"]["name"], cfg.test_dataset), ckpt
     dataset = dict(saved["dataset"])
     if cfg.dataset_root is not None:
         dataset["root"] = cfg.dataset_root
@@ -183,6 +201,8 @@ def in_eval_terms(message: str, trained_root: str | None) -> str:
 
     message = re.sub(r",? or set dataset\.download=true[^.;]*", "", message)
     message = re.sub(r"dataset\.root=?", "dataset_root=", message)
+    if trained_root is None:  # dataset=: another dataset, read from dataset_root= or its default root
+        return message
     return f"{message} (metalearn-eval reads the run's dataset from dataset_root=, by default where it was trained: " \
            f"{trained_root})"
 
@@ -243,7 +263,14 @@ def main() -> None:
 
         from metalearn.preflight import run_checked
 
+        sys.argv[1:] = [spelled(a) for a in sys.argv[1:]]
         run_checked(sys.argv[1:], "eval", _hydra_main)
+
+
+def spelled(arg: str) -> str:
+    """`dataset=cub` is how a user asks for a cross-domain test; in Hydra's eyes `dataset` is train's config group,
+    so the key is test_dataset and this spelling is its alias."""
+    return "test_dataset=" + arg.split("=", 1)[1] if arg.startswith("dataset=") else arg
 
 
 if __name__ == "__main__":

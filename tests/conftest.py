@@ -32,9 +32,11 @@ def pytest_collection_modifyitems(items) -> None:
 
 @pytest.fixture(scope="session", autouse=True)
 def _cache(tmp_path_factory) -> Path:
-    """Every test (and every CLI subprocess) shares one fresh cache folder."""
+    """Every test (and every CLI subprocess) shares one fresh cache folder, and an empty data home (where a
+    dataset without dataset.root is looked for): nothing of the machine's own ~/.cache/metalearn is read."""
     path = tmp_path_factory.mktemp("cache")
     os.environ["METALEARN_CACHE"] = str(path)
+    os.environ["METALEARN_DATA"] = str(tmp_path_factory.mktemp("data_home"))
     return path
 
 

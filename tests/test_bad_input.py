@@ -143,7 +143,7 @@ CASES: list[tuple[str, list[str], list[str]]] = [
                                                   "skip the test with test.episodes=0"]),
     (TRAIN, ["dataset.num_clases=3"], ["dataset.num_clases is not a key of dataset", "did you mean dataset.num_classes"]),
     (TRAIN, ["dataset=imagenet9"], ["dataset=imagenet9 is not a dataset", "synthetic", "omniglot"]),
-    (TRAIN, ["dataset=omniglot"], ["dataset.root=PATH", "images_background.zip"]),
+    (TRAIN, ["dataset=omniglot"], ["metalearn-data get omniglot", "images_background.zip", "dataset.root"]),
     (TRAIN, ["dataset=omniglot", "dataset.root=/nonexistent"], ["not found in /nonexistent", "brendenlake/omniglot"]),
     (TRAIN, ["dataset=omniglot", "dataset.root={root}/a_file.txt"], ["is a file, not a folder"]),
     (TRAIN, ["dataset=image_folder"], ["needs dataset.root=PATH"]),

@@ -12,6 +12,7 @@ from metalearn.config.datasets import (
     WHERE_KEYS,
     AlphabetLists,
     CifarConfig,
+    CubConfig,
     DatasetConfig,
     ImageFolderConfig,
     MiniImageNetConfig,
@@ -34,7 +35,7 @@ from metalearn.config.schema import SCHEMAS, check_values, config_dir, declared,
 
 __all__ = [
     "SCHEMAS", "TEST_BATCH_NORMS", "WHERE_KEYS", "AlphabetLists", "AugmentConfig", "BackboneConfig", "BaselineConfig",
-    "CifarConfig", "DatasetConfig", "EmbeddingMethodConfig", "EvalConfig", "EvalProtocol", "HardwareConfig",
+    "CifarConfig", "CubConfig", "DatasetConfig", "EmbeddingMethodConfig", "EvalConfig", "EvalProtocol", "HardwareConfig",
     "ImageFolderConfig", "MAMLConfig", "MAMLPlusPlusConfig", "MANNConfig", "MetaLSTMConfig", "MethodConfig",
     "MiniImageNetConfig", "OmniglotConfig", "ReptileConfig", "SamplerConfig", "SyntheticConfig", "TTAConfig",
     "TestSetting", "TrainConfig", "check_values", "complete_saved_config", "config_dir", "data_difference", "declared",

@@ -39,12 +39,13 @@ class AlphabetLists:
 @dataclass
 class OmniglotConfig(DatasetConfig):
     name: str = "omniglot"
-    root: str | None = option(None, "the folder holding the archives (null: dataset.download=true fetches them)")
+    root: str | None = option(None, "the folder holding the archives (null: <data home>/omniglot, where "
+                                         "metalearn-data get omniglot puts them)")
     # archives (name.zip) or extracted folders under root, read in this order;
     # a character already read from an earlier archive is not read twice.
     archives: list[str] = option(help="archives or extracted folders under root, read in this order",
                                  factory=lambda: ["images_background", "images_evaluation"])
-    download: bool = option(False, "download the full archives into root when missing")
+    download: bool = option(False, "download the archives into root when missing (metalearn-data get's fetch)")
     check_md5: bool = option(True, "compare the original zips with their known MD5")
     rotations: list[str] = option(help="splits whose characters also appear rotated by 90/180/270 degrees as new classes",
                                   factory=lambda: ["train", "val", "test"])
@@ -63,7 +64,8 @@ class MiniImageNetConfig(DatasetConfig):
     """mini_imagenet and tiered_imagenet: the standard splits, read from whichever released form is in root."""
 
     name: str = "mini_imagenet"
-    root: str | None = option(None, "the folder holding a released form (pickles, class folders)")
+    root: str | None = option(None, "the folder holding a prepared store or a released form (pickles, class "
+                                         "folders); null: <data home>/<name>, where metalearn-data prepare puts it")
     image_size: int = option(84, "the image side in pixels", low=16, high=1024)
 
 
@@ -73,7 +75,8 @@ class CifarConfig(DatasetConfig):
     """cifar_fs and fc100, both from CIFAR-100's python release."""
 
     name: str = "cifar_fs"
-    root: str | None = option(None, "the folder holding cifar-100-python")
+    root: str | None = option(None, "the folder holding cifar-100-python (null: <data home>/cifar100, where "
+                                         "metalearn-data get cifar_fs puts it)")
     download: bool = option(False, "download CIFAR-100 into root when missing")
     image_size: int = option(32, "the image side in pixels", low=16, high=1024)
 
@@ -103,3 +106,16 @@ def data_difference(own: dict, theirs: dict, may_differ: tuple[str, ...] = ()) -
     k = differ[0]
     return (f"dataset.{', dataset.'.join(differ)} differ (dataset.{k}: {str(own.get(k))[:60]} here, "
             f"{str(theirs.get(k))[:60]} there)")
+
+
+@schema("dataset", "cub_schema", "cub")
+@dataclass
+class CubConfig(DatasetConfig):
+    """CUB-200-2011 with Chen et al. 2019's class split."""
+
+    name: str = "cub"
+    root: str | None = option(None, "the folder holding CUB_200_2011.tgz or CUB_200_2011/ (null: "
+                                    "<data home>/cub, where metalearn-data get cub puts it)")
+    download: bool = option(False, "download CUB_200_2011.tgz into root when missing")
+    check_sha256: bool = option(True, "compare the archive with its known SHA-256 before extracting it")
+    image_size: int = option(84, "the image side in pixels", low=16, high=1024)

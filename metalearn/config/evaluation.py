@@ -94,5 +94,9 @@ class EvalConfig(EvalProtocol):
     ensemble: list[str] = option(help="further run folders: score run and these as one ensemble", factory=list)
     batch: int = option(50, "episodes per forward pass (groups episodes; not part of the protocol)", low=1)
     paired: bool = option(False, "also score the same episodes without copies or readout, and print the paired gain")
-    dataset_root: str | None = option(None, "where the run's data is now, when it moved since training")
+    test_dataset: str | None = option(None, "score the run on another dataset's test split (cross-domain): a "
+                                            "dataset option's name (cub, omniglot, image_folder ...), typed as "
+                                            "dataset=NAME; null: the run's own")
+    dataset_root: str | None = option(None, "where the run's data is now, when it moved since training; with dataset=, "
+                                            "where that dataset is (null: its default root)")
     hardware: HardwareConfig = field(default_factory=HardwareConfig)

@@ -2,8 +2,8 @@
 
 Reads CIFAR-100's python release under dataset.root: the extracted ``cifar-100-python/`` folder
 (``train``, ``test``, ``meta`` pickles) or the archive ``cifar-100-python.tar.gz`` (MD5-checked
-against the original, then extracted), or downloads it through torchvision with
-``download=true``. Both official halves are merged (600 images per class), then split by class:
+against the original, then extracted), or downloads it (metalearn-data get cifar_fs, or
+``download=true``). Both official halves are merged (600 images per class), then split by class:
 
 - ``cifar_fs``: 64 / 16 / 20 fine classes;
 - ``fc100``: by superclass, 12 / 4 / 4 superclasses of 5 classes (60 / 20 / 20 classes), so no
@@ -24,15 +24,17 @@ import torch
 
 from metalearn.config import CifarConfig
 from metalearn.data.cache import cached
+from metalearn.data.catalog import file_spec, resolve_root
 from metalearn.data.decode import check_md5, load_pickle, nchw, resize_array
 from metalearn.data.store import SPLITS, ImageStore
 from metalearn.errors import MetalearnError
 from metalearn.registry import DATASETS
 
 FORMAT_VERSION = 1
-HOW_TO_GET = ("Put CIFAR-100's python version in dataset.root: cifar-100-python.tar.gz from "
+HOW_TO_GET = ("Run `metalearn-data get cifar_fs` (it puts cifar-100-python.tar.gz where dataset.root defaults to), "
+              "or put CIFAR-100's python version in dataset.root: cifar-100-python.tar.gz from "
               "https://www.cs.toronto.edu/~kriz/cifar.html, or the cifar-100-python/ folder it extracts to; or set "
-              "dataset.download=true where the network allows (torchvision fetches it).")
+              "dataset.download=true.")
 
 
 def facts() -> dict:
@@ -41,13 +43,10 @@ def facts() -> dict:
 
 def _folder(root: Path, download: bool) -> Path:
     folder = root / "cifar-100-python"
-    if download and not folder.is_dir():
-        try:
-            from torchvision.datasets import CIFAR100
+    if download and not folder.is_dir() and not (root / facts()["archive"]["file"]).is_file():
+        from metalearn.data.fetch import fetch
 
-            CIFAR100(str(root), train=True, download=True)
-        except Exception as e:
-            raise MetalearnError(f"downloading CIFAR-100 into {root} failed ({e}). {HOW_TO_GET}") from None
+        fetch(file_spec(facts()["archive"]["file"]), root)
     if not folder.is_dir():
         archive = root / facts()["archive"]["file"]
         if not archive.is_file():
@@ -91,9 +90,7 @@ def _read(folder: Path, size: int) -> dict:
 def build_cifar(cfg: CifarConfig) -> ImageStore:
     if cfg.name not in ("cifar_fs", "fc100"):
         raise MetalearnError(f"dataset.name={cfg.name!r} is not one of: cifar_fs, fc100")
-    if cfg.root is None:
-        raise MetalearnError(f"dataset={cfg.name} needs dataset.root=PATH. {HOW_TO_GET}")
-    root = Path(cfg.root).expanduser()
+    root = resolve_root(cfg.root, cfg.name)
     folder = _folder(root, cfg.download)
     key = {"v": FORMAT_VERSION, "folder": str(folder.resolve()), "size": cfg.image_size,
            "files": [[n, os.path.getsize(folder / n), os.path.getmtime(folder / n)] for n in ("train", "test", "meta")]}

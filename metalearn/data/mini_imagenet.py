@@ -26,13 +26,17 @@ import torch
 
 from metalearn.config import MiniImageNetConfig
 from metalearn.data.cache import cached
+from metalearn.data.catalog import CHECKED, STORE_INDEX, resolve_root
 from metalearn.data.decode import decode_classes, image_files, load_pickle, nchw, resize_array
+from metalearn.data.prepared import read_index, store_classes
 from metalearn.data.store import SPLITS, ImageStore
 from metalearn.errors import MetalearnError
 from metalearn.registry import DATASETS
 
 FORMAT_VERSION = 1
-HOW_TO_GET = ("miniImageNet has no official download. Put in dataset.root one of: (1) the cache pickles "
+HOW_TO_GET = ("miniImageNet has no official download. Make it from your ImageNet with `metalearn-data prepare "
+              "mini_imagenet imagenet=/path/to/ILSVRC2012/train` (it lands where dataset.root defaults to), or put in "
+              "dataset.root one of: (1) the cache pickles "
               "mini-imagenet-cache-train.pkl, mini-imagenet-cache-val.pkl, mini-imagenet-cache-test.pkl; (2) Ravi & "
               "Larochelle's images/ folder with train.csv, val.csv and test.csv; (3) ImageNet class folders "
               "<wnid>/*.jpg for the 100 classes of metalearn/data/splits/mini_imagenet.json (e.g. made from ImageNet "
@@ -45,6 +49,8 @@ def standard_split() -> dict[str, list[str]]:
 
 
 def _layout(root: Path) -> str:
+    if (root / STORE_INDEX).is_file():
+        return "store"
     if all((root / f"mini-imagenet-cache-{s}.pkl").is_file() for s in SPLITS):
         return "pickles"
     if (root / "images").is_dir() and all((root / f"{s}.csv").is_file() for s in SPLITS):
@@ -139,14 +145,16 @@ def _check_classes(split: str, found: set[str], expected: list[str]) -> None:
 
 @DATASETS.register("mini_imagenet")
 def build_mini_imagenet(cfg: MiniImageNetConfig) -> ImageStore:
-    if cfg.root is None:
-        raise MetalearnError(f"dataset=mini_imagenet needs dataset.root=PATH. {HOW_TO_GET}")
-    root = Path(cfg.root).expanduser()
+    root = resolve_root(cfg.root, "mini_imagenet")
     layout = _layout(root)
-    build = {"pickles": _from_pickles, "csv": _from_csv, "folders": _from_folders}[layout]
-    stamp = [[str(p), os.path.getsize(p), os.path.getmtime(p)] for p in sorted(root.iterdir())]
+    build = {"pickles": _from_pickles, "csv": _from_csv, "folders": _from_folders,
+             "store": lambda r, size: store_classes(r, "mini_imagenet", size)}[layout]
+    stamp = [[str(p), os.path.getsize(p), os.path.getmtime(p)] for p in sorted(root.iterdir()) if p.name != CHECKED]
     key = {"v": FORMAT_VERSION, "root": str(root.resolve()), "layout": layout, "size": cfg.image_size, "files": stamp}
-    data = cached(cfg.cache_dir, "mini_imagenet", key, lambda: build(root, cfg.image_size))
+    if layout == "store" and read_index(root)["image_size"] == cfg.image_size:
+        data = build(root, cfg.image_size)  # the store is already decoded: no second copy in the cache
+    else:
+        data = cached(cfg.cache_dir, "mini_imagenet", key, lambda: build(root, cfg.image_size))
     names = data["names"]
     split = standard_split()
     index = {w: i for i, w in enumerate(names)}

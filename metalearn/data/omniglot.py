@@ -27,6 +27,7 @@ from PIL import Image, UnidentifiedImageError
 
 from metalearn.config import OmniglotConfig
 from metalearn.data.cache import cached
+from metalearn.data.catalog import file_spec, resolve_root
 from metalearn.data.decode import check_md5, check_not_html
 from metalearn.data.store import SPLITS, ImageStore, split_by_fractions
 from metalearn.errors import MetalearnError
@@ -39,15 +40,19 @@ ARCHIVE_MD5 = {"images_background": "68d2efa1b9178cc56df9314c21c6e718",
                "images_evaluation": "6b91aef0f799c5bb55b94e3f2daec811",
                "images_background_small1": "e704a628b5459e08445c13499850abc4",
                "images_background_small2": "b75a71a51d3b13f821f212756fe481fd"}
-FULL = ("images_background", "images_evaluation")  # the archives torchvision can download
+FULL = ("images_background", "images_evaluation")  # the two full archives (the small ones are a subset of the first)
 
 
 def how_to_get(archives: list[str] | tuple[str, ...] = FULL) -> str:
-    """Where the archives this config reads come from: the small ones have no download, so none is offered."""
+    """Where the archives this config reads come from: the command that fetches them, or the repository."""
     names = ", ".join(f"{a}.zip" for a in archives)
-    download = ", or set dataset.download=true where the network allows" if set(archives) <= set(FULL) else ""
-    return (f"Get {names} from the Omniglot repository (brendenlake/omniglot, folder python/) and put them in "
-            f"dataset.root{download}.")
+    small = {"images_background_small1", "images_background_small2"}
+    if not set(archives) <= set(FULL) | small:
+        return f"Put {names} (from the Omniglot repository, brendenlake/omniglot, folder python/) in dataset.root."
+    gets = [g for g, part in (("omniglot", set(FULL)), ("omniglot_small", small)) if set(archives) & part]
+    return (f"Run {' and '.join(f'`metalearn-data get {g}`' for g in gets)} (it puts {names} where dataset.root "
+            f"defaults to), or put them, from the Omniglot repository (brendenlake/omniglot, folder python/), in "
+            f"dataset.root, or set dataset.download=true.")
 
 
 HOW_TO_GET = how_to_get()
@@ -89,10 +94,7 @@ class _Source:
 
 
 def _find_sources(cfg: OmniglotConfig) -> list[_Source]:
-    if cfg.root is None:
-        raise MetalearnError(f"dataset=omniglot needs dataset.root=PATH, the folder holding the archives "
-                             f"{', '.join(a + '.zip' for a in cfg.archives)}. {how_to_get(cfg.archives)}")
-    root = Path(cfg.root).expanduser()
+    root = resolve_root(cfg.root, "omniglot")
     if cfg.download:
         _download(root, cfg.archives)
     sources, missing = [], []
@@ -104,23 +106,24 @@ def _find_sources(cfg: OmniglotConfig) -> list[_Source]:
         else:
             missing.append(name)
     if missing:
-        raise MetalearnError(f"Omniglot archive(s) {', '.join(missing)} not found in {root} (looked for NAME.zip and "
-                             f"an extracted NAME/ folder). {how_to_get(cfg.archives)}")
+        unset = "" if cfg.root else " (dataset.root is unset: the default root)"
+        raise MetalearnError(f"Omniglot archive(s) {', '.join(missing)} not found in {root}{unset} (looked for NAME.zip "
+                             f"and an extracted NAME/ folder). {how_to_get(cfg.archives)}")
     return sources
 
 
 def _download(root: Path, archives: list[str]) -> None:
-    try:
-        from torchvision.datasets import Omniglot
-    except ImportError as e:  # pragma: no cover - torchvision is a dependency
-        raise MetalearnError("dataset.download=true needs torchvision") from e
+    """dataset.download=true: metalearn-data's fetch (mirrors, resume, SHA-256) for each archive not already there."""
+    from metalearn.data.fetch import fetch
+
     for name in archives:
-        if name not in ("images_background", "images_evaluation"):
+        if any(c.exists() for c in (root / name, root / "omniglot-py" / name)):
             continue
         try:
-            Omniglot(str(root), background=name == "images_background", download=True)
-        except Exception as e:
-            raise MetalearnError(f"downloading Omniglot {name} into {root} failed ({e}). {HOW_TO_GET}") from None
+            spec = file_spec(f"{name}.zip")
+        except KeyError:
+            raise MetalearnError(f"dataset.download=true: {name}.zip has no known source; put it in {root}") from None
+        fetch(spec, root)
 
 
 def _decode(read: Callable[[str], bytes], source: _Source, member: str, size: int) -> np.ndarray:

@@ -27,20 +27,25 @@ import torch
 
 from metalearn.config import MiniImageNetConfig
 from metalearn.data.cache import cached
+from metalearn.data.catalog import CHECKED, STORE_INDEX, resolve_root
 from metalearn.data.decode import decode_classes, decode_image, image_files, load_pickle, nchw
 from metalearn.data.image_folder import class_folders
+from metalearn.data.prepared import read_index, store_classes
 from metalearn.data.store import SPLITS, ImageStore
 from metalearn.errors import MetalearnError
 from metalearn.registry import DATASETS
 
 FORMAT_VERSION = 2  # 2: each class's superclass (label_general)
 log = logging.getLogger("metalearn")
-HOW_TO_GET = ("Put in dataset.root the released files (train_images_png.pkl, train_labels.pkl and the same for "
+HOW_TO_GET = ("Make it from your ImageNet with `metalearn-data prepare tiered_imagenet imagenet=/path/to/ILSVRC2012/"
+              "train`, or put in dataset.root the released files (train_images_png.pkl, train_labels.pkl and the same for "
               "val and test, from Ren et al.'s tiered-imagenet.tar, github.com/renmengye/few-shot-ssl-public), or "
               "class folders train/<wnid>/*.jpg, val/<wnid>/*.jpg, test/<wnid>/*.jpg.")
 
 
 def _layout(root: Path) -> str:
+    if (root / STORE_INDEX).is_file():
+        return "store"
     if all((root / f"{s}_images_png.pkl").is_file() and (root / f"{s}_labels.pkl").is_file() for s in SPLITS):
         return "pickles"
     if all((root / s).is_dir() for s in SPLITS):
@@ -99,14 +104,16 @@ def _from_folders(root: Path, size: int) -> dict:
 
 @DATASETS.register("tiered_imagenet")
 def build_tiered_imagenet(cfg: MiniImageNetConfig) -> ImageStore:
-    if cfg.root is None:
-        raise MetalearnError(f"dataset=tiered_imagenet needs dataset.root=PATH. {HOW_TO_GET}")
-    root = Path(cfg.root).expanduser()
+    root = resolve_root(cfg.root, "tiered_imagenet")
     layout = _layout(root)
-    build = {"pickles": _from_pickles, "folders": _from_folders}[layout]
-    stamp = [[str(p), os.path.getsize(p), os.path.getmtime(p)] for p in sorted(root.iterdir())]
+    build = {"pickles": _from_pickles, "folders": _from_folders,
+             "store": lambda r, size: store_classes(r, "tiered_imagenet", size)}[layout]
+    stamp = [[str(p), os.path.getsize(p), os.path.getmtime(p)] for p in sorted(root.iterdir()) if p.name != CHECKED]
     key = {"v": FORMAT_VERSION, "root": str(root.resolve()), "layout": layout, "size": cfg.image_size, "files": stamp}
-    data = cached(cfg.cache_dir, "tiered_imagenet", key, lambda: build(root, cfg.image_size))
+    if layout == "store" and read_index(root)["image_size"] == cfg.image_size:
+        data = build(root, cfg.image_size)  # the store is already decoded: no second copy in the cache
+    else:
+        data = cached(cfg.cache_dir, "tiered_imagenet", key, lambda: build(root, cfg.image_size))
     split_of = np.array(data["split"])
     splits = {s: np.flatnonzero(split_of == s) for s in SPLITS}
     standard = json.loads((Path(__file__).parent / "splits" / "tiered_imagenet.json").read_text())["classes"]
