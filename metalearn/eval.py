@@ -11,6 +11,7 @@
     metalearn-eval run=RUN_A 'ensemble=[RUN_B,RUN_C]'   # the three runs as one ensemble (averaged class probabilities)
     metalearn-eval run=... tta.copies=32 paired=true  # also without the copies, on the same episodes: the paired gain
     metalearn-eval run=<a mini_imagenet run> dataset=cub   # cross-domain: CUB's test split at the run's input size
+    metalearn-eval run=... variable=true          # Meta-Dataset's variable episodes: 5-50 ways, imbalanced shots
 
 The episodes are drawn from `seed` on the run's test split, so every method
 trained on the same dataset config is scored on identical episodes; the
@@ -71,6 +72,8 @@ def run(cfg: DictConfig) -> dict:
             raise MetalearnError(f"ensemble member {f} reads other images than run={folders[0]} (its dataset "
                                  f"configuration lists other classes, splits or drawers); an ensemble is scored on "
                                  f"one dataset's episodes, so give runs trained on the same dataset")
+    if cfg.variable:
+        return run_variable(protocol, folders, members, device, cfg.hardware.amp)
     protocol = resolve(protocol, saved["ways"], saved["shots"], saved["queries"])
     spec = task_spec(protocol)
     for m, _, _ in members:
@@ -111,6 +114,46 @@ def run(cfg: DictConfig) -> dict:
         print(f"  over the same {'ensemble' if ensemble else 'run'} without copies or readout ({100 * plain[0].accuracy:.2f}"
               f" ± {100 * plain[0].ci95:.2f}%, -> {plain[2].name}): {100 * d.mean:+.2f} ± {100 * d.half_width:.2f} (paired)")
     return r.summary() | ({"ensemble": ensemble} if ensemble else {}) | ({"cross_domain": crossed} if crossed else {})
+
+
+def run_variable(cfg: EvalConfig, folders: list[Path], members: list, device: torch.device, amp_setting) -> dict:
+    """variable=true: the run scored on Meta-Dataset's variable episodes (metalearn.tasks.variable), saved in its
+    eval/ as <split>_variable_e<episodes>_seed<seed>_<checkpoint>.json with each episode's ways and support size."""
+    from metalearn.engine.evaluate import evaluate_variable
+    from metalearn.engine.rundir import RunFolder
+    from metalearn.errors import MetalearnError
+    from metalearn.hardware import autocast
+
+    fixed = [k for k, v in (("ways", cfg.ways), ("shots", cfg.shots), ("queries", cfg.queries), ("within", cfg.within),
+                            ("readout", cfg.readout), ("ensemble", cfg.ensemble)) if v]
+    fixed += ["disjoint_drawers"] if cfg.disjoint_drawers else []
+    fixed += ["tta.copies"] if cfg.tta.copies > 1 else []
+    fixed += ["paired"] if cfg.paired else []
+    if fixed:
+        raise MetalearnError(f"variable=true draws each episode's ways, shots and queries by Meta-Dataset's rules; "
+                             f"{', '.join(fixed)} {'does' if len(fixed) == 1 else 'do'} not apply to it: drop "
+                             f"{'it' if len(fixed) == 1 else 'them'}")
+    method, store, ckpt = members[0]
+    saved = ckpt["config"]
+    folder = RunFolder(folders[0], read_only=True)
+    folder.hold()
+    try:
+        r = evaluate_variable(method, store, cfg.split, cfg.episodes, cfg.seed, device, autocast(device, amp_setting))
+        crossed = store.meta.get("cross_domain")
+        name = f"{cfg.split}_variable_e{cfg.episodes}_seed{cfg.seed}_{ckpt['checkpoint_name']}"
+        name = f"cross-{crossed['tested_on']}_{name}" if crossed else name
+        path = r.save(folder.eval_dir, name, {"cross_domain": crossed} if crossed else None)
+    finally:
+        folder.release()
+    where = (f"{crossed['tested_on']} (cross-domain: trained on {crossed['trained_on']})" if crossed
+             else saved["dataset"]["name"])
+    s = r.summary()
+    print(f"{saved['method']['name']} on {where} {cfg.split}, variable episodes ({s['ways_range'][0]}-"
+          f"{s['ways_range'][1]} ways, mean {s['ways_mean']:.1f}; support {s['support_range'][0]}-"
+          f"{s['support_range'][1]} images, mean {s['support_mean']:.0f}): {100 * r.accuracy:.2f} ± {100 * r.ci95:.2f}% "
+          f"(95% CI, {len(r.per_episode)} episodes, episodes {s['episodes_digest']}"
+          f"{', transductive' if r.transductive else ''}) -> {path}")
+    return s | ({"cross_domain": crossed} if crossed else {})
 
 
 def score(protocol: EvalConfig, readout: Readout | None, folders: list[Path], members: list, device: torch.device,

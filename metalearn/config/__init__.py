@@ -7,7 +7,14 @@ methods (embedding; adapting), the hardware, a training run, the evaluation prot
 Torch-free: ``metalearn-train --help`` loads it.
 """
 
-from metalearn.config.adapting import MAMLConfig, MAMLPlusPlusConfig, MANNConfig, MetaLSTMConfig, ReptileConfig
+from metalearn.config.adapting import (
+    MAMLConfig,
+    MAMLPlusPlusConfig,
+    MANNConfig,
+    MetaLSTMConfig,
+    ProtoMAMLConfig,
+    ReptileConfig,
+)
 from metalearn.config.datasets import (
     WHERE_KEYS,
     AlphabetLists,
@@ -37,7 +44,7 @@ __all__ = [
     "SCHEMAS", "TEST_BATCH_NORMS", "WHERE_KEYS", "AlphabetLists", "AugmentConfig", "BackboneConfig", "BaselineConfig",
     "CifarConfig", "CubConfig", "DatasetConfig", "EmbeddingMethodConfig", "EvalConfig", "EvalProtocol", "HardwareConfig",
     "ImageFolderConfig", "MAMLConfig", "MAMLPlusPlusConfig", "MANNConfig", "MetaLSTMConfig", "MethodConfig",
-    "MiniImageNetConfig", "OmniglotConfig", "ReptileConfig", "SamplerConfig", "SyntheticConfig", "TTAConfig",
+    "MiniImageNetConfig", "OmniglotConfig", "ProtoMAMLConfig", "ReptileConfig", "SamplerConfig", "SyntheticConfig", "TTAConfig",
     "TestSetting", "TrainConfig", "check_values", "complete_saved_config", "config_dir", "data_difference", "declared",
     "migrate_saved_config", "option", "register", "schema",
 ]

@@ -95,3 +95,16 @@ class MANNConfig(EmbeddingMethodConfig):
     # a regulariser: the controller otherwise fits the tight code clusters of the training classes
     input_noise: float = option(0.0, "Gaussian noise's standard deviation on the controller's input codes in "
                                 "meta-training", low=0)
+
+
+@schema("method", "proto_maml_schema", "proto_maml")
+@dataclass
+class ProtoMAMLConfig(MethodConfig):
+    """Proto-MAML (Triantafillou et al. 2020): MAML whose output layer starts each task at the prototypes."""
+
+    name: str = "proto_maml"
+    inner_lr: float = option(0.01, "the inner-loop learning rate", low=0)
+    inner_steps: int = option(5, "inner steps in meta-training", low=1)
+    inner_steps_eval: int = option(5, "inner steps at validation and test", low=1)
+    first_order: bool = option(True, "fo-Proto-MAML (the paper's): the inner gradients treated as constants")
+    batch_norm: str = option("transductive", BATCH_NORM_HELP, choices=BATCH_NORM)

@@ -94,6 +94,8 @@ class EvalConfig(EvalProtocol):
     ensemble: list[str] = option(help="further run folders: score run and these as one ensemble", factory=list)
     batch: int = option(50, "episodes per forward pass (groups episodes; not part of the protocol)", low=1)
     paired: bool = option(False, "also score the same episodes without copies or readout, and print the paired gain")
+    variable: bool = option(False, "Meta-Dataset's variable episodes (5-50 ways, imbalanced shots up to 500 support "
+                                   "images, balanced queries) in place of fixed N-way K-shot ones")
     test_dataset: str | None = option(None, "score the run on another dataset's test split (cross-domain): a "
                                             "dataset option's name (cub, omniglot, image_folder ...), typed as "
                                             "dataset=NAME; null: the run's own")

@@ -23,6 +23,7 @@ from metalearn.methods.task_norm import batch_norm_layers
 from metalearn.readouts import Readout, build_readout
 from metalearn.stats import t_interval
 from metalearn.tasks.episodes import EpisodePlans, EpisodeSampler, TaskSpec, episode_labels, gather
+from metalearn.tasks.variable import VariablePlans, VariableSampler, gather_one
 
 
 @dataclass
@@ -232,3 +233,69 @@ def _logits_from_codes(method: EmbeddingMethod, store: ImageStore, plans: Episod
         logits = classify(z[:, : ways * shots], episode_labels(t, ways, shots, device), z[:, ways * shots:], ways)
         out.append((logits.detach(), episode_labels(t, ways, queries, device)))
     return out
+
+
+@dataclass
+class VariableResult:
+    """Accuracy on variable episodes (Meta-Dataset's sampler): per episode, with each episode's ways and shots."""
+
+    split: str
+    seed: int
+    per_episode: np.ndarray
+    ways: np.ndarray  # [E]
+    support_sizes: np.ndarray  # [E]: images in each support set
+    queries: np.ndarray  # [E]: queries per class
+    plans: VariablePlans
+    transductive: bool = False
+
+    @property
+    def accuracy(self) -> float:
+        return float(self.per_episode.mean())
+
+    @property
+    def ci95(self) -> float:
+        return t_interval(self.per_episode).half_width
+
+    def summary(self) -> dict:
+        return {"split": self.split, "sampler": "variable", "episodes": len(self.per_episode), "seed": self.seed,
+                "accuracy": self.accuracy, "ci95": self.ci95, "episodes_digest": self.plans.digest(),
+                "ways_mean": float(self.ways.mean()), "ways_range": [int(self.ways.min()), int(self.ways.max())],
+                "support_mean": float(self.support_sizes.mean()),
+                "support_range": [int(self.support_sizes.min()), int(self.support_sizes.max())],
+                **({"transductive": True} if self.transductive else {})}
+
+    def save(self, folder: Path, name: str, extra: dict | None = None) -> Path:
+        with atomic_open(folder / f"{name}_episodes.npz") as f:
+            np.savez_compressed(f, **self.plans.to_dict())
+        path = folder / f"{name}.json"
+        write_text(path, json.dumps({**self.summary(), "per_episode": self.per_episode.tolist(),
+                                     "ways": self.ways.tolist(), "support_sizes": self.support_sizes.tolist(),
+                                     **(extra or {})}, indent=1))
+        return path
+
+
+def evaluate_variable(method: Method, store: ImageStore, split: str, episodes: int, seed: int, device: torch.device,
+                      autocast: contextlib.AbstractContextManager | None = None) -> VariableResult:
+    """Accuracy of `method` on `episodes` variable episodes of `split` (metalearn.tasks.variable), one episode at
+    a time: their shapes differ, so each is its own forward pass (no padding to score the same)."""
+    if episodes < 1:
+        raise MetalearnError(f"the number of evaluation episodes must be >= 1, got {episodes}")
+    sampler = VariableSampler(store, split, seed)
+    method.check_variable(min(sampler.rules.max_ways, len(sampler.classes)))
+    plans = sampler.plans(0, episodes)
+    was_training = method.training
+    method.eval()
+    grad = torch.enable_grad() if getattr(method, "adapts_at_test", False) else torch.no_grad()
+    accs = []
+    try:
+        with grad, (autocast or contextlib.nullcontext()):
+            for episode in plans.episodes:
+                b = gather_one(store, episode, device)
+                logits = method.predict(b.support, b.support_labels, b.query, b.ways).detach()
+                accs.append(float(accuracy(logits, b.query_labels)))
+    finally:
+        method.train(was_training)
+    eps = plans.episodes
+    return VariableResult(split, seed, np.array(accs, dtype=np.float64), np.array([e.ways for e in eps]),
+                          np.array([len(e.support) for e in eps]),
+                          np.array([len(e.query) // e.ways for e in eps]), plans, method.is_transductive())

@@ -122,6 +122,17 @@ class Method(nn.Module):
     def check_task(self, spec: TaskSpec) -> None:
         """Raise a MetalearnError when this method cannot be evaluated on `spec` (checked before training)."""
 
+    def check_variable(self, max_ways: int) -> None:
+        """Raise a MetalearnError, with the reason, when this method cannot score variable episodes (Meta-Dataset's:
+        5 to `max_ways` ways, a different number of shots for each class). A method whose head fixes its class
+        count (the MAML family's, MANN's label slots) refuses through check_task."""
+        try:
+            self.check_task(TaskSpec(max_ways, 1, 1))
+        except MetalearnError as e:
+            reason = str(e).split(";")[0]
+            raise MetalearnError(f"variable episodes have 5 to {max_ways} ways, and {reason}; score it on fixed "
+                                 f"episodes (drop variable=true)") from None
+
     def training_source(self, ctx: TrainingContext) -> TrainingSource:
         """What train_step takes, step by step: meta-batches of the training episodes (the Siamese network's pairs
         and the transfer baselines' labelled minibatches override this)."""

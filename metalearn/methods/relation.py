@@ -57,7 +57,11 @@ class RelationNet(EmbeddingMethod):
     def head(self, zs, support_labels, zq, ways):
         t, q, shape = zs.shape[0], zq.shape[1], zs.shape[2:]
         onehot = nn.functional.one_hot(support_labels, ways).to(zs.dtype)  # [T, S, ways]
-        classes = (onehot.transpose(1, 2) @ zs.flatten(2)).reshape(t, ways, *shape)  # sum over each class's shots
+        classes = onehot.transpose(1, 2) @ zs.flatten(2)  # the sum over each class's shots (Sung et al.)
+        counts = onehot.sum(1)  # [T, ways]
+        if not bool((counts == counts[:, :1]).all()):  # imbalanced shots (variable episodes): each class's mean,
+            classes = classes / counts[..., None] * (counts.sum(1) / ways)[:, None, None]  # at the average shot count
+        classes = classes.reshape(t, ways, *shape)
         pairs = torch.cat([classes[:, None].expand(-1, q, -1, -1, -1, -1),
                            zq[:, :, None].expand(-1, -1, ways, -1, -1, -1)], dim=3)  # [T, Q, ways, 2C, h, w]
         return self.relation(pairs.flatten(0, 2)).reshape(t, q, ways)
