@@ -108,8 +108,9 @@ def load_results(run: Path) -> list[Result]:
         if path.is_file():
             per = np.asarray(json.loads(path.read_text())["per_episode"], dtype=np.float64)
         shown = f"{tag} (transductive)" if transductive(s, t) else tag  # its own table: never paired with inductive
-        out.append(Result(run, s.get("method", "?"), dataset, shown, t["ways"], t["shots"], t["accuracy"],
-                          t["ci95"], t.get("episodes_digest"), per, " ".join(sorted(overrides)), s.get("seed", 0),
+        ways, shots = t.get("ways", 0), t.get("shots", 0)  # 0: variable episodes (their own table, tag "variable")
+        out.append(Result(run, s.get("method", "?"), dataset, shown, ways, shots, t["accuracy"], t["ci95"],
+                          t.get("episodes_digest"), per, " ".join(sorted(overrides)), s.get("seed", 0),
                           s.get("status", "?"), {"wall_time_s": s.get("wall_time_s"), "steps": s.get("steps_done"),
                                                   "batch_norm": t.get("batch_norm"), "tags": tags,
                                                   "ranks": (s.get("ranks") or {}).get("world_size", 1)}))

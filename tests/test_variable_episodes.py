@@ -228,3 +228,58 @@ def test_proto_maml_outer_gradient_matches_the_unrolled_computation(first_order)
     for a, b in zip(got, expected, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-8)
     assert any(g.abs().sum() > 0 for g in got)
+
+
+# which methods train on sampler=variable, and which refuse (and why)
+REFUSED_TRAINING = {**REFUSED, "feat": "its contrastive regulariser"}
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize("name", sorted(METHODS.names()))
+def test_every_method_trains_a_smoke_run_on_variable_episodes_or_is_refused_by_name(name, tmp_path):
+    """sampler=variable: training, validation and a variable-episode test beside the fixed one; or one line saying
+    why not, before any step. Methods that train on pairs or labelled batches take variable episodes at
+    validation and test."""
+    import json
+
+    from conftest import run_main
+
+    code, text = run_main("metalearn-train", f"method={name}", "sampler=variable", "debug=smoke", "steps=4",
+                          "val.every=2", "val.episodes=2", "test.episodes=2", "checkpoint_every=2", "run_dir=run",
+                          cwd=tmp_path)
+    if name in REFUSED_TRAINING:
+        errors = [line for line in text.splitlines() if "error:" in line]
+        assert code == 2 and len(errors) == 1 and "sampler=variable: " in errors[0], text
+        assert REFUSED_TRAINING[name] in errors[0] and "Traceback" not in text
+        return
+    assert code == 0, text[-3000:]
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    variable = summary["test"]["variable"]
+    assert variable["sampler"] == "variable" and 5 <= variable["ways_range"][0] <= variable["ways_range"][1] <= 50
+    assert (tmp_path / "run" / "eval" / "test_variable.json").is_file()
+    if name == "protonet":  # the report keeps variable episodes in a table of their own
+        code, text = run_main("metalearn-report", "run", "--out", "rep", cwd=tmp_path)
+        assert code == 0, text
+        board = (tmp_path / "rep" / "leaderboard.md").read_text()
+        assert "## synthetic, variable" in board and "## synthetic, 5w1s" in board
+
+
+def test_codes_once_scores_as_predicting_episode_by_episode():
+    """An embedding method's variable episodes are scored from each distinct image's code, encoded once; the
+    per-episode accuracies equal predict's, episode by episode."""
+    torch.manual_seed(0)
+    rng = np.random.default_rng(2)
+    counts = rng.integers(6, 14, size=30).tolist()
+    images = torch.from_numpy(rng.integers(0, 255, (sum(counts), 1, 16, 16), dtype=np.uint8))
+    empty = np.array([], dtype=np.int64)
+    store = ImageStore.from_classes(images, counts, [f"c{i}" for i in range(30)],
+                                    {"train": empty, "val": empty, "test": np.arange(30)}, meta={"name": "toy"})
+    method = method_for("protonet").eval()
+    r = evaluate_variable(method, store, "test", 6, 4, torch.device("cpu"))
+    by_predict = []
+    with torch.no_grad():
+        for e in r.plans.episodes:
+            b = gather_one(store, e)
+            logits = method.predict(b.support, b.support_labels, b.query, b.ways)
+            by_predict.append(float((logits.argmax(-1) == b.query_labels).float().mean()))
+    assert np.allclose(r.per_episode, by_predict)

@@ -20,6 +20,8 @@ POSITIVE = 1e-12
 class SamplerConfig:
     """Training episodes may differ from evaluation episodes (ProtoNets trains 60-way)."""
 
+    kind: str = option("episodic", "episodic (N-way K-shot) | variable (Meta-Dataset's: 5-50 ways, imbalanced shots; "
+                       "validation and a test on them too)", choices=("episodic", "variable"))
     train_ways: int = option(MISSING, "the training episodes' classes")
     train_shots: int = option(MISSING, "the training episodes' support images per class")
     train_queries: int = option(MISSING, "the training episodes' query images per class")

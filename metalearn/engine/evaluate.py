@@ -281,7 +281,11 @@ def evaluate_variable(method: Method, store: ImageStore, split: str, episodes: i
     if episodes < 1:
         raise MetalearnError(f"the number of evaluation episodes must be >= 1, got {episodes}")
     sampler = VariableSampler(store, split, seed)
-    method.check_variable(min(sampler.rules.max_ways, len(sampler.classes)))
+    try:
+        method.check_variable(min(sampler.rules.max_ways, len(sampler.classes)))
+    except MetalearnError as e:
+        raise MetalearnError(f"{e}; score it on fixed episodes (drop variable=true), or use method=proto_maml, whose "
+                             f"head is built for each task") from None
     plans = sampler.plans(0, episodes)
     was_training = method.training
     method.eval()
@@ -289,13 +293,33 @@ def evaluate_variable(method: Method, store: ImageStore, split: str, episodes: i
     accs = []
     try:
         with grad, (autocast or contextlib.nullcontext()):
-            for episode in plans.episodes:
-                b = gather_one(store, episode, device)
-                logits = method.predict(b.support, b.support_labels, b.query, b.ways).detach()
-                accs.append(float(accuracy(logits, b.query_labels)))
+            if isinstance(method, EmbeddingMethod) and method.encodes_each_image_alone():
+                accs = _variable_from_codes(method, store, plans, device)
+            else:
+                for episode in plans.episodes:
+                    b = gather_one(store, episode, device)
+                    logits = method.predict(b.support, b.support_labels, b.query, b.ways).detach()
+                    accs.append(float(accuracy(logits, b.query_labels)))
     finally:
         method.train(was_training)
     eps = plans.episodes
     return VariableResult(split, seed, np.array(accs, dtype=np.float64), np.array([e.ways for e in eps]),
                           np.array([len(e.support) for e in eps]),
                           np.array([len(e.query) // e.ways for e in eps]), plans, method.is_transductive())
+
+
+def _variable_from_codes(method: EmbeddingMethod, store: ImageStore, plans: VariablePlans,
+                         device: torch.device) -> list[float]:
+    """Each variable episode's accuracy from codes of the distinct images of all episodes, each encoded once (as
+    the fixed episodes' path does: the same logits as predict, up to float rounding)."""
+    ids = np.concatenate([np.concatenate([e.support, e.query]) for e in plans.episodes])
+    codes, rows = encode_distinct(method, store, ids, device)
+    accs, at = [], 0
+    for e in plans.episodes:
+        s, q = len(e.support), len(e.query)
+        z = codes[rows[at:at + s + q]]
+        at += s + q
+        labels = torch.as_tensor(e.support_labels, device=device)[None]
+        logits = method.head(z[None, :s], labels, z[None, s:], e.ways)
+        accs.append(float(accuracy(logits, torch.as_tensor(e.query_labels, device=device)[None])))
+    return accs

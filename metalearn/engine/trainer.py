@@ -33,13 +33,13 @@ from metalearn.engine.distributed import (
     local_device,
     shard,
 )
-from metalearn.engine.evaluate import evaluate, protocol_for, setting_tag, task_spec
+from metalearn.engine.evaluate import evaluate, evaluate_variable, protocol_for, setting_tag, task_spec
 from metalearn.engine.init_weights import initialize_from, parse_rename
 from metalearn.engine.progress import Progress
 from metalearn.engine.restore import restore_method
 from metalearn.engine.rundir import RunFolder
 from metalearn.engine.search_trial import TrialPruned, reporter
-from metalearn.errors import TimeLimitReached, TrainingDiverged
+from metalearn.errors import MetalearnError, TimeLimitReached, TrainingDiverged
 from metalearn.hardware import autocast, describe_device, setup_device
 from metalearn.loggers import Trackers, open_trackers
 from metalearn.methods import Method, build_method
@@ -47,6 +47,7 @@ from metalearn.methods.base import TrainingContext
 from metalearn.readouts import build_readout
 from metalearn.tasks.augment import random_affine
 from metalearn.tasks.episodes import EpisodeSampler, TaskSpec
+from metalearn.tasks.variable import VariableSampler
 
 log = logging.getLogger("metalearn")
 
@@ -122,18 +123,24 @@ class Trainer:
         self.test_protocols = test_protocols(cfg)
         self.store = build_store(cfg.dataset)
         log.info("%s", self.store.describe())
+        self.variable = cfg.sampler.get("kind", "episodic") == "variable"  # older run configs lack the key
         self.val_plans = None
         if cfg.val.every > 0 and len(self.store.splits.get("val", [])):
-            self.val_plans = EpisodeSampler(self.store, "val", self.eval_spec, cfg.val.seed).plans(0, cfg.val.episodes)
+            if self.variable:  # validation on variable episodes too: what the run is trained for
+                self.val_plans = VariableSampler(self.store, "val", cfg.val.seed).plans(0, cfg.val.episodes)
+            else:
+                self.val_plans = EpisodeSampler(self.store, "val", self.eval_spec, cfg.val.seed).plans(0, cfg.val.episodes)
         for protocol in self.test_protocols:  # fail now, not after an hour of training
             EpisodeSampler(self.store, "test", task_spec(protocol), cfg.test.seed)
         channels_last = cfg.hardware.channels_last and self.device.type in ("cpu", "cuda")
         self.train_classes = len(self.store.splits["train"])
         self.method: Method = build_method(cfg.method, self.store.image_shape, self.train_spec.ways, channels_last,
                                            self.train_classes, self.train_spec.shots).to(self.device)
+        if self.variable:
+            self._check_variable(cfg)
         context = TrainingContext(self.store, cfg.seed, self.train_spec, cfg.sampler.meta_batch, self.device, channels_last,
                                   OmegaConf.to_container(cfg.dataset, resolve=True),
-                                  lambda run: restore_method(run, "last", self.device))
+                                  lambda run: restore_method(run, "last", self.device), self.variable)
         self.method.prepare(context)
         self.train_source = self.method.training_source(context)
         check_divisible(self.train_source.per_step, self.train_source.unit, self.ranks)
@@ -149,6 +156,23 @@ class Trainer:
         self.schedule = build_schedule(cfg.schedule, self.optimizer, cfg.steps)
         self.state = TrainState()
         self.preprocess = preprocess_spec(self.store, self.store.image_shape[-1])
+
+    def _check_variable(self, cfg: DictConfig) -> None:
+        """sampler=variable: refused before any step, with the reason, where it cannot run."""
+        if cfg.sampler.meta_batch != 1:
+            raise MetalearnError(f"sampler=variable trains on one episode a step (their shapes differ); "
+                                 f"sampler.meta_batch={cfg.sampler.meta_batch} must be 1")
+        for split in ("train", "val", "test"):
+            if len(self.store.splits.get(split, [])):
+                sampler = VariableSampler(self.store, split, cfg.seed)  # too few classes or images: one line
+                try:
+                    self.method.check_variable(min(sampler.rules.max_ways, len(sampler.classes)))
+                except MetalearnError as e:
+                    raise MetalearnError(f"sampler=variable: {e}; train it on fixed episodes (sampler=episodic), or use "
+                                         f"method=proto_maml, whose head is built for each task") from None
+        if self.method.train_data == "episodes" and self.method.variable_training:
+            raise MetalearnError(f"sampler=variable: {self.method.name} cannot train on variable episodes: "
+                                 f"{self.method.variable_training}")
 
     # ------------------------------------------------------------ checkpoints
     def _checkpoint(self, name: str) -> None:
@@ -181,6 +205,10 @@ class Trainer:
     # ------------------------------------------------------------ the loop
     def validate(self) -> dict:
         with torch.random.fork_rng(devices=[]):  # validation must not shift the training RNG stream
+            if self.variable:
+                r = evaluate_variable(self.method, self.store, "val", len(self.val_plans), self.cfg.val.seed,
+                                      self.device, autocast(self.device, self.amp))
+                return {"accuracy": r.accuracy, "ci95": r.ci95}
             r = evaluate(self.method, self.store, protocol_for("val", self.eval_spec, len(self.val_plans), self.cfg.val.seed),
                          self.device, self.cfg.test.batch, autocast(self.device, self.amp), plans=self.val_plans)
         return {"accuracy": r.accuracy, "ci95": r.ci95}
@@ -282,6 +310,15 @@ class Trainer:
                 r.save(self.folder.eval_dir, f"test_{tag}")
             results[tag] = {**r.summary(), "checkpoint": which}
             log.info("test %s: %.2f ± %.2f%% (%d episodes, %s checkpoint)", tag, 100 * r.accuracy,
+                     100 * r.ci95, len(r.per_episode), which)
+        if self.variable:  # the episodes it trained on: a variable-episode test beside the fixed settings
+            r = evaluate_variable(self.method, self.store, "test", self.cfg.test.episodes, self.cfg.test.seed,
+                                  self.device, autocast(self.device, self.amp))
+            if self.ranks.main:
+                r.save(self.folder.eval_dir, "test_variable")
+            results["variable"] = {**r.summary(), "checkpoint": which}
+            log.info("test variable (%d-%d ways, support %d-%d images): %.2f ± %.2f%% (%d episodes, %s checkpoint)",
+                     r.ways.min(), r.ways.max(), r.support_sizes.min(), r.support_sizes.max(), 100 * r.accuracy,
                      100 * r.ci95, len(r.per_episode), which)
         return results
 

@@ -26,7 +26,7 @@ from metalearn.backbones import build_backbone, feature_dim
 from metalearn.errors import MetalearnError
 from metalearn.methods.task_norm import batch_norm_layers, embed_with_task_statistics
 from metalearn.tasks.episodes import EpisodeBatch, TaskSpec
-from metalearn.tasks.sources import EpisodeSource, TrainingSource
+from metalearn.tasks.sources import EpisodeSource, TrainingSource, VariableEpisodeSource
 
 if TYPE_CHECKING:
     from metalearn.data.store import ImageStore
@@ -63,6 +63,7 @@ class TrainingContext:
     dataset: dict = field(default_factory=dict)  # the run's dataset config (resolved)
     # a finished run folder -> its trained method (last checkpoint, eval mode) and its checkpoint dict
     restore: Callable[[Path], tuple[Method, dict]] | None = None
+    variable: bool = False  # sampler=variable: Meta-Dataset's variable episodes (metalearn.tasks.variable)
 
 
 def on_load(module: nn.Module, hook: Callable) -> None:
@@ -130,13 +131,16 @@ class Method(nn.Module):
             self.check_task(TaskSpec(max_ways, 1, 1))
         except MetalearnError as e:
             reason = str(e).split(";")[0]
-            raise MetalearnError(f"variable episodes have 5 to {max_ways} ways, and {reason}; score it on fixed "
-                                 f"episodes (drop variable=true)") from None
+            raise MetalearnError(f"variable episodes have 5 to {max_ways} ways, and {reason}") from None
 
     def training_source(self, ctx: TrainingContext) -> TrainingSource:
         """What train_step takes, step by step: meta-batches of the training episodes (the Siamese network's pairs
         and the transfer baselines' labelled minibatches override this)."""
+        if ctx.variable:
+            return VariableEpisodeSource(ctx.store, ctx.seed)
         return EpisodeSource(ctx.store, ctx.spec, ctx.seed, ctx.meta_batch)
+
+    variable_training: str | None = None  # why train_step cannot take variable episodes (None: it can)
 
     def prepare(self, ctx: TrainingContext) -> None:
         """Set up what meta-training needs beyond the weights (a distillation teacher); not called for evaluation."""

@@ -94,6 +94,10 @@ class FEAT(EmbeddingMethod):
         prototypes = self.attention(class_centroids(zs.flatten(2), support_labels, ways))
         return negative_distance(zq.flatten(2), prototypes, self.temperature)
 
+    variable_training = ("its contrastive regulariser (method.balance) sets each class's support and queries side by "
+                         "side in equal numbers, as the authors' code does; variable episodes have imbalanced shots. "
+                         "Train it on fixed episodes and score it with metalearn-eval variable=true")
+
     def loss(self, batch: EpisodeBatch) -> tuple[torch.Tensor, torch.Tensor]:
         zs, zq = embed(self.encode, batch.support, batch.query)
         zs, zq = zs.flatten(2), zq.flatten(2)

@@ -23,6 +23,7 @@ import torch
 from metalearn.data.store import ImageStore
 from metalearn.errors import MetalearnError
 from metalearn.tasks.episodes import EpisodeBatch, EpisodeSampler, TaskSpec, gather
+from metalearn.tasks.variable import VariableSampler, gather_one
 
 ImageMap = Callable[[torch.Tensor], torch.Tensor]
 
@@ -68,6 +69,20 @@ class EpisodeSource:
 
     def batch(self, step: int, device: torch.device | str) -> EpisodeBatch:
         return gather(self.store, self.sampler.plans(step * self.meta_batch, self.meta_batch), device)
+
+
+class VariableEpisodeSource:
+    """Meta-Dataset's variable episodes from the training split, one a step (step s is episode s): their shapes
+    differ, so a meta-batch of several is not one tensor."""
+
+    unit = "episodes"
+    per_step = 1
+
+    def __init__(self, store: ImageStore, seed: int):
+        self.store, self.sampler = store, VariableSampler(store, "train", seed)
+
+    def batch(self, step: int, device: torch.device | str) -> EpisodeBatch:
+        return gather_one(self.store, self.sampler.episode(step), device)
 
 
 class PairSource:
@@ -172,4 +187,4 @@ class LabelledSource:
                              self.num_classes)
 
 
-TrainingSource = EpisodeSource | PairSource | LabelledSource
+TrainingSource = EpisodeSource | VariableEpisodeSource | PairSource | LabelledSource
