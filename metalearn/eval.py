@@ -60,7 +60,7 @@ def run(cfg: DictConfig) -> dict:
         raise MetalearnError("metalearn-eval needs run=PATH, a run folder such as outputs/train/<date>/<time>_protonet_...")
     check_values(cfg, EvalConfig)
     protocol: EvalConfig = OmegaConf.to_object(cfg)
-    readout = build_readout(protocol.readout)  # an unknown readout is refused before any run is read
+    readout = build_readout(protocol.readout, protocol)  # an unknown readout is refused before any run is read
     folders = [run_folder(cfg.run, "run"), *(run_folder(r, "ensemble") for r in cfg.ensemble)]
     check_distinct(folders)
     RunFolder(folders[0], read_only=True).refuse_if_held()  # a run still training there: named before any work

@@ -58,7 +58,10 @@ class EvalProtocol:
                                      low=1)
     tta: TTAConfig = option(help="test-time copies of each image (embedding methods)", factory=TTAConfig)
     readout: str | None = option(None, "how codes become logits: a registered readout (metalearn.readouts: tim, "
-                                 "chamfer, ...); null: the method's own head")
+                                 "chamfer, finetune, ...); null: the method's own head")
+    finetune_steps: int = option(100, "readout=finetune: gradient steps of the linear classifier on each task's "
+                                      "support codes", low=1, high=100_000)
+    finetune_lr: float = option(0.01, "readout=finetune: its learning rate (SGD, momentum 0.9)", low=0)
 
     def file_name(self, tag: str, queries: int, checkpoint: str, readout: Any = None, members: str = "") -> str:
         """The result's file name holds everything that decides which episodes are scored and how, so two protocols

@@ -90,7 +90,7 @@ def resolve(protocol: EvalProtocol, ways: int, shots: int, queries: int) -> Eval
 def setting_tag(protocol: EvalProtocol) -> str:
     """A test setting's name in a run's summary and eval/test_<name>.json: its task's tag (5w1s, 20w1s_within-...),
     and its copies and readout when it has them."""
-    readout = build_readout(protocol.readout)
+    readout = build_readout(protocol.readout, protocol)
     suffix = "" if readout is None or readout.keeps_copies else readout.file_tag
     return f"{task_spec(protocol).tag}{protocol.tta_tag(readout)}{suffix}"
 
@@ -99,7 +99,7 @@ def evaluate(method: Method, store: ImageStore, protocol: EvalProtocol, device: 
              autocast: contextlib.AbstractContextManager | None = None, plans: EpisodePlans | None = None) -> EvalResult:
     """Accuracy of `method` on the protocol's episodes (or the given plans): with test-time copies (tta.copies > 1),
     an embedding method's codes of augmented copies of each image; with a readout, its codes classified by it."""
-    readout = build_readout(protocol.readout)
+    readout = build_readout(protocol.readout, protocol)
     spec = task_spec(protocol)
     plans = _plans(store, protocol, spec) if plans is None else plans
     accs = [accuracy(logits, labels, 1).cpu()
@@ -114,7 +114,7 @@ def evaluate_ensemble(methods: list[tuple[Method, ImageStore]], protocol: EvalPr
     over the members, on the first member's store's episodes; and each member's own result on the same
     episodes. Each member reads the images through its own store (members may render them at other sizes);
     the stores must hold the same images (ImageStore.same_images), which the caller checks."""
-    readout = build_readout(protocol.readout)
+    readout = build_readout(protocol.readout, protocol)
     spec = task_spec(protocol)
     plans = _plans(methods[0][1], protocol, spec)
     members, total = [], None

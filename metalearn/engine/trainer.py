@@ -147,7 +147,7 @@ class Trainer:
         for spec in [self.eval_spec, *map(task_spec, self.test_protocols)]:
             self.method.check_task(spec)
         for protocol in self.test_protocols:  # a readout that cannot read this method: refused before training
-            readout = build_readout(protocol.readout)
+            readout = build_readout(protocol.readout, protocol)
             if readout is not None:
                 readout.check(self.method, protocol.tta.copies)
         self.trainable = self.method.learns()

@@ -8,10 +8,13 @@ A readout is registered like a method: one module that subclasses Readout and re
         def logits(self, method, zs, support_labels, zq, ways): ...
 
 and the evaluation loop (metalearn.engine.evaluate) never asks which one it holds. Built in: `tim` (TIM's
-transductive inference on any encoder's codes) and `chamfer` (test-time copies matched to copies).
+transductive inference on any encoder's codes), `chamfer` (test-time copies matched to copies) and `finetune`
+(a linear classifier trained on each task's support codes).
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 import torch
 
@@ -39,6 +42,9 @@ class Readout:
         """What a result records of it (a readout that keeps copies is named in the copies' record instead)."""
         return {} if self.keeps_copies else {"readout": self.name}
 
+    def configure(self, protocol: Any) -> None:
+        """Read this readout's options from the evaluation protocol (metalearn.config.EvalProtocol); most have none."""
+
     def check(self, method: Method, copies: int) -> None:
         """Refuse, before any image is encoded, a method (or a number of test-time copies) it cannot read."""
         if not isinstance(method, EmbeddingMethod):
@@ -54,12 +60,15 @@ class Readout:
         raise NotImplementedError
 
 
-def build_readout(name: str | None) -> Readout | None:
-    """The readout `readout=<name>` names (None: the method's own head), or one line listing the known ones."""
+def build_readout(name: str | None, protocol: Any = None) -> Readout | None:
+    """The readout `readout=<name>` names (None: the method's own head), or one line listing the known ones; given
+    the protocol, a readout with options of its own reads them from it (Readout.configure)."""
     if name is None:
         return None
     readout = READOUTS.builder(name)()
     readout.name = name
+    if protocol is not None:
+        readout.configure(protocol)
     return readout
 
 
