@@ -324,3 +324,15 @@ def test_the_fallback_solver_only_improves_with_more_steps():
     values = [dual_objective(kernel, 0.1 * ys - fista(kernel, ys, 0.1, k), ys) for k in (5, 15, 50, 200)]
     for before, after in zip(values, values[1:], strict=False):
         assert (after >= before - 1e-9).all()
+
+
+def test_metaoptnet_svm_falls_back_to_projected_gradient_when_the_kkt_system_is_singular():
+    """All-zero codes (an untrained encoder's dead units) make every KKT block singular, ridge or not: the batch
+    takes FISTA's steps, which need no inverse, instead of failing inside torch.linalg.solve (seen in CI on a
+    48-way variable episode)."""
+    from metalearn.methods.metaoptnet import svm_dual
+
+    labels = torch.arange(4).repeat_interleave(3)
+    ys = nn.functional.one_hot(labels, 4).float()[None]
+    a = svm_dual(torch.zeros(1, 12, 8), ys, 0.1, 50)
+    assert a.shape == (1, 12, 4) and torch.isfinite(a).all()

@@ -147,11 +147,16 @@ def svm_dual(xs: torch.Tensor, ys: torch.Tensor, c: float, iterations: int) -> t
     kernel = kernel + RIDGE * kernel.diagonal(dim1=1, dim2=2).mean(-1)[:, None, None] * torch.eye(
         kernel.shape[1], dtype=work, device=kernel.device)
     ys = ys.to(work)
-    with torch.no_grad():
-        free, settled = active_set(kernel, ys, c, ACTIVE_SET_ROUNDS)
-    # an unsettled task solves with every entry free (a well-posed system) and is then replaced, so that
-    # its unused solve puts no inf or nan into the gradient
-    b, _ = kkt_solve(kernel, ys, c, free | ~settled[:, None, None])
+    try:
+        with torch.no_grad():
+            free, settled = active_set(kernel, ys, c, ACTIVE_SET_ROUNDS)
+        # an unsettled task solves with every entry free (a well-posed system) and is then replaced, so that
+        # its unused solve puts no inf or nan into the gradient
+        b, _ = kkt_solve(kernel, ys, c, free | ~settled[:, None, None])
+    except RuntimeError:  # a KKT block singular even with the ridge (all-zero or degenerate codes, e.g. an
+        # untrained encoder's): every task of the batch takes the projected-gradient steps, which need no inverse
+        settled = torch.zeros(ys.shape[0], dtype=torch.bool, device=ys.device)
+        b = torch.zeros_like(ys)
     if not bool(settled.all()):
         global _fallbacks_said
         (log.debug if _fallbacks_said else log.warning)(
