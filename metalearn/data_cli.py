@@ -21,7 +21,8 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from metalearn.data.catalog import DatasetEntry, data_home, entries, entry, resolve_root, state
+from metalearn.data.catalog import STORE_INDEX, DatasetEntry, data_home, entries, entry, resolve_root, state
+from metalearn.data.fetch import fetch, record_checked, sha256sum
 from metalearn.errors import MetalearnError
 
 COMMANDS = ("list", "get", "verify", "prepare")
@@ -50,8 +51,6 @@ def show_list() -> None:
 
 
 def get(e: DatasetEntry, root: Path | None, timeout: float) -> None:
-    from metalearn.data.fetch import fetch
-
     if e.kind == "prepare":
         raise MetalearnError(f"{e.name} has no download (ImageNet's terms do not allow re-hosting it): make it from "
                              f"your ImageNet with `metalearn-data prepare {e.name} imagenet=/path/to/ILSVRC2012/train`")
@@ -66,8 +65,6 @@ def get(e: DatasetEntry, root: Path | None, timeout: float) -> None:
 
 def verify(e: DatasetEntry, root: Path | None) -> None:
     from metalearn.data import prepared
-    from metalearn.data.catalog import STORE_INDEX
-    from metalearn.data.fetch import record_checked, sha256sum
 
     if e.kind in ("generated", "yours"):
         raise MetalearnError(f"{e.name} has no files to verify: it is {e.source}")
@@ -113,9 +110,6 @@ def prepare(e: DatasetEntry, keys: dict[str, str]) -> None:
             print(f"  {done:,} of {total:,} images ({pct}%)", file=sys.stderr)
 
     index = prepared.prepare(e.name, Path(keys["imagenet"]).expanduser(), out, size, keys.get("resize"), report=report)
-    from metalearn.data.catalog import STORE_INDEX
-    from metalearn.data.fetch import record_checked
-
     record_checked(out, STORE_INDEX)
     print(f"{out}: {e.name}, {sum(index['counts']):,} images of {len(index['classes'])} classes at {size}x{size} "
           f"({index['resize']}), digest {index['digest']}")

@@ -99,9 +99,7 @@ def run(cfg: DictConfig) -> dict:
               f"{100 * e['ci95']:.2f}%")
     what = f"ensemble of {len(members)} runs" if ensemble else saved["method"]["name"]
     crossed = store.meta.get("cross_domain")
-    where = (f"{crossed['tested_on']} (cross-domain: trained on {crossed['trained_on']})" if crossed
-             else saved["dataset"]["name"])
-    print(f"{what} on {where} {setting}: "
+    print(f"{what} on {scored_on(saved, crossed)} {setting}: "
           f"{100 * r.accuracy:.2f} ± {100 * r.ci95:.2f}% (95% CI, {len(r.per_episode)} episodes, "
           f"episodes {r.plans.digest()}{'' if r.batch_norm is None else ', batch norm: ' + r.batch_norm}"
           f"{protocol.describe(readout)}{', transductive' if r.transductive else ''}) -> {path}")
@@ -114,6 +112,18 @@ def run(cfg: DictConfig) -> dict:
         print(f"  over the same {'ensemble' if ensemble else 'run'} without copies or readout ({100 * plain[0].accuracy:.2f}"
               f" ± {100 * plain[0].ci95:.2f}%, -> {plain[2].name}): {100 * d.mean:+.2f} ± {100 * d.half_width:.2f} (paired)")
     return r.summary() | ({"ensemble": ensemble} if ensemble else {}) | ({"cross_domain": crossed} if crossed else {})
+
+
+def scored_on(saved: dict, crossed: dict | None) -> str:
+    """The dataset a printed result names: the run's own, or the other one, marked cross-domain."""
+    if crossed:
+        return f"{crossed['tested_on']} (cross-domain: trained on {crossed['trained_on']})"
+    return saved["dataset"]["name"]
+
+
+def cross_named(name: str, crossed: dict | None) -> str:
+    """A result file's name, prefixed cross-<dataset>_ when scored on another dataset (never the run's own file)."""
+    return f"cross-{crossed['tested_on']}_{name}" if crossed else name
 
 
 def run_variable(cfg: EvalConfig, folders: list[Path], members: list, device: torch.device, amp_setting) -> dict:
@@ -140,15 +150,12 @@ def run_variable(cfg: EvalConfig, folders: list[Path], members: list, device: to
     try:
         r = evaluate_variable(method, store, cfg.split, cfg.episodes, cfg.seed, device, autocast(device, amp_setting))
         crossed = store.meta.get("cross_domain")
-        name = f"{cfg.split}_variable_e{cfg.episodes}_seed{cfg.seed}_{ckpt['checkpoint_name']}"
-        name = f"cross-{crossed['tested_on']}_{name}" if crossed else name
+        name = cross_named(f"{cfg.split}_variable_e{cfg.episodes}_seed{cfg.seed}_{ckpt['checkpoint_name']}", crossed)
         path = r.save(folder.eval_dir, name, {"cross_domain": crossed} if crossed else None)
     finally:
         folder.release()
-    where = (f"{crossed['tested_on']} (cross-domain: trained on {crossed['trained_on']})" if crossed
-             else saved["dataset"]["name"])
     s = r.summary()
-    print(f"{saved['method']['name']} on {where} {cfg.split}, variable episodes ({s['ways_range'][0]}-"
+    print(f"{saved['method']['name']} on {scored_on(saved, crossed)} {cfg.split}, variable episodes ({s['ways_range'][0]}-"
           f"{s['ways_range'][1]} ways, mean {s['ways_mean']:.1f}; support {s['support_range'][0]}-"
           f"{s['support_range'][1]} images, mean {s['support_mean']:.0f}): {100 * r.accuracy:.2f} ± {100 * r.ci95:.2f}% "
           f"(95% CI, {len(r.per_episode)} episodes, episodes {s['episodes_digest']}"
@@ -174,8 +181,7 @@ def score(protocol: EvalConfig, readout: Readout | None, folders: list[Path], me
     name = protocol.file_name(spec.tag, spec.queries, members[0][2]["checkpoint_name"], readout,
                               f"_ensemble-{len(runs)}-{members_digest(runs)}" if len(runs) > 1 else "")
     crossed = members[0][1].meta.get("cross_domain")
-    if crossed:
-        name = f"cross-{crossed['tested_on']}_{name}"
+    name = cross_named(name, crossed)
     extra = ({"ensemble": ensemble} if ensemble else {}) | ({"cross_domain": crossed} if crossed else {})
     return r, alone, r.save(folder.eval_dir, name, extra or None)
 

@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from metalearn.data.catalog import STORE_INDEX
+from metalearn.data.fetch import sha256sum
 from metalearn.errors import MetalearnError
 from metalearn.files import atomic_open
 
@@ -166,7 +167,7 @@ def prepare(name: str, imagenet: Path, out: Path, size: int = 84, how: str | Non
     if "categories" in about:
         index["categories"] = [about["categories"][w] for _, w, _ in plan]
     (out / ".images.npy.tmp").replace(out / "images.npy")
-    index["images_sha256"] = _sha256(out / "images.npy")
+    index["images_sha256"] = sha256sum(out / "images.npy")
     index["digest"] = digest(index)
     with atomic_open(out / STORE_INDEX, "w") as f:
         f.write(json.dumps(index, indent=1, sort_keys=True) + "\n")
@@ -184,14 +185,6 @@ def digest(index: dict) -> str:
     """The store's digest: SHA-256 over its index without the digest itself (which names images.npy's SHA-256)."""
     body = {k: v for k, v in index.items() if k != "digest"}
     return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(1 << 22):
-            h.update(block)
-    return h.hexdigest()
 
 
 def read_index(root: Path, must: bool = True) -> dict | None:
@@ -212,7 +205,7 @@ def read_index(root: Path, must: bool = True) -> dict | None:
 def verify(root: Path) -> dict:
     """Re-hash a prepared store; a MetalearnError naming what differs."""
     index = read_index(root)
-    got = _sha256(root / "images.npy")
+    got = sha256sum(root / "images.npy")
     if got != index["images_sha256"]:
         raise MetalearnError(f"{root / 'images.npy'} has SHA-256 {got}, not the {index['images_sha256']} its "
                              f"{STORE_INDEX} records: it changed after it was prepared. Prepare it again.")
