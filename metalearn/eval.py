@@ -46,15 +46,12 @@ register()
 
 
 def run(cfg: DictConfig) -> dict:
-    from dataclasses import replace
-
-    from metalearn.config import EvalConfig, TTAConfig, check_values
-    from metalearn.engine.evaluate import resolve, task_spec
+    from metalearn.config import EvalConfig, check_values
+    from metalearn.engine.evaluate import mean_over_sources, per_source
     from metalearn.engine.rundir import RunFolder
     from metalearn.errors import MetalearnError
-    from metalearn.hardware import autocast, setup_device
+    from metalearn.hardware import setup_device
     from metalearn.readouts import build_readout
-    from metalearn.stats import paired_difference
 
     if cfg.run is None:
         raise MetalearnError("metalearn-eval needs run=PATH, a run folder such as outputs/train/<date>/<time>_protonet_...")
@@ -66,14 +63,39 @@ def run(cfg: DictConfig) -> dict:
     RunFolder(folders[0], read_only=True).refuse_if_held()  # a run still training there: named before any work
     device = setup_device(cfg.hardware)
     members = [restore_member(protocol, f, device) for f in folders]
-    store, saved = members[0][1], members[0][2]["config"]
+    store = members[0][1]
     for f, (_, other, _) in zip(folders[1:], members[1:], strict=True):
         if not other.same_images(store):
             raise MetalearnError(f"ensemble member {f} reads other images than run={folders[0]} (its dataset "
                                  f"configuration lists other classes, splits or drawers); an ensemble is scored on "
                                  f"one dataset's episodes, so give runs trained on the same dataset")
+    parts = per_source(store, cfg.split) if cfg.test_dataset is None else [(None, store)]
+    if parts[0][0] is None:
+        return score_one(cfg, protocol, readout, folders, members, device)
+    results = {}
+    for name, _ in parts:  # a multi-source run: each source alone (never an episode of two), then their mean
+        views = [(m, s.source_view(name), c) for m, s, c in members]
+        results[name] = score_one(cfg, protocol, readout, folders, views, device, name)
+    mean = mean_over_sources(results)
+    print(f"mean over {len(results)} sources ({', '.join(results)}): {100 * mean['accuracy']:.2f} ± "
+          f"{100 * mean['ci95']:.2f}%")
+    return mean
+
+
+def score_one(cfg: DictConfig, protocol: EvalConfig, readout: Readout | None, folders: list[Path], members: list,
+              device: torch.device, source: str | None = None) -> dict:
+    """The run (or ensemble) scored on one dataset, or on one source of a multi-source run; printed and saved."""
+    from dataclasses import replace
+
+    from metalearn.config import TTAConfig
+    from metalearn.engine.evaluate import resolve, task_spec
+    from metalearn.engine.rundir import RunFolder
+    from metalearn.hardware import autocast
+    from metalearn.stats import paired_difference
+
+    store, saved = members[0][1], members[0][2]["config"]
     if cfg.variable:
-        return run_variable(protocol, folders, members, device, cfg.hardware.amp)
+        return run_variable(protocol, folders, members, device, cfg.hardware.amp, source)
     protocol = resolve(protocol, saved["ways"], saved["shots"], saved["queries"])
     spec = task_spec(protocol)
     for m, _, _ in members:
@@ -82,11 +104,11 @@ def run(cfg: DictConfig) -> dict:
     folder = RunFolder(folders[0], read_only=True)
     folder.hold()  # one writer: a run still training there is named and refused before anything is scored
     try:
-        r, alone, path = score(protocol, readout, folders, members, device, cfg.batch, amp, folder)
+        r, alone, path = score(protocol, readout, folders, members, device, cfg.batch, amp, folder, source)
         plain = None
         if cfg.paired and (protocol.tta.copies > 1 or readout is not None):  # the same episodes without the options
             plain = score(replace(protocol, tta=TTAConfig(), readout=None), None, folders, members, device, cfg.batch,
-                          amp, folder)
+                          amp, folder, source)
     finally:
         folder.release()
     setting = (f"{protocol.split} {spec.ways}-way {spec.shots}-shot{f' within one {spec.within}' if spec.within else ''}"
@@ -99,7 +121,7 @@ def run(cfg: DictConfig) -> dict:
               f"{100 * e['ci95']:.2f}%")
     what = f"ensemble of {len(members)} runs" if ensemble else saved["method"]["name"]
     crossed = store.meta.get("cross_domain")
-    print(f"{what} on {scored_on(saved, crossed)} {setting}: "
+    print(f"{what} on {scored_on(saved, crossed, source)} {setting}: "
           f"{100 * r.accuracy:.2f} ± {100 * r.ci95:.2f}% (95% CI, {len(r.per_episode)} episodes, "
           f"episodes {r.plans.digest()}{'' if r.batch_norm is None else ', batch norm: ' + r.batch_norm}"
           f"{protocol.describe(readout)}{', transductive' if r.transductive else ''}) -> {path}")
@@ -114,19 +136,23 @@ def run(cfg: DictConfig) -> dict:
     return r.summary() | ({"ensemble": ensemble} if ensemble else {}) | ({"cross_domain": crossed} if crossed else {})
 
 
-def scored_on(saved: dict, crossed: dict | None) -> str:
-    """The dataset a printed result names: the run's own, or the other one, marked cross-domain."""
+def scored_on(saved: dict, crossed: dict | None, source: str | None = None) -> str:
+    """The dataset a printed result names: the run's own (one source of it), or the other one, marked cross-domain."""
+    if source:
+        return f"{source} (a source of {'+'.join(saved['dataset']['sources'])})"
     if crossed:
         return f"{crossed['tested_on']} (cross-domain: trained on {crossed['trained_on']})"
     return saved["dataset"]["name"]
 
 
-def cross_named(name: str, crossed: dict | None) -> str:
-    """A result file's name, prefixed cross-<dataset>_ when scored on another dataset (never the run's own file)."""
-    return f"cross-{crossed['tested_on']}_{name}" if crossed else name
+def cross_named(name: str, crossed: dict | None, source: str | None = None) -> str:
+    """A result file's name, prefixed cross-<dataset>_ when scored on another dataset (never the run's own file), and
+    suffixed @<source> for one source of a multi-source run."""
+    return f"cross-{crossed['tested_on']}_{name}" if crossed else name if source is None else f"{name}@{source}"
 
 
-def run_variable(cfg: EvalConfig, folders: list[Path], members: list, device: torch.device, amp_setting) -> dict:
+def run_variable(cfg: EvalConfig, folders: list[Path], members: list, device: torch.device, amp_setting,
+                 source: str | None = None) -> dict:
     """variable=true: the run scored on Meta-Dataset's variable episodes (metalearn.tasks.variable), saved in its
     eval/ as <split>_variable_e<episodes>_seed<seed>_<checkpoint>.json with each episode's ways and support size."""
     from metalearn.engine.evaluate import evaluate_variable
@@ -150,12 +176,14 @@ def run_variable(cfg: EvalConfig, folders: list[Path], members: list, device: to
     try:
         r = evaluate_variable(method, store, cfg.split, cfg.episodes, cfg.seed, device, autocast(device, amp_setting))
         crossed = store.meta.get("cross_domain")
-        name = cross_named(f"{cfg.split}_variable_e{cfg.episodes}_seed{cfg.seed}_{ckpt['checkpoint_name']}", crossed)
+        name = cross_named(f"{cfg.split}_variable_e{cfg.episodes}_seed{cfg.seed}_{ckpt['checkpoint_name']}", crossed,
+                           source)
         path = r.save(folder.eval_dir, name, {"cross_domain": crossed} if crossed else None)
     finally:
         folder.release()
     s = r.summary()
-    print(f"{saved['method']['name']} on {scored_on(saved, crossed)} {cfg.split}, variable episodes ({s['ways_range'][0]}-"
+    print(f"{saved['method']['name']} on {scored_on(saved, crossed, source)} {cfg.split}, variable episodes ("
+          f"{s['ways_range'][0]}-"
           f"{s['ways_range'][1]} ways, mean {s['ways_mean']:.1f}; support {s['support_range'][0]}-"
           f"{s['support_range'][1]} images, mean {s['support_mean']:.0f}): {100 * r.accuracy:.2f} ± {100 * r.ci95:.2f}% "
           f"(95% CI, {len(r.per_episode)} episodes, episodes {s['episodes_digest']}"
@@ -164,7 +192,7 @@ def run_variable(cfg: EvalConfig, folders: list[Path], members: list, device: to
 
 
 def score(protocol: EvalConfig, readout: Readout | None, folders: list[Path], members: list, device: torch.device,
-          batch: int, amp, folder: RunFolder) -> tuple[EvalResult, list[EvalResult], Path]:
+          batch: int, amp, folder: RunFolder, source: str | None = None) -> tuple[EvalResult, list[EvalResult], Path]:
     """The run (or the ensemble of the runs) scored under `protocol`, its result saved in the first run's eval/:
     the result, each member's alone (an ensemble), and the result file."""
     from metalearn.engine.evaluate import evaluate, evaluate_ensemble, task_spec
@@ -181,7 +209,7 @@ def score(protocol: EvalConfig, readout: Readout | None, folders: list[Path], me
     name = protocol.file_name(spec.tag, spec.queries, members[0][2]["checkpoint_name"], readout,
                               f"_ensemble-{len(runs)}-{members_digest(runs)}" if len(runs) > 1 else "")
     crossed = members[0][1].meta.get("cross_domain")
-    name = cross_named(name, crossed)
+    name = cross_named(name, crossed, source)
     extra = ({"ensemble": ensemble} if ensemble else {}) | ({"cross_domain": crossed} if crossed else {})
     return r, alone, r.save(folder.eval_dir, name, extra or None)
 
@@ -224,15 +252,16 @@ def restore_member(cfg: EvalConfig, folder: Path, device: torch.device) -> tuple
     if cfg.inner_steps is not None:
         set_inner_steps(method, saved["method"]["name"], cfg.inner_steps)
     if cfg.test_dataset is not None:  # cross-domain: another dataset's test split, as the run's input
-        from metalearn.data.cross_domain import as_run_input, target_config
+        from metalearn.data.cross_domain import as_run_input, dataset_label, target_config
 
         pre = ckpt["preprocess"]
-        target = target_config(cfg.test_dataset, cfg.dataset_root, int(pre["image_size"]))
+        target = target_config(cfg.test_dataset, cfg.dataset_root, int(pre["image_size"]), held_out=True)
         try:
             store = build_store(target)
         except MetalearnError as e:
             raise MetalearnError(in_eval_terms(str(e), None)) from None
-        return method, as_run_input(store, pre, saved["dataset"]["name"], cfg.test_dataset), ckpt
+        tested_on = dataset_label({"name": cfg.test_dataset, "root": target.get("root")})
+        return method, as_run_input(store, pre, dataset_label(saved["dataset"]), tested_on), ckpt
     dataset = dict(saved["dataset"])
     if cfg.dataset_root is not None:
         dataset["root"] = cfg.dataset_root

@@ -15,6 +15,11 @@ Runs scored on different episodes are never paired: their row says so. Transduct
 queries classified together: TIM, batch norm with the queries' statistics) get tables of their own,
 "5w1s (transductive)", so they are never ranked or paired with inductive ones. Pairing removes the episode-to-
 episode variance two runs share, so it can separate methods whose own intervals overlap.
+
+A multi-source run (dataset=multi) is listed by its sources (omniglot_small+synthetic) with the mean over them, and
+gets a per-source table: each source's accuracy, the mean, and the average rank over sources. Cross-domain results
+(metalearn-eval run=<run> dataset=<another>, read from the run's eval/cross-*.json) are listed as "<trained on> ->
+<tested on> (cross-domain)", apart from every in-domain result.
 """
 
 from __future__ import annotations
@@ -102,6 +107,8 @@ def load_results(run: Path) -> list[Result]:
                  if not o.startswith(("seed=", "run_dir=", "resume=", "max_minutes=", "tags=", "notes=", "logger="))]
     tags = [str(t) for t in s.get("tags") or []]
     out = []
+    common = {"wall_time_s": s.get("wall_time_s"), "steps": s.get("steps_done"), "tags": tags,
+              "ranks": (s.get("ranks") or {}).get("world_size", 1)}
     for tag, t in (s.get("test") or {}).items():
         per = None
         path = RunFolder(run, read_only=True).eval_dir / f"test_{tag}.json"
@@ -109,16 +116,76 @@ def load_results(run: Path) -> list[Result]:
             per = np.asarray(json.loads(path.read_text())["per_episode"], dtype=np.float64)
         shown = f"{tag} (transductive)" if transductive(s, t) else tag  # its own table: never paired with inductive
         ways, shots = t.get("ways", 0), t.get("shots", 0)  # 0: variable episodes (their own table, tag "variable")
-        out.append(Result(run, s.get("method", "?"), dataset, shown, ways, shots, t["accuracy"], t["ci95"],
+        sources = {n: (v["accuracy"], v["ci95"]) for n, v in (t.get("sources") or {}).items()}
+        label = "+".join(sources) if sources else dataset  # a multi-source run: by its sources
+        out.append(Result(run, s.get("method", "?"), label, shown, ways, shots, t["accuracy"], t["ci95"],
                           t.get("episodes_digest"), per, " ".join(sorted(overrides)), s.get("seed", 0),
-                          s.get("status", "?"), {"wall_time_s": s.get("wall_time_s"), "steps": s.get("steps_done"),
-                                                  "batch_norm": t.get("batch_norm"), "tags": tags,
-                                                  "ranks": (s.get("ranks") or {}).get("world_size", 1)}))
+                          s.get("status", "?"), {**common, "batch_norm": t.get("batch_norm"),
+                                                  **({"sources": sources} if sources else {})}))
+    trained_on = out[0].dataset if out else dataset
+    out += cross_domain_results(run, s, trained_on, " ".join(sorted(overrides)), common)
     if not out:  # failed or unfinished runs still appear, so nothing is silently dropped
         out.append(Result(run, s.get("method", "?"), dataset, "-", 0, 0, math.nan, math.nan, None, None,
                           " ".join(sorted(overrides)), s.get("seed", 0), s.get("status", "?"),
                           {"wall_time_s": s.get("wall_time_s"), "steps": s.get("steps_done"), "tags": tags}))
     return out
+
+
+CROSS = "cross-"  # eval/cross-<dataset>_<protocol>.json: metalearn-eval dataset=<another> (metalearn.eval.cross_named)
+
+
+def cross_domain_results(run: Path, summary: dict, trained_on: str, config: str, common: dict) -> list[Result]:
+    """The run's cross-domain results (metalearn-eval run=<run> dataset=<another>), each in a table of its own
+    ("<trained on> -> <tested on> (cross-domain)"): never ranked or paired with in-domain results. A file that cannot
+    be read is skipped; the in-domain rows stand without it."""
+    out = []
+    folder = RunFolder(run, read_only=True).eval_dir
+    for path in sorted(folder.glob(f"{CROSS}*.json")) if folder.is_dir() else []:
+        try:
+            r = json.loads(path.read_text())
+            target = r["cross_domain"]["tested_on"]
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+        protocol = path.stem[len(CROSS) + len(target) + 1:]  # <split>_<tag>_q.._e.._seed.._<checkpoint>[...]
+        shown = f"{protocol} (transductive)" if r.get("transductive") else protocol
+        fixed = r.get("sampler") != "variable"  # a variable result's ways and shots are per-episode lists
+        ways, shots = (r.get("ways", 0), r.get("shots", 0)) if fixed else (0, 0)
+        out.append(Result(run, summary.get("method", "?"), f"{trained_on} -> {target} (cross-domain)", shown, ways,
+                          shots, r["accuracy"], r["ci95"], r.get("episodes_digest"),
+                          np.asarray(r["per_episode"], dtype=np.float64), config, summary.get("seed", 0),
+                          summary.get("status", "?"), {**common, "batch_norm": r.get("batch_norm"),
+                                                       "cross_domain": target}))
+    return out
+
+
+def per_source_tables(results: list[Result]) -> list[dict]:
+    """Meta-Dataset's summary for multi-source runs: per (sources, task), each run's accuracy on each source, their
+    mean, and its rank on each source (1 = best, ties share the mean rank) averaged over the sources."""
+    tables = []
+    groups: dict[tuple[str, str], list[Result]] = {}
+    for r in results:
+        if r.extra.get("sources") and not math.isnan(r.accuracy):
+            groups.setdefault((r.dataset, r.tag), []).append(r)
+    for (dataset, tag), rs in sorted(groups.items()):
+        sources = list(rs[0].extra["sources"])
+        ranks = {n: _ranks([r.extra["sources"].get(n, (math.nan,))[0] for r in rs]) for n in sources}
+        rows = []
+        for i, r in enumerate(rs):
+            mine = [ranks[n][i] for n in sources if not math.isnan(ranks[n][i])]
+            rows.append({"dataset": dataset, "task": tag, "method": r.method, "run": str(r.run),
+                         **{n: r.extra["sources"].get(n, (math.nan, math.nan)) for n in sources},
+                         "mean": r.accuracy, "mean_ci95": r.ci95,
+                         "average_rank": float(np.mean(mine)) if mine else math.nan})
+        rows.sort(key=lambda row: (row["average_rank"], -row["mean"]))
+        tables.append({"dataset": dataset, "task": tag, "sources": sources, "rows": rows})
+    return tables
+
+
+def _ranks(values: list[float]) -> list[float]:
+    """Rank 1 for the highest value; ties share their mean rank; a missing value (nan) has no rank."""
+    present = sorted((v for v in values if not math.isnan(v)), reverse=True)
+    return [math.nan if math.isnan(v) else float(np.mean([i + 1 for i, p in enumerate(present) if p == v]))
+            for v in values]
 
 
 def leaderboard(results: list[Result]) -> list[dict]:
@@ -237,8 +304,22 @@ def _pct(x: float) -> str:
     return "—" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{100 * x:.2f}"
 
 
-def markdown(rows: list[dict], seeds: list[dict]) -> str:
+def markdown(rows: list[dict], seeds: list[dict], sources: list[dict] | None = None) -> str:
     lines = ["# metalearn leaderboard", ""]
+    for table in sources or []:
+        names = table["sources"]
+        lines += [f"## Per source: {table['dataset']}, {table['task']}", "",
+                  "Each source scored alone on its own test classes (in-domain); the mean over sources, and each run's "
+                  "rank on each source averaged (Meta-Dataset's summary). Cross-domain results have tables of their "
+                  "own below.", "",
+                  "| method | " + " | ".join(names) + " | mean | average rank | run |",
+                  "| --- | " + " | ".join("---" for _ in names) + " | --- | --- | --- |"]
+        for r in table["rows"]:
+            cells = " | ".join(f"{_pct(r[n][0])} ± {_pct(r[n][1])}%" for n in names)
+            rank = "—" if math.isnan(r["average_rank"]) else f"{r['average_rank']:.2f}"
+            lines.append(f"| {r['method']} | {cells} | {_pct(r['mean'])} ± {_pct(r['mean_ci95'])}% | {rank} | "
+                         f"{Path(r['run']).name} |")
+        lines.append("")
     untested = [r for r in rows if r["rank"] == ""]
     rows = [r for r in rows if r["rank"] != ""]
     for key in sorted({(r["dataset"], r["task"]) for r in rows}):
@@ -388,14 +469,14 @@ def report(paths: list[Path], out: Path, tags: list[str] | None = None) -> dict:
         if not results:
             raise MetalearnError(f"no run under {', '.join(map(str, paths))} has the tags {', '.join(tags)}; "
                                  f"runs get tags with metalearn-train tags=[{tags[0]}]")
-    rows, seeds = leaderboard(results), across_seeds(results)
+    rows, seeds, sources = leaderboard(results), across_seeds(results), per_source_tables(results)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "leaderboard.md").write_text(markdown(rows, seeds))
+    (out / "leaderboard.md").write_text(markdown(rows, seeds, sources))
     write_csv(rows, out / "leaderboard.csv")
     write_csv(seeds, out / "seeds.csv")
     images = plots(results, out)
-    return {"runs": len(runs), "rows": rows, "seeds": seeds, "files": [out / "leaderboard.md", out / "leaderboard.csv",
-                                                                      out / "seeds.csv", *images]}
+    files = [out / "leaderboard.md", out / "leaderboard.csv", out / "seeds.csv", *images]
+    return {"runs": len(runs), "rows": rows, "seeds": seeds, "sources": sources, "files": files}
 
 
 @console_script

@@ -106,7 +106,7 @@ def test_every_built_in_part_is_registered_once_with_its_schema():
             "tim"} <= set(METHODS.names())
     assert set(BACKBONES.names()) == {"conv4", "conv4_relation", "resnet12", "wrn28_10", "resnet18"}
     assert set(DATASETS.names()) == {"synthetic", "omniglot", "mini_imagenet", "tiered_imagenet", "cifar_fs", "fc100",
-                                     "image_folder", "cub"}
+                                     "image_folder", "cub", "multi"}
     assert {"tim", "chamfer"} <= set(READOUTS.names())
     assert set(METHODS.names()) == set(SCHEMAS["method"])  # every method has a typed config, and only methods do
     assert set(DATASETS.names()) == set(SCHEMAS["dataset"])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from omegaconf import MISSING
 
@@ -91,6 +92,21 @@ class ImageFolderConfig(DatasetConfig):
     split_file: str | None = option(None, 'JSON {"train": [class names], "val": [...], "test": [...]}; else fractions')
     split_fractions: list[float] = option(help=FRACTIONS, low=0, factory=lambda: [0.7, 0.1, 0.2])
     split_seed: int = option(0, "the split's seed", low=0)
+
+
+@schema("dataset", "multi_schema", "multi")
+@dataclass
+class MultiSourceConfig(DatasetConfig):
+    name: str = "multi"
+    sources: list[str] = option(help="dataset options (configs/dataset/<name>.yaml) trained on together, one source an "
+                                     "episode (Meta-Dataset's multi-source training)",
+                                factory=lambda: ["omniglot_small", "synthetic"])
+    sampling: str = option("uniform", "which source an episode comes from: uniform (each source alike) | proportional "
+                                      "(to its training classes)", choices=("uniform", "proportional"))
+    channels: int = option(1, "the run's channels: a source's images are converted to them (RGB -> grey by luma, "
+                              "grey -> RGB by repeating)", low=1, high=3)
+    roots: dict[str, Any] = option(help="where a source's files are, by source name, e.g. "
+                                        "dataset.roots.omniglot_small=PATH (null: its default root)", factory=dict)
 
 
 # dataset keys that say where the files are, not which classes: they may differ between runs that read the same data

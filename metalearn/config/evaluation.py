@@ -62,6 +62,8 @@ class EvalProtocol:
     finetune_steps: int = option(100, "readout=finetune: gradient steps of the linear classifier on each task's "
                                       "support codes", low=1, high=100_000)
     finetune_lr: float = option(0.01, "readout=finetune: its learning rate (SGD, momentum 0.9)", low=0)
+    finetune_backbone: bool = option(False, "readout=finetune: fine-tune a copy of the encoder too, with the classifier, "
+                                            "on each task's support images (BSCD-FSL's fine-tuning baseline)")
 
     def file_name(self, tag: str, queries: int, checkpoint: str, readout: Any = None, members: str = "") -> str:
         """The result's file name holds everything that decides which episodes are scored and how, so two protocols

@@ -33,6 +33,9 @@ class ImageStore:
     group_by: str | None = None
     # Who drew each image (Omniglot's file names: <id>_<drawer>.png), -1 unknown; None: the dataset has no drawers.
     drawers: np.ndarray | None = None
+    # Several datasets in one store (dataset=multi, metalearn.data.multi_source): each source's class ids. Episodes
+    # are drawn one source at a time and results reported per source (source_view), as Meta-Dataset does.
+    sources: dict[str, np.ndarray] | None = None
     # the normalised float32 copy load() keeps on the CPU for a small store (built on first use)
     _normalized: torch.Tensor | None = field(default=None, repr=False, compare=False)
 
@@ -79,6 +82,10 @@ class ImageStore:
             raise ValueError("class_groups needs one group per class and group_by naming the level")
         if self.drawers is not None and len(self.drawers) != self.images.shape[0]:
             raise ValueError("drawers needs one entry per image")
+        if self.sources is not None:
+            owned = np.sort(np.concatenate(list(self.sources.values())))
+            if not np.array_equal(owned, np.arange(self.num_classes)):
+                raise ValueError("sources must own every class exactly once")
 
     def pixel_stats(self, split: str, max_images: int = 20_000) -> tuple[float, float]:
         """Mean and std of the split's pixels (from up to `max_images` images spread over it, in chunks
@@ -114,14 +121,35 @@ class ImageStore:
         (bitwise the same values: the same elementwise arithmetic, done once per image). Larger
         stores, and GPUs, index the uint8 store, move 4x fewer bytes, and normalise on arrival."""
         if str(device) == "cpu" and self.images.numel() * 4 <= FLOAT_COPY_MAX_BYTES:
-            if self._normalized is None:
-                self._normalized = self.normalize(self.images)
+            self._float_copy()
             index = torch.from_numpy(np.ascontiguousarray(index)) if isinstance(index, np.ndarray) else index
             return self._normalized.index_select(0, index.reshape(-1))
         x = self.take(index)
         if str(device) != "cpu":
             x = x.to(device, non_blocking=True)
         return self.normalize(x)
+
+    def _float_copy(self) -> torch.Tensor | None:
+        """The normalised float copy load() keeps for a small store (None for a larger one), built on first use."""
+        if self._normalized is None and self.images.numel() * 4 <= FLOAT_COPY_MAX_BYTES:
+            self._normalized = self.normalize(self.images)
+        return self._normalized
+
+    def source_names(self) -> list[str]:
+        """The sources of a multi-source store, in order; [] for one dataset."""
+        return list(self.sources or {})
+
+    def source_view(self, name: str) -> ImageStore:
+        """One source of a multi-source store: the same images, indices and normalisation (so an episode plan means
+        the same images in both), its splits cut to the source's classes. No copy: the float copy is shared."""
+        if not self.sources or name not in self.sources:
+            raise MetalearnError(f"source {name!r} is not one of this dataset's sources: "
+                                 f"{', '.join(self.source_names()) or 'it has one dataset'}")
+        own = self.sources[name]
+        return ImageStore(self.images, self.class_start, self.class_count, self.class_names,
+                          {k: v[np.isin(v, own)] for k, v in self.splits.items()}, self.invert, self.mean, self.std,
+                          {**self.meta, "name": name, "source_of": self.meta.get("name")}, self.class_groups,
+                          self.group_by, self.drawers, None, self._float_copy())
 
     def normalize(self, x: torch.Tensor) -> torch.Tensor:
         """uint8 images -> float, scaled to [0, 1] then standardised with the train split's stats

@@ -68,6 +68,28 @@ class EvalResult:
         return path
 
 
+def per_source(store: ImageStore, split: str) -> list[tuple[str | None, ImageStore]]:
+    """What a validation or test scores: each source with classes in `split` alone, for a multi-source store
+    (dataset=multi: never an episode mixing two sources, as Meta-Dataset tests), else the store itself (name None)."""
+    if not store.sources:
+        return [(None, store)]
+    views = [(n, store.source_view(n)) for n in store.source_names()]
+    return [(n, v) for n, v in views if len(v.splits.get(split, []))]
+
+
+def mean_over_sources(results: dict[str, dict]) -> dict:
+    """Per-source results (summaries) as Meta-Dataset reports them: each source, and their mean accuracy. The mean's
+    interval treats the sources' episodes as independent (they share none): sqrt(sum of half-widths^2) / sources."""
+    accs = [r["accuracy"] for r in results.values()]
+    half = float(np.sqrt(sum(r["ci95"] ** 2 for r in results.values()))) / len(results)
+    first = next(iter(results.values()))
+    own = ("accuracy", "ci95", "episodes", "episodes_digest", "ways_mean", "ways_range", "support_mean", "support_range")
+    shared = {k: v for k, v in first.items() if k not in own and all(r.get(k) == v for r in results.values())}
+    return {**shared, "accuracy": float(np.mean(accs)), "ci95": half, "episodes": sum(r["episodes"] for r in results.values()),
+            **({"transductive": True} if any(r.get("transductive") for r in results.values()) else {}),
+            "sources": results}
+
+
 def protocol_for(split: str, spec: TaskSpec, episodes: int, seed: int, **options) -> EvalProtocol:
     """The protocol that scores `episodes` episodes of `spec` on `split` from `seed`, with any other option."""
     return EvalProtocol(split=split, ways=spec.ways, shots=spec.shots, queries=spec.queries, episodes=episodes,
@@ -155,6 +177,8 @@ def _episode_logits(method: Method, store: ImageStore, plans: EpisodePlans, devi
         if readout is not None:  # refused before any image is encoded
             readout.check(method, tta.copies if tta is not None else 1)
         with grad, (autocast or contextlib.nullcontext()):
+            if readout is not None and readout.needs_images:  # adapts the encoder to each task: task by task
+                return _logits_from_images(method, store, plans, device, tta, readout)
             if isinstance(method, EmbeddingMethod) and method.encodes_each_image_alone():
                 return _logits_from_codes(method, store, plans, device, batch, tta, readout)
             if tta is not None:
@@ -171,6 +195,20 @@ def _episode_logits(method: Method, store: ImageStore, plans: EpisodePlans, devi
             return out
     finally:
         method.train(was_training)
+
+
+def _logits_from_images(method: EmbeddingMethod, store: ImageStore, plans: EpisodePlans, device: torch.device,
+                        tta: TTAConfig | None, readout: Readout) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Each episode's query logits from a readout that fine-tunes on the task's support images (one at a time)."""
+    if tta is not None:
+        raise MetalearnError(f"readout={readout.name} with finetune_backbone=true fine-tunes on the support images "
+                             f"themselves; tta.copies={tta.copies} does not apply to it: drop tta.copies=")
+    out = []
+    for i in range(len(plans)):
+        b = gather(store, plans.slice(i, i + 1), device)
+        logits = readout.image_logits(method, b.support[0], b.support_labels[0], b.query[0], b.ways)
+        out.append((logits.detach()[None], b.query_labels))
+    return out
 
 
 def _result(method: Method, protocol: EvalProtocol, spec: TaskSpec, per_episode: np.ndarray, plans: EpisodePlans,

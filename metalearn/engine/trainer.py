@@ -33,7 +33,15 @@ from metalearn.engine.distributed import (
     local_device,
     shard,
 )
-from metalearn.engine.evaluate import evaluate, evaluate_variable, protocol_for, setting_tag, task_spec
+from metalearn.engine.evaluate import (
+    evaluate,
+    evaluate_variable,
+    mean_over_sources,
+    per_source,
+    protocol_for,
+    setting_tag,
+    task_spec,
+)
 from metalearn.engine.init_weights import initialize_from, parse_rename
 from metalearn.engine.progress import Progress
 from metalearn.engine.restore import restore_method
@@ -46,8 +54,8 @@ from metalearn.methods import Method, build_method
 from metalearn.methods.base import TrainingContext
 from metalearn.readouts import build_readout
 from metalearn.tasks.augment import random_affine
-from metalearn.tasks.episodes import EpisodeSampler, TaskSpec
-from metalearn.tasks.variable import VariableSampler
+from metalearn.tasks.episodes import EpisodePlans, EpisodeSampler, TaskSpec
+from metalearn.tasks.variable import VariablePlans, VariableSampler
 
 log = logging.getLogger("metalearn")
 
@@ -124,14 +132,17 @@ class Trainer:
         self.store = build_store(cfg.dataset)
         log.info("%s", self.store.describe())
         self.variable = cfg.sampler.get("kind", "episodic") == "variable"  # older run configs lack the key
-        self.val_plans = None
+        self.val_plans: dict[str | None, EpisodePlans | VariablePlans] | None = None  # by source (None: one dataset)
         if cfg.val.every > 0 and len(self.store.splits.get("val", [])):
-            if self.variable:  # validation on variable episodes too: what the run is trained for
-                self.val_plans = VariableSampler(self.store, "val", cfg.val.seed).plans(0, cfg.val.episodes)
-            else:
-                self.val_plans = EpisodeSampler(self.store, "val", self.eval_spec, cfg.val.seed).plans(0, cfg.val.episodes)
-        for protocol in self.test_protocols:  # fail now, not after an hour of training
-            EpisodeSampler(self.store, "test", task_spec(protocol), cfg.test.seed)
+            self.val_plans = {}
+            for name, part in per_source(self.store, "val"):
+                if self.variable:  # validation on variable episodes too: what the run is trained for
+                    self.val_plans[name] = VariableSampler(part, "val", cfg.val.seed).plans(0, cfg.val.episodes)
+                else:
+                    self.val_plans[name] = EpisodeSampler(part, "val", self.eval_spec, cfg.val.seed).plans(0, cfg.val.episodes)
+        for _, part in per_source(self.store, "test"):  # fail now, not after an hour of training
+            for protocol in self.test_protocols:
+                EpisodeSampler(part, "test", task_spec(protocol), cfg.test.seed)
         channels_last = cfg.hardware.channels_last and self.device.type in ("cpu", "cuda")
         self.train_classes = len(self.store.splits["train"])
         self.method: Method = build_method(cfg.method, self.store.image_shape, self.train_spec.ways, channels_last,
@@ -163,8 +174,8 @@ class Trainer:
             raise MetalearnError(f"sampler=variable trains on one episode a step (their shapes differ); "
                                  f"sampler.meta_batch={cfg.sampler.meta_batch} must be 1")
         for split in ("train", "val", "test"):
-            if len(self.store.splits.get(split, [])):
-                sampler = VariableSampler(self.store, split, cfg.seed)  # too few classes or images: one line
+            for _, part in per_source(self.store, split) if len(self.store.splits.get(split, [])) else []:
+                sampler = VariableSampler(part, split, cfg.seed)  # too few classes or images: one line
                 try:
                     self.method.check_variable(min(sampler.rules.max_ways, len(sampler.classes)))
                 except MetalearnError as e:
@@ -204,14 +215,24 @@ class Trainer:
 
     # ------------------------------------------------------------ the loop
     def validate(self) -> dict:
+        """Accuracy on the validation episodes; for several sources, their mean (what selects the best checkpoint)
+        and each source's, as accuracy_<source>."""
+        scored = {}
         with torch.random.fork_rng(devices=[]):  # validation must not shift the training RNG stream
-            if self.variable:
-                r = evaluate_variable(self.method, self.store, "val", len(self.val_plans), self.cfg.val.seed,
-                                      self.device, autocast(self.device, self.amp))
-                return {"accuracy": r.accuracy, "ci95": r.ci95}
-            r = evaluate(self.method, self.store, protocol_for("val", self.eval_spec, len(self.val_plans), self.cfg.val.seed),
-                         self.device, self.cfg.test.batch, autocast(self.device, self.amp), plans=self.val_plans)
-        return {"accuracy": r.accuracy, "ci95": r.ci95}
+            for name, plans in self.val_plans.items():
+                part = self.store if name is None else self.store.source_view(name)
+                if self.variable:
+                    r = evaluate_variable(self.method, part, "val", len(plans), self.cfg.val.seed, self.device,
+                                          autocast(self.device, self.amp))
+                else:
+                    r = evaluate(self.method, part, protocol_for("val", self.eval_spec, len(plans), self.cfg.val.seed),
+                                 self.device, self.cfg.test.batch, autocast(self.device, self.amp), plans=plans)
+                scored[name] = {"accuracy": r.accuracy, "ci95": r.ci95, "episodes": len(r.per_episode)}
+        if None in scored:
+            return {"accuracy": scored[None]["accuracy"], "ci95": scored[None]["ci95"]}
+        mean = mean_over_sources(scored)
+        return {"accuracy": mean["accuracy"], "ci95": mean["ci95"],
+                **{f"accuracy_{n}": r["accuracy"] for n, r in scored.items()}}
 
     def fit(self) -> None:
         cfg, st = self.cfg, self.state
@@ -303,24 +324,39 @@ class Trainer:
         self.method.load_state_dict(load_checkpoint(path)["method"])
         results = {}
         for protocol in self.test_protocols:
-            r = evaluate(self.method, self.store, protocol, self.device, self.cfg.test.batch,
-                         autocast(self.device, self.amp))
             tag = setting_tag(protocol)
-            if self.ranks.main:
-                r.save(self.folder.eval_dir, f"test_{tag}")
-            results[tag] = {**r.summary(), "checkpoint": which}
-            log.info("test %s: %.2f ± %.2f%% (%d episodes, %s checkpoint)", tag, 100 * r.accuracy,
-                     100 * r.ci95, len(r.per_episode), which)
+            scored = {}
+            for name, part in per_source(self.store, "test"):
+                r = evaluate(self.method, part, protocol, self.device, self.cfg.test.batch, autocast(self.device, self.amp))
+                if self.ranks.main:
+                    r.save(self.folder.eval_dir, f"test_{tag}" if name is None else f"test_{tag}@{name}")
+                scored[name] = r.summary()
+                log.info("test %s%s: %.2f ± %.2f%% (%d episodes, %s checkpoint)", tag, f" on {name}" if name else "",
+                         100 * r.accuracy, 100 * r.ci95, len(r.per_episode), which)
+            results[tag] = {**self._pooled(scored, tag), "checkpoint": which}
         if self.variable:  # the episodes it trained on: a variable-episode test beside the fixed settings
-            r = evaluate_variable(self.method, self.store, "test", self.cfg.test.episodes, self.cfg.test.seed,
-                                  self.device, autocast(self.device, self.amp))
-            if self.ranks.main:
-                r.save(self.folder.eval_dir, "test_variable")
-            results["variable"] = {**r.summary(), "checkpoint": which}
-            log.info("test variable (%d-%d ways, support %d-%d images): %.2f ± %.2f%% (%d episodes, %s checkpoint)",
-                     r.ways.min(), r.ways.max(), r.support_sizes.min(), r.support_sizes.max(), 100 * r.accuracy,
-                     100 * r.ci95, len(r.per_episode), which)
+            scored = {}
+            for name, part in per_source(self.store, "test"):
+                r = evaluate_variable(self.method, part, "test", self.cfg.test.episodes, self.cfg.test.seed,
+                                      self.device, autocast(self.device, self.amp))
+                if self.ranks.main:
+                    r.save(self.folder.eval_dir, "test_variable" if name is None else f"test_variable@{name}")
+                scored[name] = r.summary()
+                log.info("test variable%s (%d-%d ways, support %d-%d images): %.2f ± %.2f%% (%d episodes, %s "
+                         "checkpoint)", f" on {name}" if name else "", r.ways.min(), r.ways.max(),
+                         r.support_sizes.min(), r.support_sizes.max(), 100 * r.accuracy, 100 * r.ci95,
+                         len(r.per_episode), which)
+            results["variable"] = {**self._pooled(scored, "variable"), "checkpoint": which}
         return results
+
+    def _pooled(self, scored: dict, tag: str) -> dict:
+        """One dataset's result as it is; several sources' as their mean with each source's (logged)."""
+        if None in scored:
+            return scored[None]
+        mean = mean_over_sources(scored)
+        log.info("test %s, mean over %d sources: %.2f ± %.2f%%", tag, len(scored), 100 * mean["accuracy"],
+                 100 * mean["ci95"])
+        return mean
 
 
 def train(cfg: DictConfig, folder: RunFolder, group: str | None = None, draw: Callable[[], None] | None = None) -> dict:

@@ -54,6 +54,13 @@ class Readout:
             raise MetalearnError(f"readout={self.name} matches each image's test-time copies, and tta.copies={copies} "
                                  f"makes none; add tta.copies=96 (or drop readout=)")
 
+    needs_images = False  # True: it adapts the encoder on each task's images (image_logits), not codes
+
+    def image_logits(self, method: EmbeddingMethod, xs: torch.Tensor, ys: torch.Tensor, xq: torch.Tensor,
+                     ways: int) -> torch.Tensor:
+        """One task's support images [S, ...], labels [S] and query images [Q, ...] -> query logits [Q, ways]."""
+        raise NotImplementedError
+
     def logits(self, method: EmbeddingMethod, zs: torch.Tensor, support_labels: torch.Tensor, zq: torch.Tensor,
                ways: int) -> torch.Tensor:
         """Support codes [T, S, ...], labels [T, S], query codes [T, Q, ...] -> query logits [T, Q, ways]."""

@@ -2,10 +2,16 @@
 baseline of Chen et al. 2019 ("Baseline": a new linear layer on the support set, SGD with momentum 0.9 and weight
 decay 0.001) that BSCD-FSL (Guo et al. 2020) finds beats most meta-learners across domains. Its steps and
 learning rate are protocol options (metalearn-eval finetune_steps=, finetune_lr=), so they are part of the
-result's name. Inductive: each query is classified alone. Fine-tuning the encoder itself is not done here."""
+result's name. Inductive: each query is classified alone.
+
+finetune_backbone=true fine-tunes a copy of the encoder with the classifier, on the support images themselves
+(BSCD-FSL's "fine-tuning" row, Guo et al. 2020 §4): a fresh copy for each task, its batch norms with their running
+statistics (so no query's statistics enter), the queries encoded once at the end. It costs a forward and a
+backward pass of the support set per step and task, where the linear probe costs one encoding in all."""
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 import torch
@@ -39,21 +45,56 @@ def linear_probe(zs: torch.Tensor, labels: torch.Tensor, zq: torch.Tensor, ways:
         return torch.einsum("tqd,twd->tqw", zq, weight) + bias[:, None]
 
 
+def finetuned_logits(method: Any, xs: torch.Tensor, ys: torch.Tensor, xq: torch.Tensor, ways: int, steps: int,
+                     lr: float) -> torch.Tensor:
+    """One task's support images [S, ...], labels [S] and query images [Q, ...] -> query logits [Q, ways]: a copy of
+    the method's encoder and a zero-initialised linear layer, `steps` full-batch SGD steps on the support
+    cross-entropy together; `method` itself is left as it was."""
+    model = copy.deepcopy(method)
+    model.eval()  # running batch-norm statistics: nothing of the queries enters the fine-tuning
+    params = [p for p in model.parameters() if p.is_floating_point()]
+    for p in params:
+        p.requires_grad_(True)
+    with torch.no_grad():
+        d = fp32(model.encode(xs[:1])).flatten(1).shape[1]
+    weight = torch.zeros(ways, d, device=xs.device, requires_grad=True)
+    bias = torch.zeros(ways, device=xs.device, requires_grad=True)
+    optimizer = torch.optim.SGD([*params, weight, bias], lr=lr, momentum=MOMENTUM, weight_decay=WEIGHT_DECAY)
+    with torch.enable_grad():
+        for _ in range(steps):
+            optimizer.zero_grad(set_to_none=True)
+            z = fp32(model.encode(xs)).flatten(1)
+            nn.functional.cross_entropy(z @ weight.T + bias, ys).backward()
+            optimizer.step()
+    with torch.no_grad():
+        return fp32(model.encode(xq)).flatten(1) @ weight.T + bias
+
+
 @READOUTS.register("finetune")
 class FinetuneReadout(Readout):
     steps = 100
     lr = 0.01
+    backbone = False
 
     def configure(self, protocol: Any) -> None:
         self.steps = int(getattr(protocol, "finetune_steps", self.steps))
         self.lr = float(getattr(protocol, "finetune_lr", self.lr))
+        self.backbone = bool(getattr(protocol, "finetune_backbone", self.backbone))
+
+    @property
+    def needs_images(self) -> bool:
+        return self.backbone
 
     @property
     def file_tag(self) -> str:
-        return f"_readout-finetune-{self.steps}-{self.lr:g}"
+        return f"_readout-finetune-{self.steps}-{self.lr:g}{'-backbone' if self.backbone else ''}"
 
     def record(self) -> dict:
-        return {"readout": self.name, "finetune": {"steps": self.steps, "lr": self.lr}}
+        return {"readout": self.name, "finetune": {"steps": self.steps, "lr": self.lr,
+                                                   **({"backbone": True} if self.backbone else {})}}
+
+    def image_logits(self, method, xs, ys, xq, ways):
+        return finetuned_logits(method, xs, ys, xq, ways, self.steps, self.lr)
 
     def logits(self, method, zs, support_labels, zq, ways):
         return linear_probe(zs.flatten(2), support_labels, zq.flatten(2), ways, self.steps, self.lr)

@@ -23,6 +23,7 @@ import torch
 from metalearn.data.store import ImageStore
 from metalearn.errors import MetalearnError
 from metalearn.tasks.episodes import EpisodeBatch, EpisodeSampler, TaskSpec, gather
+from metalearn.tasks.multi_source import MixedEpisodeSampler, MixedVariableSampler
 from metalearn.tasks.variable import VariableSampler, gather_one
 
 ImageMap = Callable[[torch.Tensor], torch.Tensor]
@@ -58,13 +59,15 @@ def _store_images(store: ImageStore, index: np.ndarray, device: torch.device | s
 
 
 class EpisodeSource:
-    """Meta-batches of episodes: step s holds episodes s*meta_batch .. (s+1)*meta_batch-1."""
+    """Meta-batches of episodes: step s holds episodes s*meta_batch .. (s+1)*meta_batch-1 (from one source each, for a
+    multi-source store)."""
 
     unit = "episodes"
 
     def __init__(self, store: ImageStore, spec: TaskSpec, seed: int, meta_batch: int):
         self.store, self.meta_batch = store, meta_batch
-        self.sampler = EpisodeSampler(store, "train", spec, seed)
+        self.sampler = (MixedEpisodeSampler(store, "train", spec, seed) if store.sources
+                        else EpisodeSampler(store, "train", spec, seed))
         self.per_step = meta_batch
 
     def batch(self, step: int, device: torch.device | str) -> EpisodeBatch:
@@ -79,7 +82,8 @@ class VariableEpisodeSource:
     per_step = 1
 
     def __init__(self, store: ImageStore, seed: int):
-        self.store, self.sampler = store, VariableSampler(store, "train", seed)
+        self.store = store
+        self.sampler = MixedVariableSampler(store, "train", seed) if store.sources else VariableSampler(store, "train", seed)
 
     def batch(self, step: int, device: torch.device | str) -> EpisodeBatch:
         return gather_one(self.store, self.sampler.episode(step), device)
