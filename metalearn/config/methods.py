@@ -14,7 +14,7 @@ POSITIVE = 1e-12  # the lowest value of a key that must be > 0
 
 @dataclass
 class BackboneConfig:
-    name: str = option("conv4", "conv4 | conv4_relation | resnet12 | wrn28_10 | resnet18 (metalearn/backbones/)")
+    name: str = option("conv4", "conv4 | conv4_relation | resnet12 | wrn28_10 | resnet18 | timm (metalearn/backbones/)")
     width: int = option(64, "conv4's channels; the ResNets' channels scale with width/64 (64: the papers' networks)",
                         low=1, high=4096)
     pool: str = option("max", "conv4's downsampling: max (Snell et al.) | stride (Finn et al.)", choices=("max", "stride"))
@@ -25,6 +25,9 @@ class BackboneConfig:
                               low=0, high=0.99)
     block_size: int = option(5, "resnet12: DropBlock's block size", low=1)
     global_pool: bool = option(True, "resnet12: average the last map (640-d); false: flatten it (MetaOptNet's 16,000-d)")
+    model: str | None = option(None, "timm: the timm model's name (resnet50, vit_small_patch16_224, ...)")
+    weights: str | None = option(None, "timm: a local .safetensors or .pth file of its weights (null: random weights)")
+    freeze: str = option("none", "timm: all | none | N (its stem and first N blocks) kept frozen")
 
 
 @dataclass

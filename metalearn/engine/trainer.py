@@ -147,6 +147,9 @@ class Trainer:
         self.train_classes = len(self.store.splits["train"])
         self.method: Method = build_method(cfg.method, self.store.image_shape, self.train_spec.ways, channels_last,
                                            self.train_classes, self.train_spec.shots).to(self.device)
+        for module in self.method.modules():  # a pre-trained encoder undoes the dataset's standardisation (timm)
+            if hasattr(module, "set_input_stats"):
+                module.set_input_stats(self.store.mean, self.store.std)
         if self.variable:
             self._check_variable(cfg)
         context = TrainingContext(self.store, cfg.seed, self.train_spec, cfg.sampler.meta_batch, self.device, channels_last,
@@ -237,7 +240,8 @@ class Trainer:
     def fit(self) -> None:
         cfg, st = self.cfg, self.state
         if not self.trainable:
-            log.info("%s has no parameters: nothing to train, going straight to the test", self.method.name)
+            log.info("%s has no trainable parameters (none, or a frozen encoder): nothing to train, going straight to "
+                     "the test", self.method.name)
             self._checkpoint("last")
             return
         per_step, unit = self.train_source.per_step, self.train_source.unit
