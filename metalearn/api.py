@@ -17,6 +17,7 @@ import torch
 from metalearn.engine.restore import restore_method
 from metalearn.errors import MetalearnError
 from metalearn.methods import Method
+from metalearn.support_index import SupportIndex
 from metalearn.tasks.episodes import TaskSpec
 
 
@@ -118,6 +119,35 @@ class NamedLearner(Learner):
         probs = self.probabilities(images)
         best = probs.argmax(1)
         return [self.classes[i] for i in best.tolist()], probs.gather(1, best[:, None])[:, 0]
+
+    def support_index(self, run: str | Path, checkpoint: str) -> SupportIndex:
+        """The fitted support set's codes and class names, to save (metalearn.support_index)."""
+        from metalearn.support_index import FORMAT, SupportIndex, weights_digest
+
+        if self.support is None:
+            raise MetalearnError("call fit(support_images, class_names) before support_index")
+        if self._encoded is None:
+            raise MetalearnError(f"{self.method.name} has no fixed code for a support image (it adapts to each task, or "
+                                 f"its batch norms use the task's statistics), so its support set cannot be saved as "
+                                 f"an index; classify with support= instead")
+        made_by = {"format": FORMAT, "method": self.method.name, "run": str(run), "checkpoint": checkpoint,
+                   "weights": weights_digest(self.method), "preprocess": self.spec}
+        return SupportIndex(self._encoded.float().cpu(), self.labels.cpu(), list(self.classes), made_by)
+
+    def top_k(self, images: Sequence[Any] | torch.Tensor, k: int,
+              index: SupportIndex | None = None) -> tuple[list[list[str]], torch.Tensor]:
+        """Each image's k most probable class names and their probabilities, against `index` (a saved support
+        set) or the fitted one; many classes are scored in chunks where the method allows (support_index.top_k)."""
+        from metalearn.support_index import top_k
+
+        if index is None:
+            probs = self.probabilities(images)
+            top = torch.topk(probs, min(k, probs.shape[1]), dim=1)
+            return [[self.classes[i] for i in row] for row in top.indices.tolist()], top.values
+        with torch.no_grad():
+            zq = self.method.encode(self.preprocess(images))
+            ids, probs = top_k(self.method, index, zq, k)
+        return [[index.classes[i] for i in row] for row in ids.tolist()], probs
 
     def embed(self, images: Sequence[Any] | torch.Tensor) -> torch.Tensor:
         """The codes an embedding method compares ([N, D]); methods that adapt at test time have none."""

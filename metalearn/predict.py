@@ -3,6 +3,8 @@
     metalearn-predict run=outputs/train/<date>/<run> support=my_support query=my_queries
     metalearn-predict run=... support=my_support query='shots/*.png' out=predictions.json top_k=3
     metalearn-predict ... out=mine.csv overwrite=true   # replace a file this command did not write
+    metalearn-predict run=... support=big_support save_index=support.npz   # encode the support set once, save it
+    metalearn-predict run=... index=support.npz query=my_queries           # classify against the saved set
 
 support: a folder with one sub-folder per class (its name is the class name) holding that class's images;
 query: a folder of images, one image file, or a glob. Any image size and mode: each is read and
@@ -10,6 +12,11 @@ preprocessed as the run's own training images were. The support set is encoded o
 at test time adapt once); the queries go through in batches. Writes a CSV (or JSON, by out='s suffix) with
 each query's file, its top_k class names and their probabilities, and prints a table. It replaces only a
 predictions file it wrote (overwrite=true for anything else).
+
+save_index= writes the support set's codes and class names (an .npz of plain arrays, read back as data only);
+index= classifies the queries against such a file without reading or encoding the support images again,
+refused by a run whose weights differ from the one that made it. With a nearest-centroid head (protonet,
+meta_baseline, simpleshot) any number of classes is scored in chunks (metalearn/support_index.py).
 """
 
 from __future__ import annotations
@@ -23,13 +30,15 @@ from metalearn.errors import MetalearnError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 KEYS = {"run": None, "support": None, "query": None, "out": "predictions.csv", "top_k": "3", "checkpoint": "best",
-        "batch": "256", "device": "cpu", "overwrite": "false"}
+        "batch": "256", "device": "cpu", "overwrite": "false", "save_index": None, "index": None}
 MEANINGS = {"run": "the trained run folder", "support": "a folder with one sub-folder of images per class",
             "query": "a folder of images, one image file, or a glob", "out": "the predictions file: .csv or .json",
             "top_k": "class names (and probabilities) given per query", "checkpoint": "best | last",
             "batch": "queries classified at once", "device": "cpu | cuda | cuda:N",
-            "overwrite": "true: replace an out= file this command did not write"}
-REQUIRED = ("run", "support", "query")
+            "overwrite": "true: replace an out= file this command did not write",
+            "save_index": "write the support set's codes and class names to this .npz (query= then optional)",
+            "index": "classify against a saved support set (.npz from save_index=) instead of support="}
+REQUIRED = ("run",)
 
 
 def parse_args(argv: list[str]) -> dict[str, str]:
@@ -39,6 +48,13 @@ def parse_args(argv: list[str]) -> dict[str, str]:
     args = parse_key_values(argv, "metalearn-predict", KEYS, REQUIRED,
                             "metalearn-predict run=<run folder> support=<folder of class folders> "
                             "query=<folder, image or glob>")
+    if bool(args["support"]) == bool(args["index"]):
+        raise MetalearnError("give the support set as support=<folder of class folders> or index=<a saved index>, "
+                             "one of them")
+    if args["index"] and args["save_index"]:
+        raise MetalearnError("index= reads a saved support set and save_index= writes one; give one of them")
+    if not args["query"] and not args["save_index"]:
+        raise MetalearnError("query=<folder, image or glob> is missing: the images to classify")
     for key in ("top_k", "batch"):
         if not args[key].isdigit() or int(args[key]) < 1:
             raise MetalearnError(f"{key}={args[key]} must be a whole number >= 1")
@@ -118,31 +134,43 @@ def query_files(query: str) -> list[Path]:
 
 
 def predict(args: dict[str, str]) -> list[dict]:
-    import torch
-
     from metalearn.api import load_run
     from metalearn.engine.progress import Progress
+    from metalearn.support_index import SupportIndex, weights_digest
 
     learner = load_run(args["run"], args["checkpoint"], args["device"])
-    images, labels, names = support_set(Path(args["support"]))
+    index = None
+    if args["index"]:
+        path = Path(args["index"])
+        index = SupportIndex.load(path)
+        index.check_fits(learner.method.name, weights_digest(learner.method), path)
+        names = index.classes
+    else:
+        images, labels, names = support_set(Path(args["support"]))
+        try:
+            learner.fit(images, [names[i] for i in labels])
+        except MetalearnError as e:  # the run's own limit (a fixed-way head) is about this support folder: say so
+            raise MetalearnError(f"support={args['support']} has {len(names)} class folders ({', '.join(names[:6])}"
+                                 f"{', ...' if len(names) > 6 else ''}), and {e}") from None
+        if args["save_index"]:
+            saved = learner.support_index(args["run"], args["checkpoint"])
+            saved.save(Path(args["save_index"]))
+            print(f"support index: {len(names)} classes, {len(saved.labels)} images -> {args['save_index']}",
+                  file=sys.stderr)
+    if not args["query"]:
+        return []
     files = query_files(args["query"])
-    try:
-        learner.fit(images, [names[i] for i in labels])
-    except MetalearnError as e:  # the run's own limit (a fixed-way head) is about this support folder: say so
-        raise MetalearnError(f"support={args['support']} has {len(names)} class folders ({', '.join(names[:6])}"
-                             f"{', ...' if len(names) > 6 else ''}), and {e}") from None
     k = min(int(args["top_k"]), len(names))
     rows: list[dict] = []
     batch = int(args["batch"])
     with Progress(len(files), 0, "queries") as bar:
         for start in range(0, len(files), batch):
             chunk = files[start:start + batch]
-            probs = learner.probabilities([read_image(f) for f in chunk])
-            top = torch.topk(probs, k, dim=1)
-            for f, p, i in zip(chunk, top.values.tolist(), top.indices.tolist(), strict=True):
+            top, probs = learner.top_k([read_image(f) for f in chunk], k, index)
+            for f, classes, p in zip(chunk, top, probs.tolist(), strict=True):
                 row = {"file": str(f)}
                 for r in range(k):
-                    row[f"class_{r + 1}"] = names[i[r]]
+                    row[f"class_{r + 1}"] = classes[r]
                     row[f"probability_{r + 1}"] = round(p[r], 6)
                 rows.append(row)
             bar.tick(start + len(chunk))
@@ -188,10 +216,13 @@ def main(argv: list[str] | None = None) -> None:
     try:
         args = parse_args(argv)
         rows = predict(args)
-        write(rows, Path(args["out"]))
+        if rows:
+            write(rows, Path(args["out"]))
     except MetalearnError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
+    if not rows:
+        return
     show(rows)
     print(f"{len(rows)} predictions -> {args['out']}", file=sys.stderr)
 

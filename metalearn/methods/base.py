@@ -146,6 +146,9 @@ class Method(nn.Module):
         """Set up what meta-training needs beyond the weights (a distillation teacher); not called for evaluation."""
 
     transductive = False  # True: a query's prediction uses the task's other queries (TIM)
+    # True: a class's logit depends on its own support codes alone (a nearest-centroid head), so a support index
+    # of many classes may be scored a chunk of classes at a time (metalearn.support_index)
+    class_logits_independent = False
 
     def is_transductive(self) -> bool:
         """Whether, as set up now, a query's prediction depends on the task's other queries: by the method

@@ -41,6 +41,7 @@ def centroid_cosine_logits(zs: torch.Tensor, support_labels: torch.Tensor, zq: t
 
 class MetaBaseline(EmbeddingMethod):
     name = "meta_baseline"
+    class_logits_independent = True  # a class's logit reads its own support codes only (support_index.top_k)
     graph_capturable = True
 
     def __init__(self, backbone: nn.Module, temperature: float = 10.0, learn_temperature: bool = True,

@@ -24,6 +24,7 @@ class ProtoNet(EmbeddingMethod):
     squared Euclidean distances (or scaled cosine similarities) to them."""
 
     name = "protonet"
+    class_logits_independent = True  # a class's logit reads its own support codes only (support_index.top_k)
     graph_capturable = True
 
     def __init__(self, backbone: nn.Module, distance: str = "sqeuclidean"):

@@ -42,6 +42,7 @@ def nearest_centroid_logits(zs: torch.Tensor, support_labels: torch.Tensor, zq: 
 
 class SimpleShot(EmbeddingMethod):
     name = "simpleshot"
+    class_logits_independent = True  # a class's logit reads its own support codes only (support_index.top_k)
     train_data = "labelled"
 
     def __init__(self, backbone: nn.Module, feature_dim: int, num_classes: int, norm: str = "cl2n",
