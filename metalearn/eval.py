@@ -174,7 +174,8 @@ def run_variable(cfg: EvalConfig, folders: list[Path], members: list, device: to
     folder = RunFolder(folders[0], read_only=True)
     folder.hold()
     try:
-        r = evaluate_variable(method, store, cfg.split, cfg.episodes, cfg.seed, device, autocast(device, amp_setting))
+        r = evaluate_variable(method, store, cfg.split, cfg.episodes, cfg.seed, device, autocast(device, amp_setting),
+                              cache=feature_cache(cfg, members, None))
         crossed = store.meta.get("cross_domain")
         name = cross_named(f"{cfg.split}_variable_e{cfg.episodes}_seed{cfg.seed}_{ckpt['checkpoint_name']}", crossed,
                            source)
@@ -199,7 +200,8 @@ def score(protocol: EvalConfig, readout: Readout | None, folders: list[Path], me
 
     spec = task_spec(protocol)
     if len(members) == 1:
-        r, alone = evaluate(members[0][0], members[0][1], protocol, device, batch, amp), []
+        cache = feature_cache(protocol, members, readout)
+        r, alone = evaluate(members[0][0], members[0][1], protocol, device, batch, amp, cache=cache), []
     else:
         r, alone = evaluate_ensemble([(m, s) for m, s, _ in members], protocol, device, batch, amp)
     ensemble = [{"run": str(f), "checkpoint": c["checkpoint_name"], "method": c["config"]["method"]["name"],
@@ -212,6 +214,39 @@ def score(protocol: EvalConfig, readout: Readout | None, folders: list[Path], me
     name = cross_named(name, crossed, source)
     extra = ({"ensemble": ensemble} if ensemble else {}) | ({"cross_domain": crossed} if crossed else {})
     return r, alone, r.save(folder.eval_dir, name, extra or None)
+
+
+def feature_cache(cfg: EvalConfig, members: list, readout: Readout | None):
+    """feature_cache=true: the run's codes of the split, from disk after the first time (engine/feature_cache.py);
+    refused, with the reason, where an image's code is not fixed (so a cache would change the result)."""
+    if not cfg.feature_cache:
+        return None
+    from metalearn.engine.feature_cache import FeatureCache
+    from metalearn.errors import MetalearnError
+    from metalearn.methods.base import EmbeddingMethod
+
+    method, store, ckpt = members[0]
+    why = None
+    if len(members) > 1:
+        why = "an ensemble's members each have their own codes; score them one by one"
+    elif not isinstance(method, EmbeddingMethod) or getattr(method, "adapts_at_test", False):
+        why = f"{method.name} adapts to each task, so an image has no code of its own"
+    elif cfg.tta.copies > 1:
+        why = "test-time copies are drawn afresh for each evaluation"
+    elif readout is not None and readout.needs_images:
+        why = f"readout={readout.name} with finetune_backbone=true fine-tunes the encoder on each task"
+    else:
+        was = method.training
+        method.eval()
+        if not method.encodes_each_image_alone():
+            why = "its batch norms use each task's statistics (test_batch_norm), so a code depends on the task"
+        method.train(was)
+    if why:
+        raise MetalearnError(f"feature_cache=true keeps one code per image, and {why}; drop feature_cache=true")
+    root = Path(str((ckpt["config"].get("dataset") or {}).get("cache_dir") or "~/.cache/metalearn"))
+    cache = FeatureCache(root, method, store, cfg.split, cfg.feature_cache_dtype)
+    print(f"feature cache: {'reading' if cache.hit else 'encoding the split into'} {cache.path}")
+    return cache
 
 
 def run_folder(path: str, key: str) -> Path:

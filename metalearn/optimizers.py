@@ -1,4 +1,4 @@
-"""torch.optim's Adam and SGD, without the one-off import of torch._dynamo.
+"""torch.optim's Adam, AdamW and SGD, without the one-off import of torch._dynamo.
 
 torch wraps five `Optimizer` methods (`add_param_group`, `zero_grad`, `state_dict`,
 `load_state_dict` and every `step`) in hooks that exist for `torch.compile`: each imports
@@ -56,6 +56,12 @@ class Adam(_WithoutDynamoHooks, torch.optim.Adam):
     """`torch.optim.Adam`, started without importing torch._dynamo (see the module's docstring)."""
 
     step = _eager_step(torch.optim.Adam.step)
+
+
+class AdamW(_WithoutDynamoHooks, torch.optim.AdamW):
+    """`torch.optim.AdamW` (decoupled weight decay; P>M>F's meta-training), started without importing torch._dynamo."""
+
+    step = _eager_step(torch.optim.AdamW.step)
 
 
 class SGD(_WithoutDynamoHooks, torch.optim.SGD):

@@ -104,7 +104,7 @@ def test_every_built_in_part_is_registered_once_with_its_schema():
     assert {"protonet", "matching", "relation", "siamese", "baseline", "baselinepp", "pixel_nn", "maml", "fomaml",
             "anil", "metasgd", "mamlpp", "reptile", "meta_lstm", "mann", "meta_baseline", "simpleshot", "metaoptnet",
             "tim"} <= set(METHODS.names())
-    assert set(BACKBONES.names()) == {"conv4", "conv4_relation", "resnet12", "wrn28_10", "resnet18"}
+    assert set(BACKBONES.names()) == {"conv4", "conv4_relation", "resnet12", "wrn28_10", "resnet18", "timm"}
     assert set(DATASETS.names()) == {"synthetic", "omniglot", "mini_imagenet", "tiered_imagenet", "cifar_fs", "fc100",
                                      "image_folder", "cub", "multi"}
     assert {"tim", "chamfer"} <= set(READOUTS.names())

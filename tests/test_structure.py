@@ -14,7 +14,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "metalearn"
 # The base holds what every layer uses (errors, files, the registry, the torch-free schemas, the console).
 LAYERS: dict[str, int] = {
     "errors": 0, "files": 0, "registry": 0, "config": 0, "console": 0, "stats": 0, "optimizers": 0, "hardware": 0,
-    "data": 1, "tasks": 2, "backbones": 3, "methods": 4, "readouts": 5, "loggers": 5, "engine": 6,
+    "data": 1, "tasks": 2, "backbones": 3, "methods": 4, "readouts": 5, "loggers": 5, "support_index": 5, "engine": 6,
     # entry points: they compose, build and run; nothing below imports them
     "api": 7, "cli": 7, "help": 7, "preflight": 7, "sweep": 8, "train": 8, "eval": 8, "predict": 8, "export": 8,
     "report": 8, "reproduce": 8, "data_cli": 8, "record": 7, "cards": 7, "__init__": 8,

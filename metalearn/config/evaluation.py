@@ -62,6 +62,10 @@ class EvalProtocol:
     finetune_steps: int = option(100, "readout=finetune: gradient steps of the linear classifier on each task's "
                                       "support codes", low=1, high=100_000)
     finetune_lr: float = option(0.01, "readout=finetune: its learning rate (SGD, momentum 0.9)", low=0)
+    finetune_lr_grid: list[float] = option(help="readout=pmf_finetune: learning rates to choose finetune_lr from, on "
+                                                "finetune_val_episodes validation episodes (empty: finetune_lr)",
+                                           low=0, factory=list)
+    finetune_val_episodes: int = option(50, "validation episodes that choose from finetune_lr_grid", low=1)
     finetune_backbone: bool = option(False, "readout=finetune: fine-tune a copy of the encoder too, with the classifier, "
                                             "on each task's support images (BSCD-FSL's fine-tuning baseline)")
 
@@ -104,6 +108,10 @@ class EvalConfig(EvalProtocol):
     test_dataset: str | None = option(None, "score the run on another dataset's test split (cross-domain): a "
                                             "dataset option's name (cub, omniglot, image_folder ...), typed as "
                                             "dataset=NAME; null: the run's own")
+    feature_cache: bool = option(False, "keep the encoder's codes of the split on disk and read them on later "
+                                        "evaluations (an embedding method with a fixed code per image)")
+    feature_cache_dtype: str = option("float32", "the cached codes' type: float32 (results as without the cache) | "
+                                                 "float16 (half the file; codes rounded)", choices=("float32", "float16"))
     dataset_root: str | None = option(None, "where the run's data is now, when it moved since training; with dataset=, "
                                             "where that dataset is (null: its default root)")
     hardware: HardwareConfig = field(default_factory=HardwareConfig)

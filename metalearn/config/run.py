@@ -34,7 +34,7 @@ class SamplerConfig:
 
 @dataclass
 class OptimizerConfig:
-    name: str = option("adam", "adam | sgd", choices=("adam", "sgd"))
+    name: str = option("adam", "adam | adamw (decoupled weight decay) | sgd", choices=("adam", "adamw", "sgd"))
     lr: float = option(1e-3, "the outer learning rate, > 0", low=POSITIVE)
     weight_decay: float = option(0.0, "weight decay", low=0)
     momentum: float = option(0.9, "SGD momentum", low=0, high=1)
@@ -104,6 +104,8 @@ class TestSetting:
     disjoint_drawers: bool = option(False, "support and query images by different drawers (Omniglot)")
     readout: str | None = option(None, "how codes become logits (metalearn.readouts); null: the method's own head")
     tta: TTAConfig = option(help="test-time copies of each image", factory=TTAConfig)
+    finetune: dict = option(help="a fine-tuning readout's options as metalearn-eval's, e.g. {steps: 50, lr_grid: "
+                                 "[0, 0.0001, 0.001]} for finetune_steps, finetune_lr_grid", factory=dict)
 
 
 @dataclass

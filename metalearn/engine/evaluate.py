@@ -16,6 +16,7 @@ import torch
 
 from metalearn.config import EvalProtocol, TTAConfig
 from metalearn.data.store import ImageStore
+from metalearn.engine.feature_cache import FeatureCache
 from metalearn.errors import MetalearnError
 from metalearn.files import atomic_open, write_text
 from metalearn.methods.base import EmbeddingMethod, Method, accuracy, fp32
@@ -118,15 +119,35 @@ def setting_tag(protocol: EvalProtocol) -> str:
 
 
 def evaluate(method: Method, store: ImageStore, protocol: EvalProtocol, device: torch.device, batch: int = 50,
-             autocast: contextlib.AbstractContextManager | None = None, plans: EpisodePlans | None = None) -> EvalResult:
+             autocast: contextlib.AbstractContextManager | None = None, plans: EpisodePlans | None = None,
+             cache: FeatureCache | None = None) -> EvalResult:
     """Accuracy of `method` on the protocol's episodes (or the given plans): with test-time copies (tta.copies > 1),
     an embedding method's codes of augmented copies of each image; with a readout, its codes classified by it."""
     readout = build_readout(protocol.readout, protocol)
+    if readout is not None and getattr(readout, "grid", None):
+        select_finetune_lr(method, store, protocol, readout, device, batch, autocast)
     spec = task_spec(protocol)
     plans = _plans(store, protocol, spec) if plans is None else plans
     accs = [accuracy(logits, labels, 1).cpu()
-            for logits, labels in _episode_logits(method, store, plans, device, batch, autocast, protocol, readout)]
+            for logits, labels in _episode_logits(method, store, plans, device, batch, autocast, protocol, readout, cache)]
     return _result(method, protocol, spec, torch.cat(accs).numpy(), plans, readout)
+
+
+def select_finetune_lr(method: Method, store: ImageStore, protocol: EvalProtocol, readout: Readout,
+                       device: torch.device, batch: int, autocast: contextlib.AbstractContextManager | None) -> None:
+    """Set the readout's learning rate to the one of finetune_lr_grid that scores best on finetune_val_episodes
+    episodes of the validation split (the first on a tie), as P>M>F chooses it: never on the episodes it reports."""
+    if not len(store.splits.get("val", [])):
+        raise MetalearnError(f"finetune_lr_grid chooses readout={readout.name}'s learning rate on validation episodes, "
+                             f"and {store.meta.get('name', 'the dataset')} has no validation split; give "
+                             f"finetune_lr= instead")
+    scores = {}
+    for lr in readout.grid:
+        trial = replace(protocol, split="val", episodes=protocol.finetune_val_episodes, finetune_lr=lr,
+                        finetune_lr_grid=[])
+        scores[f"{lr:g}"] = evaluate(method, store, trial, device, batch, autocast).accuracy
+    best = max(scores, key=scores.get)
+    readout.lr, readout.chosen_from = float(best), scores
 
 
 def evaluate_ensemble(methods: list[tuple[Method, ImageStore]], protocol: EvalProtocol, device: torch.device,
@@ -165,7 +186,7 @@ def _copies(protocol: EvalProtocol) -> TTAConfig | None:
 
 def _episode_logits(method: Method, store: ImageStore, plans: EpisodePlans, device: torch.device, batch: int,
                     autocast: contextlib.AbstractContextManager | None, protocol: EvalProtocol,
-                    readout: Readout | None) -> list[tuple[torch.Tensor, torch.Tensor]]:
+                    readout: Readout | None, cache: FeatureCache | None = None) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """Each batch of episodes' query logits [t, ways * queries, ways] (detached) and labels [t, ways * queries],
     the method in eval mode (restored after). An embedding method that encodes each image alone encodes every
     distinct image once; any other method predicts episode by episode."""
@@ -180,7 +201,7 @@ def _episode_logits(method: Method, store: ImageStore, plans: EpisodePlans, devi
             if readout is not None and readout.needs_images:  # adapts the encoder to each task: task by task
                 return _logits_from_images(method, store, plans, device, tta, readout)
             if isinstance(method, EmbeddingMethod) and method.encodes_each_image_alone():
-                return _logits_from_codes(method, store, plans, device, batch, tta, readout)
+                return _logits_from_codes(method, store, plans, device, batch, tta, readout, cache)
             if tta is not None:
                 raise MetalearnError(f"tta.copies={tta.copies} averages an embedding method's codes over augmented "
                                      f"copies of each image; {type(method).__name__} does not encode each image "
@@ -222,7 +243,8 @@ def _result(method: Method, protocol: EvalProtocol, spec: TaskSpec, per_episode:
 
 
 def encode_distinct(method: EmbeddingMethod, store: ImageStore, ids: np.ndarray, device: torch.device,
-                    tta: TTAConfig | None = None, keep: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+                    tta: TTAConfig | None = None, keep: bool = False,
+                    cache: FeatureCache | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Codes of the distinct images among `ids` (any shape), and `ids` as rows of those codes.
 
     Episodes share images: 600 5-way 1-shot episodes with 15 queries name 48,000 images, but a
@@ -230,7 +252,14 @@ def encode_distinct(method: EmbeddingMethod, store: ImageStore, ids: np.ndarray,
     (2,600 28x28 glyphs, 100 84x84 colour images) so activations stay a few hundred MB. With `tta`, each
     code is the mean over the image and `tta.copies - 1` random affine copies of it, drawn from `tta.seed`
     (the global random state is left as it was); with `keep` (a readout that keeps copies), each copy's code is
-    kept: [N, copies, ...]."""
+    kept: [N, copies, ...]. With a feature cache (and no copies), the codes are read from it (encoded into it the
+    first time)."""
+    if cache is not None and tta is None:
+        def encode_rows(index: np.ndarray) -> np.ndarray:
+            with torch.no_grad():
+                return fp32(method.encode(store.load(index, device))).cpu().numpy()
+
+        return cache.lookup(ids, encode_rows, device)
     distinct, inverse = np.unique(ids, return_inverse=True)
     chunk = max(16, 2**21 // int(np.prod(store.images.shape[1:])))
     copies = tta.copies if tta is not None else 1
@@ -257,13 +286,14 @@ def encode_distinct(method: EmbeddingMethod, store: ImageStore, ids: np.ndarray,
 
 
 def _logits_from_codes(method: EmbeddingMethod, store: ImageStore, plans: EpisodePlans, device: torch.device,
-                       batch: int, tta: TTAConfig | None, readout: Readout | None) -> list[tuple[torch.Tensor, torch.Tensor]]:
+                       batch: int, tta: TTAConfig | None, readout: Readout | None,
+                       cache: FeatureCache | None = None) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """Each batch of episodes' query logits and labels, every image encoded once (the same logits as predict, up
     to float rounding)."""
     ways, shots, queries = plans.support.shape[1], plans.support.shape[2], plans.query.shape[2]
     classify = method.head if readout is None else (lambda zs, ys, zq, w: readout.logits(method, zs, ys, zq, w))
     codes, rows = encode_distinct(method, store, plans.image_ids(), device, tta,
-                                  keep=readout is not None and readout.keeps_copies)
+                                  keep=readout is not None and readout.keeps_copies, cache=cache)
     out = []
     for start in range(0, len(plans), max(1, batch)):
         z = codes[rows[start:start + batch]]  # [t, ways*(shots+queries), ...]
@@ -313,7 +343,8 @@ class VariableResult:
 
 
 def evaluate_variable(method: Method, store: ImageStore, split: str, episodes: int, seed: int, device: torch.device,
-                      autocast: contextlib.AbstractContextManager | None = None) -> VariableResult:
+                      autocast: contextlib.AbstractContextManager | None = None,
+                      cache: FeatureCache | None = None) -> VariableResult:
     """Accuracy of `method` on `episodes` variable episodes of `split` (metalearn.tasks.variable), one episode at
     a time: their shapes differ, so each is its own forward pass (no padding to score the same)."""
     if episodes < 1:
@@ -332,7 +363,7 @@ def evaluate_variable(method: Method, store: ImageStore, split: str, episodes: i
     try:
         with grad, (autocast or contextlib.nullcontext()):
             if isinstance(method, EmbeddingMethod) and method.encodes_each_image_alone():
-                accs = _variable_from_codes(method, store, plans, device)
+                accs = _variable_from_codes(method, store, plans, device, cache)
             else:
                 for episode in plans.episodes:
                     b = gather_one(store, episode, device)
@@ -347,11 +378,11 @@ def evaluate_variable(method: Method, store: ImageStore, split: str, episodes: i
 
 
 def _variable_from_codes(method: EmbeddingMethod, store: ImageStore, plans: VariablePlans,
-                         device: torch.device) -> list[float]:
+                         device: torch.device, cache: FeatureCache | None = None) -> list[float]:
     """Each variable episode's accuracy from codes of the distinct images of all episodes, each encoded once (as
     the fixed episodes' path does: the same logits as predict, up to float rounding)."""
     ids = np.concatenate([np.concatenate([e.support, e.query]) for e in plans.episodes])
-    codes, rows = encode_distinct(method, store, ids, device)
+    codes, rows = encode_distinct(method, store, ids, device, cache=cache)
     accs, at = [], 0
     for e in plans.episodes:
         s, q = len(e.support), len(e.query)

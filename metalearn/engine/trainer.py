@@ -65,6 +65,8 @@ def build_optimizer(cfg: Any, params) -> torch.optim.Optimizer:
     without their torch.compile hooks (metalearn.optimizers: ~1.1 s less start-up)."""
     if cfg.name == "adam":
         return optimizers.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    if cfg.name == "adamw":
+        return optimizers.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     return optimizers.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
 
 
@@ -92,7 +94,8 @@ def test_protocols(cfg: DictConfig) -> list[EvalProtocol]:
     out = [EvalProtocol(ways=w, shots=s, **common) for w in ways for s in shots]
     for extra in cfg.test.get("extra") or []:
         options = {"within": extra.within, "disjoint_drawers": bool(extra.disjoint_drawers),
-                   "readout": extra.get("readout"), "tta": TTAConfig(**(extra.get("tta") or {}))}
+                   "readout": extra.get("readout"), "tta": TTAConfig(**(extra.get("tta") or {})),
+                   **{f"finetune_{k}": v for k, v in (extra.get("finetune") or {}).items()}}
         out += [EvalProtocol(ways=extra.ways, shots=s, **common, **options)
                 for s in ([extra.shots] if extra.shots is not None else shots)]
     return out

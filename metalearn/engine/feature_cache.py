@@ -1,0 +1,80 @@
+"""Codes of a frozen encoder, computed once per split and kept on disk (metalearn-eval feature_cache=true).
+
+An evaluation of an embedding method whose code of an image does not depend on the task (batch norms on running
+statistics, no test-time copies) needs each image's code, not the image: after the first evaluation of a split,
+every later one (other episodes, other readouts, a search over a readout's options) reads the codes instead of
+running the encoder. The codes of every image of the split are stored as float16 in an .npy file that is memory-
+mapped on reading, under <cache>/features/<key>.npy, the key a SHA-256 of the method's weights, the split's
+images (their bytes), its classes, the preprocessing and the dtype; a sidecar .json says what it holds. A changed
+weight, image or normalisation is another key, never a stale read.
+
+The codes are kept as float32 by default, so a cached evaluation gives the per-episode results of an uncached one
+(tests/test_feature_cache.py); feature_cache_dtype=float16 halves the file and the reads, at the price of
+rounding each code to 11 significant bits (docs/performance.md counts the predictions that changes).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from metalearn.data.store import ImageStore
+from metalearn.files import atomic_open, write_text
+from metalearn.support_index import weights_digest
+
+
+def split_digest(store: ImageStore, split: str) -> str:
+    """The split's classes (names, counts) and image bytes, and the store's normalisation."""
+    h = hashlib.sha256()
+    ids = store.splits[split]
+    for c in ids.tolist():
+        h.update(store.class_names[c].encode() + b"\0")
+        start, n = int(store.class_start[c]), int(store.class_count[c])
+        h.update(np.int64(n).tobytes())
+        h.update(store.images[start:start + n].numpy().tobytes())
+    h.update(json.dumps([store.mean, store.std, store.invert, list(store.image_shape)]).encode())
+    return h.hexdigest()
+
+
+class FeatureCache:
+    """The codes of every image of `store`'s `split` under `method`, read from disk or encoded (and saved) once."""
+
+    def __init__(self, root: Path, method: torch.nn.Module, store: ImageStore, split: str, dtype: str = "float32"):
+        self.method, self.store, self.split, self.dtype = method, store, split, np.dtype(dtype)
+        key = hashlib.sha256(f"{weights_digest(method)}|{split_digest(store, split)}|{split}|{dtype}".encode()
+                             ).hexdigest()[:24]
+        self.path = Path(root).expanduser() / "features" / f"{key}.npy"
+        ids = store.splits[split]
+        self.index = np.concatenate([store.class_start[c] + np.arange(store.class_count[c]) for c in ids]) \
+            if len(ids) else np.zeros(0, dtype=np.int64)
+        self.row = np.full(store.images.shape[0], -1, dtype=np.int64)  # store index -> row of the cache
+        self.row[self.index] = np.arange(len(self.index))
+        self.hit = self.path.is_file()
+
+    def codes(self, encode_rows) -> np.ndarray:
+        """The [images of the split, ...] codes, memory-mapped; `encode_rows(index)` -> float32 codes of those
+        store indices, called (in chunks) only when the file is not there yet."""
+        if not self.path.is_file():
+            chunk = max(16, 2**21 // int(np.prod(self.store.images.shape[1:])))
+            parts = [encode_rows(self.index[i:i + chunk]).astype(self.dtype) for i in range(0, len(self.index), chunk)]
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            with atomic_open(self.path) as f:
+                np.save(f, np.concatenate(parts))
+            write_text(self.path.with_suffix(".json"), json.dumps({
+                "dataset": self.store.meta.get("name"), "split": self.split, "images": int(len(self.index)),
+                "method": getattr(self.method, "name", type(self.method).__name__), "dtype": str(self.dtype)}, indent=1))
+        return np.load(self.path, mmap_mode="r", allow_pickle=False)
+
+    def lookup(self, ids: np.ndarray, encode_rows, device: torch.device | str) -> tuple[torch.Tensor, torch.Tensor]:
+        """As encode_distinct: the codes of the distinct images among `ids` (float32, on `device`) and `ids` as rows
+        of them."""
+        rows = self.row[np.asarray(ids)]
+        if (rows < 0).any():
+            raise ValueError("an image outside the cached split was asked for")
+        distinct, inverse = np.unique(rows, return_inverse=True)
+        codes = torch.from_numpy(np.asarray(self.codes(encode_rows)[distinct], dtype=np.float32)).to(device)
+        return codes, torch.from_numpy(inverse.reshape(np.shape(ids))).to(device)

@@ -1,0 +1,80 @@
+"""The feature cache (metalearn/engine/feature_cache.py, metalearn-eval feature_cache=true): cached and uncached
+evaluation give the same per-episode results, a second evaluation never runs the encoder, and anything that
+changes a code is another cache entry."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from metalearn.config import SCHEMAS, EvalConfig, TTAConfig
+from metalearn.data.store import ImageStore
+from metalearn.engine.evaluate import evaluate, evaluate_variable
+from metalearn.engine.feature_cache import FeatureCache
+from metalearn.errors import MetalearnError
+from metalearn.eval import feature_cache
+from metalearn.methods import build_method
+
+
+def method(name: str = "protonet", seed: int = 0):
+    cfg = OmegaConf.structured(SCHEMAS["method"][name])
+    cfg.name = name
+    cfg.backbone.width = 8
+    torch.manual_seed(seed)
+    return build_method(cfg, (1, 16, 16), ways=5, train_classes=10).eval()
+
+
+def store(seed: int = 0) -> ImageStore:
+    g = torch.Generator().manual_seed(seed)
+    patterns = torch.randint(0, 256, (12, 1, 16, 16), dtype=torch.uint8, generator=g)
+    noise = torch.randint(-20, 20, (12 * 10, 1, 16, 16), generator=g)
+    images = (patterns.repeat_interleave(10, 0).int() + noise).clamp(0, 255).to(torch.uint8)
+    return ImageStore.from_classes(images, [10] * 12, [f"c{i}" for i in range(12)],
+                                   {"train": np.zeros(0, dtype=np.int64), "test": np.arange(12)})
+
+
+PROTOCOL = EvalConfig(split="test", ways=5, shots=1, queries=5, episodes=40)
+
+
+def test_cached_evaluation_is_the_uncached_one_and_reads_codes_not_images(tmp_path, monkeypatch):
+    m, s = method(), store()
+    plain = evaluate(m, s, PROTOCOL, torch.device("cpu"))
+    cold = FeatureCache(tmp_path, m, s, "test")
+    assert not cold.hit
+    first = evaluate(m, s, PROTOCOL, torch.device("cpu"), cache=cold)
+    np.testing.assert_array_equal(first.per_episode, plain.per_episode)
+    warm = FeatureCache(tmp_path, m, s, "test")
+    assert warm.hit and warm.path == cold.path
+    monkeypatch.setattr(m, "encode", lambda x: (_ for _ in ()).throw(AssertionError("the encoder ran")))
+    again = evaluate(m, s, PROTOCOL, torch.device("cpu"), cache=warm)
+    np.testing.assert_array_equal(again.per_episode, plain.per_episode)
+    variable = evaluate_variable(m, s, "test", 5, 0, torch.device("cpu"), cache=warm)  # variable episodes read it too
+    assert len(variable.per_episode) == 5
+
+
+def test_other_weights_images_or_dtype_are_another_entry(tmp_path):
+    m, s = method(), store()
+    key = FeatureCache(tmp_path, m, s, "test").path
+    assert FeatureCache(tmp_path, method(seed=1), s, "test").path != key
+    assert FeatureCache(tmp_path, m, store(seed=1), "test").path != key
+    half = FeatureCache(tmp_path, m, s, "test", "float16")
+    assert half.path != key
+    evaluate(m, s, PROTOCOL, torch.device("cpu"), cache=half)
+    evaluate(m, s, PROTOCOL, torch.device("cpu"), cache=FeatureCache(tmp_path, m, s, "test"))
+    assert np.load(half.path).dtype == np.float16 and np.load(key).dtype == np.float32
+    assert half.path.stat().st_size < 0.6 * key.stat().st_size
+
+
+def test_refused_where_a_code_is_not_fixed(tmp_path):
+    s = store()
+    config = {"dataset": {"cache_dir": str(tmp_path)}}
+    cfg = EvalConfig(feature_cache=True)
+    with pytest.raises(MetalearnError, match="adapts to each task"):
+        feature_cache(cfg, [(method("maml"), s, {"config": config})], None)
+    with pytest.raises(MetalearnError, match="test-time copies"):
+        feature_cache(EvalConfig(feature_cache=True, tta=TTAConfig(copies=4)), [(method(), s, {"config": config})], None)
+    with pytest.raises(MetalearnError, match="ensemble"):
+        feature_cache(cfg, [(method(), s, {"config": config})] * 2, None)
+    assert feature_cache(cfg, [(method(), s, {"config": config})], None).path.parent == tmp_path / "features"
