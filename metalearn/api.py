@@ -20,6 +20,8 @@ from metalearn.methods import Method
 from metalearn.support_index import SupportIndex
 from metalearn.tasks.episodes import TaskSpec
 
+ENCODE_CHUNK = 512  # support images encoded at once
+
 
 class Learner:
     """A trained method plus the image preprocessing of the run it came from."""
@@ -88,9 +90,10 @@ class NamedLearner(Learner):
         self.labels = torch.tensor([index[c] for c in class_names], device=self.device)
         self.method.check_task(TaskSpec(len(self.classes), 1, 1))
         self._encoded = None
-        if self._fixed_encoder():  # encode the support set once
+        if self._fixed_encoder():  # encode the support set once, in chunks (10,000 images at once: gigabytes)
             with torch.no_grad():
-                self._encoded = self.method.encode(self.support)
+                self._encoded = torch.cat([self.method.encode(self.support[i:i + ENCODE_CHUNK])
+                                           for i in range(0, len(self.support), ENCODE_CHUNK)])
         return self
 
     def _fixed_encoder(self) -> bool:
