@@ -146,3 +146,29 @@ def test_a_timm_protonet_trains_evaluates_predicts_and_exports(tmp_path):
     with torch.no_grad():
         expected = learner.method.encode(x).flatten(1)
     assert (torch.from_numpy(np.load(tmp_path / "codes.npy")) - expected).abs().max() < 1e-3
+
+
+def test_the_models_own_input_is_recorded_and_an_empty_offline_cache_is_one_line(tmp_path, monkeypatch):
+    backbone = TimmBackbone("resnet18", 1, None, "none")
+    recorded = backbone.pretrained_input()
+    assert recorded["model"] == "resnet18" and recorded["image_size"] == 224 and len(recorded["mean"]) == 1
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty"))  # nothing cached here, and no network is tried
+    with pytest.raises(MetalearnError, match="no cached weights for resnet18"):
+        TimmBackbone("resnet18", 3, "cache", "none")
+
+
+def test_weights_from_timms_offline_cache(tmp_path, monkeypatch):
+    """weights=cache reads the file timm would have downloaded, from the hub's folder layout, never the network."""
+    hub_id = timm.create_model("resnet18", pretrained=False).pretrained_cfg["hf_hub_id"]
+    repo = tmp_path / "hub" / f"models--{hub_id.replace('/', '--')}"
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text("abc123")
+    (repo / "snapshots" / "abc123").mkdir(parents=True)
+    src = saved(tmp_path, "resnet18")
+    src.rename(repo / "snapshots" / "abc123" / "model.safetensors")
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    backbone = TimmBackbone("resnet18", 3, "cache", "none")
+    from safetensors.torch import load_file
+
+    expected = load_file(str(repo / "snapshots" / "abc123" / "model.safetensors"))
+    assert torch.equal(backbone.model.conv1.weight, expected["conv1.weight"])

@@ -81,6 +81,23 @@ def load_into(model: nn.Module, state: dict[str, torch.Tensor], path: Path, in_c
     model.load_state_dict(state)
 
 
+def cached_weights(model: nn.Module, name: str) -> Path:
+    """The weights file of `name` in the Hugging Face hub's local cache, where timm downloads them; looked up on disk
+    only (try_to_load_from_cache never uses the network). None there is one line."""
+    import os
+
+    from huggingface_hub import try_to_load_from_cache
+
+    hub_id = model.pretrained_cfg.get("hf_hub_id")
+    for filename in ("model.safetensors", "pytorch_model.bin"):
+        path = try_to_load_from_cache(hub_id, filename, cache_dir=os.environ.get("HF_HUB_CACHE")) if hub_id else None
+        if isinstance(path, str):
+            return Path(path)
+    raise MetalearnError(f"method.backbone.weights=cache: timm has no cached weights for {name} on this machine "
+                         f"({hub_id or 'no hub id'}); download them where there is a network (timm.create_model("
+                         f"'{name}', pretrained=True)) or give a weights file")
+
+
 class TimmBackbone(nn.Module):
     """A timm model without its classifier: images [N, C, H, W] standardised by the dataset -> codes [N, D]."""
 
@@ -103,7 +120,11 @@ class TimmBackbone(nn.Module):
         self.register_buffer("model_std", std.view(1, -1, 1, 1).clone())
         self.register_buffer("data_mean", torch.zeros(()))
         self.register_buffer("data_std", torch.ones(()))
-        if weights:
+        self.weights = weights
+        if weights == "cache":  # timm's own offline cache (the Hugging Face hub's folder), never the network
+            path = cached_weights(self.model, name)
+            load_into(self.model, read_weights(path), path, in_channels)
+        elif weights:
             load_into(self.model, read_weights(Path(weights).expanduser()), Path(weights), in_channels)
         self.frozen = self._freeze(freeze)
 
@@ -135,6 +156,14 @@ class TimmBackbone(nn.Module):
         for m in self.frozen:
             m.eval()
         return self
+
+    def pretrained_input(self) -> dict:
+        """The model's own input as its pretrained config gives it: size, per-channel mean and std, interpolation."""
+        cfg = self.model.pretrained_cfg
+        size = cfg.get("input_size")
+        return {"model": cfg.get("architecture"), "image_size": int(size[-1]) if size else None,
+                "mean": [float(v) for v in self.model_mean.flatten()], "std": [float(v) for v in self.model_std.flatten()],
+                "interpolation": cfg.get("interpolation"), "weights": self.weights}
 
     def set_input_stats(self, mean: float, std: float) -> None:
         """The dataset's standardisation, which forward undoes before the model's own."""

@@ -26,7 +26,8 @@ class BackboneConfig:
     block_size: int = option(5, "resnet12: DropBlock's block size", low=1)
     global_pool: bool = option(True, "resnet12: average the last map (640-d); false: flatten it (MetaOptNet's 16,000-d)")
     model: str | None = option(None, "timm: the timm model's name (resnet50, vit_small_patch16_224, ...)")
-    weights: str | None = option(None, "timm: a local .safetensors or .pth file of its weights (null: random weights)")
+    weights: str | None = option(None, "timm: a local .safetensors or .pth file of its weights; cache: timm's offline "
+                                       "cache; null: random weights")
     freeze: str = option("none", "timm: all | none | N (its stem and first N blocks) kept frozen")
 
 

@@ -150,9 +150,15 @@ class Trainer:
         self.train_classes = len(self.store.splits["train"])
         self.method: Method = build_method(cfg.method, self.store.image_shape, self.train_spec.ways, channels_last,
                                            self.train_classes, self.train_spec.shots).to(self.device)
+        self.pretrained: dict = {}  # a pre-trained encoder's own input (timm's pretrained config), for the record
         for module in self.method.modules():  # a pre-trained encoder undoes the dataset's standardisation (timm)
             if hasattr(module, "set_input_stats"):
                 module.set_input_stats(self.store.mean, self.store.std)
+                self.pretrained = module.pretrained_input()
+                if self.pretrained.get("image_size") not in (None, self.store.image_shape[-1]):
+                    log.info("the encoder %s was pre-trained on %d-pixel images and this run feeds it %d-pixel ones "
+                             "(dataset.image_size)", self.pretrained["model"], self.pretrained["image_size"],
+                             self.store.image_shape[-1])
         if self.variable:
             self._check_variable(cfg)
         context = TrainingContext(self.store, cfg.seed, self.train_spec, cfg.sampler.meta_batch, self.device, channels_last,
@@ -173,6 +179,8 @@ class Trainer:
         self.schedule = build_schedule(cfg.schedule, self.optimizer, cfg.steps)
         self.state = TrainState()
         self.preprocess = preprocess_spec(self.store, self.store.image_shape[-1])
+        if self.pretrained:  # recorded with the run: what the encoder was pre-trained on (its normalisation is inside)
+            self.preprocess["pretrained"] = self.pretrained
 
     def _check_variable(self, cfg: DictConfig) -> None:
         """sampler=variable: refused before any step, with the reason, where it cannot run."""
