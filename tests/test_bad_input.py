@@ -107,7 +107,7 @@ CASES: list[tuple[str, list[str], list[str]]] = [
     (TRAIN, ["optimizer.lr=-1"], ["optimizer.lr=-1.0 is out of range"]),
     (TRAIN, ["optimizer.weight_decay=-0.1"], ["optimizer.weight_decay=-0.1 is out of range"]),
     (TRAIN, ["optimizer.momentum=2"], ["optimizer.momentum=2.0 is out of range", "between 0 and 1"]),
-    (TRAIN, ["optimizer.name=rmsprop"], ["optimizer.name='rmsprop' is not one of: adam, sgd"]),
+    (TRAIN, ["optimizer.name=rmsprop"], ["optimizer.name='rmsprop' is not one of: adam, adamw, sgd"]),
     (TRAIN, ["schedule.name=exp"], ["schedule.name='exp' is not one of"]),
     (TRAIN, ["schedule.step_size=0"], ["schedule.step_size=0 is out of range"]),
     (TRAIN, ["schedule.gamma=0"], ["schedule.gamma=0.0 is out of range"]),
