@@ -78,3 +78,24 @@ def test_refused_where_a_code_is_not_fixed(tmp_path):
     with pytest.raises(MetalearnError, match="ensemble"):
         feature_cache(cfg, [(method(), s, {"config": config})] * 2, None)
     assert feature_cache(cfg, [(method(), s, {"config": config})], None).path.parent == tmp_path / "features"
+
+
+def test_simpleshot_training_reads_the_frozen_encoders_codes_from_the_cache(tmp_path, monkeypatch):
+    """feature_cache=true in training: SimpleShot's base mean from cached codes is the one from images, and a second
+    run reads the cache instead of running the encoder."""
+    import json
+
+    from conftest import run_main
+
+    from metalearn.engine.checkpoint import load_checkpoint
+
+    monkeypatch.setenv("METALEARN_CACHE", str(tmp_path / "cache"))
+    common = ["method=simpleshot", "debug=smoke", "test.episodes=3", "val.every=0"]
+    sums = []
+    for name, cached in (("plain", "false"), ("cold", "true"), ("warm", "true")):
+        code, text = run_main("metalearn-train", *common, f"feature_cache={cached}", f"run_dir={name}", cwd=tmp_path)
+        assert code == 0, text
+        assert ("reading the training split's codes" in text) == (name == "warm"), text
+        sums.append(load_checkpoint(tmp_path / name / "checkpoints" / "last.pt")["method"]["feature_sum"])
+        assert json.loads((tmp_path / name / "summary.json").read_text())["status"] == "completed"
+    assert torch.equal(sums[0], sums[1]) and torch.equal(sums[0], sums[2])

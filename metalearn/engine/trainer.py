@@ -165,6 +165,8 @@ class Trainer:
                                   OmegaConf.to_container(cfg.dataset, resolve=True),
                                   lambda run: restore_method(run, "last", self.device), self.variable)
         self.method.prepare(context)
+        if cfg.get("feature_cache") and getattr(self.method, "reads_frozen_codes", False):
+            self.method.codes_of = self._cached_codes()
         self.train_source = self.method.training_source(context)
         check_divisible(self.train_source.per_step, self.train_source.unit, self.ranks)
         for spec in [self.eval_spec, *map(task_spec, self.test_protocols)]:
@@ -181,6 +183,37 @@ class Trainer:
         self.preprocess = preprocess_spec(self.store, self.store.image_shape[-1])
         if self.pretrained:  # recorded with the run: what the encoder was pre-trained on (its normalisation is inside)
             self.preprocess["pretrained"] = self.pretrained
+
+    def _cached_codes(self) -> Callable:
+        """feature_cache=true for a method whose training steps only read its frozen encoder's codes (SimpleShot's base
+        mean): store indices -> codes from the feature cache of the training split, built on the first step (after
+        init.run has loaded the encoder, whose weights key the cache). Augmented batches carry new pixels, not
+        store indices, and are encoded as before."""
+        from pathlib import Path
+
+        import numpy as np
+
+        from metalearn.engine.feature_cache import FeatureCache
+        from metalearn.methods.base import fp32
+
+        backbone, store, device = self.method.backbone, self.store, self.device
+        held: dict = {}
+
+        def encode_rows(index: np.ndarray) -> np.ndarray:
+            with torch.no_grad():
+                return fp32(backbone(store.load(index, device))).cpu().numpy()
+
+        def codes_of(index: np.ndarray) -> torch.Tensor:
+            if not held:
+                cache = FeatureCache(Path(str(self.cfg.dataset.get("cache_dir") or "~/.cache/metalearn")), backbone,
+                                     store, "train")
+                log.info("feature cache: %s the training split's codes %s", "reading" if cache.hit else "encoding",
+                         cache.path)
+                held["cache"], held["codes"] = cache, cache.codes(encode_rows)
+            rows = held["cache"].row[np.asarray(index)]
+            return torch.from_numpy(np.asarray(held["codes"][rows], dtype=np.float32))
+
+        return codes_of
 
     def _check_variable(self, cfg: DictConfig) -> None:
         """sampler=variable: refused before any step, with the reason, where it cannot run."""

@@ -17,6 +17,9 @@ average over all images drawn), and reports the pre-trained classifier's loss an
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
+import numpy as np
 import torch
 from torch import nn
 
@@ -44,6 +47,7 @@ class SimpleShot(EmbeddingMethod):
     name = "simpleshot"
     class_logits_independent = True  # a class's logit reads its own support codes only (support_index.top_k)
     train_data = "labelled"
+    reads_frozen_codes = True  # its training steps only encode with its frozen backbone: a feature cache can serve them
 
     def __init__(self, backbone: nn.Module, feature_dim: int, num_classes: int, norm: str = "cl2n",
                  batch_size: int = 1024):
@@ -67,11 +71,17 @@ class SimpleShot(EmbeddingMethod):
     def base_mean(self) -> torch.Tensor:
         return (self.feature_sum / self.feature_count.clamp_min(1)).to(self.weight.dtype)
 
+    # store indices -> codes of its frozen encoder, read from a feature cache (the trainer's feature_cache=true)
+    codes_of: Callable[[np.ndarray], torch.Tensor] | None = None
+
     def train_step(self, batch: LabelledBatch, optimizer: torch.optim.Optimizer) -> dict[str, float]:
         was = self.training
         self.eval()  # the features a test task will see: running batch-norm statistics, no dropout
         with torch.no_grad():
-            z = fp32(self.backbone(batch.images))
+            if self.codes_of is not None and batch.index is not None:
+                z = self.codes_of(batch.index).to(self.weight.device)
+            else:
+                z = fp32(self.backbone(batch.images))
             self.feature_sum += z.sum(0).double()
             self.feature_count += z.shape[0]
             logits = head_logits(z, self.weight, self.bias, cosine=False)

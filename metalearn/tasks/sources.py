@@ -48,9 +48,10 @@ class LabelledBatch:
     images: torch.Tensor
     labels: torch.Tensor
     num_classes: int
+    index: np.ndarray | None = None  # the images' store indices (a frozen encoder's cached codes are looked up by them)
 
     def map_images(self, fn: ImageMap) -> LabelledBatch:
-        return LabelledBatch(fn(self.images), self.labels, self.num_classes)
+        return LabelledBatch(fn(self.images), self.labels, self.num_classes)  # new pixels: no longer the stored images
 
 
 def _store_images(store: ImageStore, index: np.ndarray, device: torch.device | str) -> torch.Tensor:
@@ -188,7 +189,7 @@ class LabelledSource:
     def batch(self, step: int, device: torch.device | str) -> LabelledBatch:
         index, labels = self.plans(step)
         return LabelledBatch(_store_images(self.store, index, device), torch.from_numpy(labels).to(device),
-                             self.num_classes)
+                             self.num_classes, index)
 
 
 TrainingSource = EpisodeSource | VariableEpisodeSource | PairSource | LabelledSource
