@@ -89,6 +89,22 @@ def smoke_train_then_eval(tmp_path: Path, name: str, extra: list[str], *eval_arg
     return e
 
 
+def tiny_method(name: str, width: int = 8, ways: int = 5, seed: int = 0):
+    """Method `name` on a 16x16 grey input with a `width`-channel backbone, its weights from `seed`, in eval mode: the
+    unit tests' small network (readouts, caches, indexes)."""
+    import torch
+    from omegaconf import OmegaConf
+
+    from metalearn.config import SCHEMAS
+    from metalearn.methods import build_method
+
+    cfg = OmegaConf.structured(SCHEMAS["method"][name])
+    cfg.name = name
+    cfg.backbone.width = width
+    torch.manual_seed(seed)
+    return build_method(cfg, (1, 16, 16), ways=ways, train_classes=10).eval()
+
+
 def compose(*overrides: str, config: str = "train"):
     """The config a CLI call with these overrides would get, composed in-process."""
     from hydra import compose as hydra_compose

@@ -7,23 +7,18 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from omegaconf import OmegaConf
+from conftest import tiny_method
 
-from metalearn.config import SCHEMAS, EvalConfig, TTAConfig
+from metalearn.config import EvalConfig, TTAConfig
 from metalearn.data.store import ImageStore
 from metalearn.engine.evaluate import evaluate, evaluate_variable
 from metalearn.engine.feature_cache import FeatureCache
 from metalearn.errors import MetalearnError
 from metalearn.eval import feature_cache
-from metalearn.methods import build_method
 
 
 def method(name: str = "protonet", seed: int = 0):
-    cfg = OmegaConf.structured(SCHEMAS["method"][name])
-    cfg.name = name
-    cfg.backbone.width = 8
-    torch.manual_seed(seed)
-    return build_method(cfg, (1, 16, 16), ways=5, train_classes=10).eval()
+    return tiny_method(name, seed=seed)
 
 
 def store(seed: int = 0) -> ImageStore:

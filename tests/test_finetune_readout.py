@@ -4,6 +4,7 @@ with finetune_backbone=true a copy of the encoder fine-tuned with it on the supp
 from __future__ import annotations
 
 import torch
+from conftest import tiny_method
 
 from metalearn.config import EvalProtocol
 from metalearn.readouts import build_readout
@@ -46,16 +47,7 @@ def test_its_steps_and_rate_are_protocol_options_named_in_the_result():
 
 
 def tiny_protonet():
-    from omegaconf import OmegaConf
-
-    from metalearn.config import SCHEMAS
-    from metalearn.methods import build_method
-
-    cfg = OmegaConf.structured(SCHEMAS["method"]["protonet"])
-    cfg.name = "protonet"
-    cfg.backbone.width = 4
-    torch.manual_seed(0)
-    return build_method(cfg, (1, 16, 16), ways=4, train_classes=10).eval()
+    return tiny_method("protonet", width=4, ways=4)
 
 
 class LinearEncoder(torch.nn.Module):

@@ -174,3 +174,13 @@ def test_train_on_two_sources_then_test_per_source_cross_domain_and_report(tmp_p
     md = (tmp_path / "report" / "leaderboard.md").read_text()
     assert "## Per source: synthetic+image_folder, 5w1s" in md and "| average rank |" in md
     assert "## synthetic+image_folder -> image_folder-held_out (cross-domain)" in md
+
+
+def test_an_unknown_or_repeated_source_is_one_line_naming_the_key():
+    from metalearn.config.datasets import MultiSourceConfig
+    from metalearn.data.multi_source import source_stores
+
+    with pytest.raises(MetalearnError, match="dataset.sources lists nosuch, which is not a dataset option"):
+        source_stores(MultiSourceConfig(sources=["synthetic", "nosuch"]))
+    with pytest.raises(MetalearnError, match="lists synthetic twice"):
+        source_stores(MultiSourceConfig(sources=["synthetic", "synthetic"]))

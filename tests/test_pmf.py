@@ -9,24 +9,18 @@ import json
 import numpy as np
 import pytest
 import torch
-from conftest import run_main
-from omegaconf import OmegaConf
+from conftest import run_main, tiny_method
 
-from metalearn.config import SCHEMAS, EvalProtocol
+from metalearn.config import EvalProtocol
 from metalearn.data.store import ImageStore
 from metalearn.engine.evaluate import evaluate
 from metalearn.errors import MetalearnError
-from metalearn.methods import build_method
 from metalearn.readouts import build_readout
 from metalearn.readouts.pmf_finetune import augment, pmf_logits
 
 
 def cosine_protonet():
-    cfg = OmegaConf.structured(SCHEMAS["method"]["meta_baseline"])
-    cfg.name = "meta_baseline"
-    cfg.backbone.width = 8
-    torch.manual_seed(0)
-    return build_method(cfg, (1, 16, 16), ways=4, train_classes=10).eval()
+    return tiny_method("meta_baseline", ways=4)
 
 
 def task(seed: int = 0):

@@ -6,26 +6,19 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from conftest import run_main
-from omegaconf import OmegaConf
+from conftest import run_main, tiny_method
 from PIL import Image
 
 from metalearn import support_index
 from metalearn.api import NamedLearner
-from metalearn.config import SCHEMAS
 from metalearn.errors import MetalearnError
-from metalearn.methods import build_method
 from metalearn.support_index import SupportIndex, weights_digest
 
 SPEC = {"image_size": 16, "channels": 1, "invert": False, "mean": 0.5, "std": 0.25}
 
 
 def learner(name: str = "protonet", seed: int = 0) -> NamedLearner:
-    cfg = OmegaConf.structured(SCHEMAS["method"][name])
-    cfg.name = name
-    cfg.backbone.width = 8
-    torch.manual_seed(seed)
-    return NamedLearner(build_method(cfg, (1, 16, 16), ways=5, train_classes=10).eval(), SPEC)
+    return NamedLearner(tiny_method(name, seed=seed), SPEC)
 
 
 def support(classes: int, shots: int = 2, seed: int = 0) -> tuple[torch.Tensor, list[str]]:

@@ -12,6 +12,8 @@ The pixels are standardised with the union's training statistics, one normalisat
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import torch
 
@@ -37,9 +39,11 @@ def source_stores(cfg: MultiSourceConfig) -> list[tuple[str, ImageStore]]:
         raise MetalearnError(f"dataset.roots names {', '.join(unknown)}, which is not in dataset.sources="
                              f"{list(cfg.sources)}; add it there or drop its root")
     out = []
+    known = [o for o in options() if o != "multi"]
     for name in cfg.sources:
-        if name == "multi":
-            raise MetalearnError("dataset.sources cannot hold multi itself; list the datasets to combine")
+        if name not in known:
+            raise MetalearnError(f"dataset.sources lists {name}, which is not a dataset option to combine; choose from: "
+                                 f"{', '.join(known)}")
         target = target_config(name, cfg.roots.get(name), cfg.image_size)
         try:
             store = build_store(target)
@@ -52,13 +56,8 @@ def source_stores(cfg: MultiSourceConfig) -> list[tuple[str, ImageStore]]:
             images = match_channels(store.images, cfg.channels)
         except ValueError as e:
             raise MetalearnError(f"dataset.sources: {name} {e}; set dataset.channels to 1 or 3") from None
-        out.append((name, store if images is store.images else _with_images(store, images)))
+        out.append((name, store if images is store.images else replace(store, images=images, _normalized=None)))
     return out
-
-
-def _with_images(store: ImageStore, images: torch.Tensor) -> ImageStore:
-    return ImageStore(images, store.class_start, store.class_count, store.class_names, store.splits, store.invert,
-                      store.mean, store.std, store.meta, store.class_groups, store.group_by, store.drawers)
 
 
 @DATASETS.register("multi")

@@ -5,7 +5,7 @@ Episodes are built by indexing this tensor, so no image is decoded twice.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import torch
@@ -146,10 +146,9 @@ class ImageStore:
             raise MetalearnError(f"source {name!r} is not one of this dataset's sources: "
                                  f"{', '.join(self.source_names()) or 'it has one dataset'}")
         own = self.sources[name]
-        return ImageStore(self.images, self.class_start, self.class_count, self.class_names,
-                          {k: v[np.isin(v, own)] for k, v in self.splits.items()}, self.invert, self.mean, self.std,
-                          {**self.meta, "name": name, "source_of": self.meta.get("name")}, self.class_groups,
-                          self.group_by, self.drawers, None, self._float_copy())
+        return replace(self, splits={k: v[np.isin(v, own)] for k, v in self.splits.items()},
+                       meta={**self.meta, "name": name, "source_of": self.meta.get("name")}, sources=None,
+                       _normalized=self._float_copy())
 
     def normalize(self, x: torch.Tensor) -> torch.Tensor:
         """uint8 images -> float, scaled to [0, 1] then standardised with the train split's stats

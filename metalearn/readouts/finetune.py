@@ -45,16 +45,24 @@ def linear_probe(zs: torch.Tensor, labels: torch.Tensor, zq: torch.Tensor, ways:
         return torch.einsum("tqd,twd->tqw", zq, weight) + bias[:, None]
 
 
+def tunable_copy(method: Any, encoder_only: bool = False) -> tuple[Any, list[torch.Tensor]]:
+    """A copy of `method` to fine-tune on one task, in eval mode (running batch-norm statistics: nothing of the
+    queries enters), and the weights that train: all of them, or its encoder's (`backbone`) alone."""
+    model = copy.deepcopy(method)
+    model.eval()
+    part = getattr(model, "backbone", model) if encoder_only else model
+    params = [p for p in part.parameters() if p.is_floating_point()]
+    for p in params:
+        p.requires_grad_(True)
+    return model, params
+
+
 def finetuned_logits(method: Any, xs: torch.Tensor, ys: torch.Tensor, xq: torch.Tensor, ways: int, steps: int,
                      lr: float) -> torch.Tensor:
     """One task's support images [S, ...], labels [S] and query images [Q, ...] -> query logits [Q, ways]: a copy of
     the method's encoder and a zero-initialised linear layer, `steps` full-batch SGD steps on the support
     cross-entropy together; `method` itself is left as it was."""
-    model = copy.deepcopy(method)
-    model.eval()  # running batch-norm statistics: nothing of the queries enters the fine-tuning
-    params = [p for p in model.parameters() if p.is_floating_point()]
-    for p in params:
-        p.requires_grad_(True)
+    model, params = tunable_copy(method)
     with torch.no_grad():
         d = fp32(model.encode(xs[:1])).flatten(1).shape[1]
     weight = torch.zeros(ways, d, device=xs.device, requires_grad=True)

@@ -14,7 +14,6 @@ finetune_seed, so a task's result does not depend on what was scored before it.
 
 from __future__ import annotations
 
-import copy
 from typing import Any
 
 import torch
@@ -22,6 +21,7 @@ from torch import nn
 
 from metalearn.methods.base import fp32
 from metalearn.readouts import READOUTS, Readout
+from metalearn.readouts.finetune import tunable_copy
 
 AUG_PROB = 0.9
 
@@ -52,12 +52,7 @@ def pmf_logits(method: Any, xs: torch.Tensor, ys: torch.Tensor, xq: torch.Tensor
     if lr == 0 or steps == 0:
         with torch.no_grad():
             return fp32(method.head(method.encode(xs)[None], ys[None], method.encode(xq)[None], ways)[0])
-    model = copy.deepcopy(method)
-    model.eval()
-    encoder = getattr(model, "backbone", model)  # the encoder's weights, as the authors' optimiser takes
-    params = [p for p in encoder.parameters() if p.is_floating_point()]
-    for p in params:
-        p.requires_grad_(True)
+    model, params = tunable_copy(method, encoder_only=True)  # the encoder's weights, as the authors' optimiser takes
     optimizer = torch.optim.Adam(params, lr=lr, betas=(0.9, 0.999), weight_decay=0.0)
     g = torch.Generator().manual_seed(seed)
     with torch.enable_grad():
