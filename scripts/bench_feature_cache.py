@@ -1,11 +1,15 @@
 """What the feature cache saves (metalearn-eval feature_cache=true), measured in one run on one trained run.
 
     python scripts/bench_feature_cache.py RUN [episodes=600] [trials=30] [trial_episodes=100] [threads=1]
+    python scripts/bench_feature_cache.py train OVERRIDES...    # metalearn-train feature_cache=true (frozen encoder)
 
 1. `episodes` test episodes (the run's own ways, shots and queries), three times: without the cache, with a cold
    cache (encoding the split into it), with a warm one (reading it); the per-episode results must agree.
 2. A search of `trials` settings of readout=finetune (finetune_steps x finetune_lr, a grid) on `trial_episodes`
    validation episodes each, without and with the (warm) cache: the encoder runs once instead of once a trial.
+3. `train`: the whole command `metalearn-train OVERRIDES` three times, alone, with OMP_NUM_THREADS=1: without the
+   cache, with a cold one (each split encoded once, then read) and a warm one (a second run on the same encoder and
+   data); the three runs' test results must agree.
 The cache goes to a temporary folder, removed at the end. Prints seconds and the ratios.
 """
 
@@ -79,5 +83,28 @@ def main(argv: list[str]) -> None:
               f"lr={best[1]:g}: {100 * plain_scores[best]:.2f}%")
 
 
+def train(overrides: list[str]) -> None:
+    import json
+    import os
+    import subprocess
+
+    with tempfile.TemporaryDirectory() as root:
+        seconds, tests = {}, {}
+        for name, cached in (("no cache", "false"), ("cold cache", "true"), ("warm cache", "true")):
+            folder = Path(root) / name.replace(" ", "_")
+            env = {**os.environ, "OMP_NUM_THREADS": "1", "METALEARN_CACHE": str(Path(root) / "cache")}
+            start = time.perf_counter()
+            subprocess.run(["metalearn-train", *overrides, f"feature_cache={cached}", f"run_dir={folder}"], env=env,
+                           check=True, capture_output=True)
+            seconds[name] = time.perf_counter() - start
+            tests[name] = json.loads((folder / "summary.json").read_text())["test"]
+        same = tests["no cache"] == tests["cold cache"] == tests["warm cache"]
+        base = seconds["no cache"]
+        print(f"metalearn-train {' '.join(overrides)}, 1 thread:")
+        for name, s in seconds.items():
+            print(f"  {name}: {s:.1f} s" + ("" if name == "no cache" else f" ({base / s:.1f}x faster)"))
+        print(f"  the same test results: {same}; {json.dumps({k: v.get('accuracy') for k, v in tests['no cache'].items()})}")
+
+
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    train(sys.argv[2:]) if sys.argv[1:2] == ["train"] else main(sys.argv[1:])

@@ -149,7 +149,7 @@ class TimmBackbone(nn.Module):
         for n, p in self.model.named_parameters():
             p.requires_grad_(n not in chosen)
         names = {n.rsplit(".", 1)[0] for n in chosen}
-        return [m for n, m in self.model.named_modules() if n in names or (freeze == "all" and n)]
+        return [m for n, m in self.model.named_modules() if n in names or freeze == "all"]  # all: the model too
 
     def train(self, mode: bool = True) -> TimmBackbone:
         super().train(mode)

@@ -137,8 +137,9 @@ class TrainConfig:
     resume: bool = option(False, "continue the run in run_dir (or the newest unfinished one)")
     run_dir: str | None = option(None, "the run's folder (null: a new one under outputs/<task>/)")
     max_minutes: float | None = option(None, "minutes of training before a checkpointed stop (null: no limit)", low=0)
-    feature_cache: bool = option(False, "a method that reads a frozen encoder's codes in training (simpleshot) reads "
-                                        "them from the feature cache (metalearn-eval's), encoded once per split")
+    feature_cache: bool = option(False, "an embedding method on a frozen encoder (method.backbone.freeze=all; "
+                                        "simpleshot) reads its codes in training, validation and the test from a "
+                                        "feature cache, each split encoded once; refused where a code can change")
     tags: list[str] = option(help="recorded in summary.json, the trackers and the report", factory=list)
     notes: str = option("", "recorded in summary.json, the trackers and the report")
     plots: str = option("auto", "the learning-curve PNG: auto (drawn after exit where safe) | foreground | background",

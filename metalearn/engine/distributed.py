@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from metalearn.errors import MetalearnError
@@ -64,11 +65,11 @@ def shard(batch, ranks: Ranks):
     if not ranks.active:
         return batch
 
-    def part(x: torch.Tensor) -> torch.Tensor:
+    def part(x):
         n = x.shape[0] // ranks.world
         return x[ranks.rank * n: (ranks.rank + 1) * n]
 
-    fields = {k: (part(v) if isinstance(v, torch.Tensor) else v) for k, v in vars(batch).items()}
+    fields = {k: (part(v) if isinstance(v, (torch.Tensor, np.ndarray)) else v) for k, v in vars(batch).items()}
     return type(batch)(**fields)
 
 

@@ -17,14 +17,20 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from metalearn.data.store import ImageStore
+from metalearn.errors import MetalearnError
 from metalearn.files import atomic_open, write_text
+from metalearn.methods.base import EmbeddingMethod, fp32
 from metalearn.support_index import weights_digest
+
+log = logging.getLogger("metalearn")
 
 
 def split_digest(store: ImageStore, split: str) -> str:
@@ -43,10 +49,13 @@ def split_digest(store: ImageStore, split: str) -> str:
 class FeatureCache:
     """The codes of every image of `store`'s `split` under `method`, read from disk or encoded (and saved) once."""
 
-    def __init__(self, root: Path, method: torch.nn.Module, store: ImageStore, split: str, dtype: str = "float32"):
+    def __init__(self, root: Path, method: torch.nn.Module, store: ImageStore, split: str, dtype: str = "float32",
+                 digest: str | None = None):
+        """`digest`: what fixes the codes, where that is less than all of the method's weights (a training run's
+        frozen encoder, whose head learns: FrozenCodes)."""
         self.method, self.store, self.split, self.dtype = method, store, split, np.dtype(dtype)
-        key = hashlib.sha256(f"{weights_digest(method)}|{split_digest(store, split)}|{split}|{dtype}".encode()
-                             ).hexdigest()[:24]
+        digest = digest or weights_digest(method)
+        key = hashlib.sha256(f"{digest}|{split_digest(store, split)}|{split}|{dtype}".encode()).hexdigest()[:24]
         self.path = Path(root).expanduser() / "features" / f"{key}.npy"
         ids = store.splits[split]
         self.index = np.concatenate([store.class_start[c] + np.arange(store.class_count[c]) for c in ids]) \
@@ -78,3 +87,68 @@ class FeatureCache:
         distinct, inverse = np.unique(rows, return_inverse=True)
         codes = torch.from_numpy(np.asarray(self.codes(encode_rows)[distinct], dtype=np.float32)).to(device)
         return codes, torch.from_numpy(inverse.reshape(np.shape(ids))).to(device)
+
+
+class FrozenCodes:
+    """metalearn-train feature_cache=true: a run whose encoder training cannot change (a frozen timm encoder under a
+    Meta-Baseline, ProtoNet, FEAT or linear head; SimpleShot's base mean) reads its codes from a feature cache per
+    split: the training steps by the images' store indices, validation and the test through evaluate's cache. Each
+    split is encoded once, on first use (after init.run has loaded the encoder whose weights key it), float32, so
+    every step and score is the uncached one (tests/test_feature_cache.py). Augmented steps are new pixels and are
+    refused rather than silently encoded."""
+
+    def __init__(self, method: EmbeddingMethod, root: Path, precision: str, device: torch.device):
+        self.method, self.root, self.precision, self.device = method, Path(root).expanduser(), precision, device
+        self.held: dict[tuple[str | None, str], tuple[FeatureCache, np.ndarray | None]] = {}
+
+    def cache(self, store: ImageStore, split: str, source: str | None = None) -> FeatureCache:
+        """The split's cache (of one `source`'s view of a multi-source store), keyed by the encoder's weights, the
+        method's kind (its encode: codes or feature maps) and the precision."""
+        if (source, split) not in self.held:
+            digest = f"{type(self.method).__name__}|{weights_digest(self.method.backbone)}|{self.precision}"
+            cache = FeatureCache(self.root, self.method, store, split, digest=digest)
+            log.info("feature cache: %s the %s split's codes %s", "reading" if cache.hit else "encoding", split,
+                     cache.path)
+            self.held[(source, split)] = (cache, None)
+        return self.held[(source, split)][0]
+
+    def codes_of(self, store: ImageStore) -> Callable[[np.ndarray], torch.Tensor]:
+        """Store indices of the run's training images (any shape) -> their codes [..., D], float32 on the CPU."""
+        method = self.method
+
+        def encode_rows(index: np.ndarray) -> np.ndarray:
+            was = method.training
+            method.eval()
+            try:
+                with torch.no_grad():
+                    return fp32(method.encode(store.load(index, self.device))).cpu().numpy()
+            finally:
+                method.train(was)
+
+        def codes_of(index: np.ndarray) -> torch.Tensor:
+            cache, codes = self.held.get((None, "train"), (None, None))
+            if codes is None:
+                cache = self.cache(store, "train")
+                codes = cache.codes(encode_rows)
+                self.held[(None, "train")] = (cache, codes)
+            rows = cache.row[np.asarray(index)]
+            return torch.from_numpy(np.asarray(codes[rows], dtype=np.float32))
+
+        return codes_of
+
+
+def frozen_codes(method: torch.nn.Module, root: Path, precision: str, device: torch.device, augment: bool) -> FrozenCodes:
+    """A run's FrozenCodes, or a MetalearnError naming why this run's codes are not fixed and the fix."""
+    if not isinstance(method, EmbeddingMethod):
+        why = f"{method.name} adapts its weights to each task, so an image has no code of its own"
+    elif augment:
+        why = "augment.enabled gives every training step new pixels"
+    else:
+        was = method.training
+        method.train()
+        why = method.frozen_codes_reason()
+        method.train(was)
+    if why:
+        raise MetalearnError(f"feature_cache=true reads the codes of a frozen encoder, and {why}; drop "
+                             f"feature_cache=true")
+    return FrozenCodes(method, root, precision, device)

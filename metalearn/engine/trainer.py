@@ -42,6 +42,7 @@ from metalearn.engine.evaluate import (
     setting_tag,
     task_spec,
 )
+from metalearn.engine.feature_cache import FeatureCache, FrozenCodes, frozen_codes
 from metalearn.engine.init_weights import initialize_from, parse_rename
 from metalearn.engine.progress import Progress
 from metalearn.engine.restore import restore_method
@@ -165,8 +166,16 @@ class Trainer:
                                   OmegaConf.to_container(cfg.dataset, resolve=True),
                                   lambda run: restore_method(run, "last", self.device), self.variable)
         self.method.prepare(context)
-        if cfg.get("feature_cache") and getattr(self.method, "reads_frozen_codes", False):
-            self.method.codes_of = self._cached_codes()
+        self.frozen: FrozenCodes | None = None  # feature_cache=true: the frozen encoder's codes, per split
+        if cfg.get("feature_cache"):
+            from pathlib import Path
+
+            self.frozen = frozen_codes(self.method, Path(str(cfg.dataset.get("cache_dir") or "~/.cache/metalearn")),
+                                       str(self.amp), self.device, bool(cfg.augment.enabled))
+            self.method.codes_of = self.frozen.codes_of(self.store)
+            if self.cuda_graph:  # a captured step replays the encoder on pixels; the cache serves eager steps
+                log.info("hardware.cuda_graph is off for this run: its steps read cached codes instead of the encoder")
+                self.cuda_graph = False
         self.train_source = self.method.training_source(context)
         check_divisible(self.train_source.per_step, self.train_source.unit, self.ranks)
         for spec in [self.eval_spec, *map(task_spec, self.test_protocols)]:
@@ -184,37 +193,6 @@ class Trainer:
         if self.pretrained:  # recorded with the run: what the encoder was pre-trained on (its normalisation is inside)
             self.preprocess["pretrained"] = self.pretrained
 
-    def _cached_codes(self) -> Callable:
-        """feature_cache=true for a method whose training steps only read its frozen encoder's codes (SimpleShot's base
-        mean): store indices -> codes from the feature cache of the training split, built on the first step (after
-        init.run has loaded the encoder, whose weights key the cache). Augmented batches carry new pixels, not
-        store indices, and are encoded as before."""
-        from pathlib import Path
-
-        import numpy as np
-
-        from metalearn.engine.feature_cache import FeatureCache
-        from metalearn.methods.base import fp32
-
-        backbone, store, device = self.method.backbone, self.store, self.device
-        held: dict = {}
-
-        def encode_rows(index: np.ndarray) -> np.ndarray:
-            with torch.no_grad():
-                return fp32(backbone(store.load(index, device))).cpu().numpy()
-
-        def codes_of(index: np.ndarray) -> torch.Tensor:
-            if not held:
-                cache = FeatureCache(Path(str(self.cfg.dataset.get("cache_dir") or "~/.cache/metalearn")), backbone,
-                                     store, "train")
-                log.info("feature cache: %s the training split's codes %s", "reading" if cache.hit else "encoding",
-                         cache.path)
-                held["cache"], held["codes"] = cache, cache.codes(encode_rows)
-            rows = held["cache"].row[np.asarray(index)]
-            return torch.from_numpy(np.asarray(held["codes"][rows], dtype=np.float32))
-
-        return codes_of
-
     def _check_variable(self, cfg: DictConfig) -> None:
         """sampler=variable: refused before any step, with the reason, where it cannot run."""
         if cfg.sampler.meta_batch != 1:
@@ -231,6 +209,11 @@ class Trainer:
         if self.method.train_data == "episodes" and self.method.variable_training:
             raise MetalearnError(f"sampler=variable: {self.method.name} cannot train on variable episodes: "
                                  f"{self.method.variable_training}")
+
+    def _cache(self, part: ImageStore, split: str, source: str | None) -> FeatureCache | None:
+        """A split's codes for validation and the test when the encoder is frozen (evaluate uses them only where an
+        image's code is fixed: no test-time copies, no fine-tuned encoder, batch norms on running statistics)."""
+        return self.frozen.cache(part, split, source) if self.frozen is not None else None
 
     # ------------------------------------------------------------ checkpoints
     def _checkpoint(self, name: str) -> None:
@@ -268,12 +251,14 @@ class Trainer:
         with torch.random.fork_rng(devices=[]):  # validation must not shift the training RNG stream
             for name, plans in self.val_plans.items():
                 part = self.store if name is None else self.store.source_view(name)
+                cache = self._cache(part, "val", name)
                 if self.variable:
                     r = evaluate_variable(self.method, part, "val", len(plans), self.cfg.val.seed, self.device,
-                                          autocast(self.device, self.amp))
+                                          autocast(self.device, self.amp), cache)
                 else:
                     r = evaluate(self.method, part, protocol_for("val", self.eval_spec, len(plans), self.cfg.val.seed),
-                                 self.device, self.cfg.test.batch, autocast(self.device, self.amp), plans=plans)
+                                 self.device, self.cfg.test.batch, autocast(self.device, self.amp), plans=plans,
+                                 cache=cache)
                 scored[name] = {"accuracy": r.accuracy, "ci95": r.ci95, "episodes": len(r.per_episode)}
         if None in scored:
             return {"accuracy": scored[None]["accuracy"], "ci95": scored[None]["ci95"]}
@@ -375,7 +360,8 @@ class Trainer:
             tag = setting_tag(protocol)
             scored = {}
             for name, part in per_source(self.store, "test"):
-                r = evaluate(self.method, part, protocol, self.device, self.cfg.test.batch, autocast(self.device, self.amp))
+                r = evaluate(self.method, part, protocol, self.device, self.cfg.test.batch, autocast(self.device, self.amp),
+                             cache=self._cache(part, "test", name))
                 if self.ranks.main:
                     r.save(self.folder.eval_dir, f"test_{tag}" if name is None else f"test_{tag}@{name}")
                 scored[name] = r.summary()
@@ -386,7 +372,7 @@ class Trainer:
             scored = {}
             for name, part in per_source(self.store, "test"):
                 r = evaluate_variable(self.method, part, "test", self.cfg.test.episodes, self.cfg.test.seed,
-                                      self.device, autocast(self.device, self.amp))
+                                      self.device, autocast(self.device, self.amp), self._cache(part, "test", name))
                 if self.ranks.main:
                     r.save(self.folder.eval_dir, "test_variable" if name is None else f"test_variable@{name}")
                 scored[name] = r.summary()

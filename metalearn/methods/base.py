@@ -243,10 +243,48 @@ class EmbeddingMethod(Method):
     """
 
     batch_norm = "running"  # the test-time batch-norm statistics: see metalearn.methods.task_norm
+    encodes_with_backbone = True  # encode(x) reads self.backbone alone (MANN's also learns an input map: False)
+    # store indices -> codes of a frozen encoder, read from a feature cache (set by the trainer for feature_cache=true)
+    codes_of: Callable[[Any], torch.Tensor] | None = None
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         """Images [B, C, H, W] -> codes [B, ...]."""
         return self.backbone(x)
+
+    def frozen_codes_reason(self) -> str | None:
+        """None when training can never change an image's code, so a feature cache may serve the training steps
+        (a frozen timm encoder, method.backbone.freeze=all, under a Meta-Baseline or ProtoNet head); else why not.
+        Called in training mode: every part of the encoder must then compute as in eval mode."""
+        if not self.encodes_with_backbone or not isinstance(getattr(self, "backbone", None), nn.Module):
+            return f"{self.name}'s codes are not its backbone's alone"
+        if any(p.requires_grad for p in self.backbone.parameters()):
+            return "its encoder learns (method.backbone.freeze=all freezes a timm encoder)"
+        if any(m.training for m in self.backbone.modules() if m is not self.backbone):
+            return "its encoder's layers run in training mode (batch statistics or dropout)"
+        return None
+
+    def episode_codes(self, batch: EpisodeBatch) -> tuple[torch.Tensor, torch.Tensor]:
+        """The support [T, S, ...] and query [T, Q, ...] codes of a training batch: read from the feature cache when
+        the trainer set one up and the batch holds stored images (not augmented copies), else encoded."""
+        if self.codes_of is not None and batch.index is not None:
+            s = batch.support_labels.shape[1]
+            z = self.codes_of(batch.index).to(batch.support.device)
+            return z[:, :s], z[:, s:]
+        return embed(self.encode, batch.support, batch.query)
+
+    def stored_codes(self, images: torch.Tensor, index: Any) -> torch.Tensor:
+        """The backbone's codes of a labelled batch (the transfer baselines' steps): read from the feature cache by
+        the images' store indices when the trainer set one up and the images are the stored ones, else encoded."""
+        if self.codes_of is not None and index is not None:
+            return self.codes_of(index).to(images.device)
+        return fp32(self.backbone(images))
+
+    def loss(self, batch: EpisodeBatch) -> tuple[torch.Tensor, torch.Tensor]:
+        """As Method.loss: predict() in training mode is the head on the batch's codes (from the cache when set)."""
+        zs, zq = self.episode_codes(batch)
+        logits = self.head(zs, batch.support_labels, zq, batch.ways)
+        loss = nn.functional.cross_entropy(fp32(logits.reshape(-1, batch.ways)), batch.query_labels.reshape(-1))
+        return loss, logits
 
     def cosine_temperature(self) -> float | None:
         """The factor a cosine head multiplies its similarities by (readout=chamfer takes it), or None when the

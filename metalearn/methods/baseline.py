@@ -102,7 +102,7 @@ class Baseline(EmbeddingMethod):
 
     def train_step(self, batch: LabelledBatch, optimizer: torch.optim.Optimizer) -> dict[str, float]:
         optimizer.zero_grad(set_to_none=True)
-        logits = self.class_logits(batch.images)
+        logits = head_logits(self.stored_codes(batch.images, batch.index), self.weight, self.bias, self.cosine)
         loss = nn.functional.cross_entropy(self.with_margin(logits, batch.labels), batch.labels)
         stats = {}
         if self._teacher:

@@ -34,7 +34,7 @@ import math
 import torch
 from torch import nn
 
-from metalearn.methods.base import BuildContext, EmbeddingMethod, class_centroids, embed, fp32
+from metalearn.methods.base import BuildContext, EmbeddingMethod, class_centroids, fp32
 from metalearn.registry import METHODS
 from metalearn.tasks.episodes import EpisodeBatch
 
@@ -99,7 +99,7 @@ class FEAT(EmbeddingMethod):
                          "Train it on fixed episodes and score it with metalearn-eval variable=true")
 
     def loss(self, batch: EpisodeBatch) -> tuple[torch.Tensor, torch.Tensor]:
-        zs, zq = embed(self.encode, batch.support, batch.query)
+        zs, zq = self.episode_codes(batch)
         zs, zq = zs.flatten(2), zq.flatten(2)
         logits = self.head(zs, batch.support_labels, zq, batch.ways)
         loss = nn.functional.cross_entropy(fp32(logits.reshape(-1, batch.ways)), batch.query_labels.reshape(-1))

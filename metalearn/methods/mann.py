@@ -103,6 +103,7 @@ class LRUMemory(nn.Module):
 
 class MANN(EmbeddingMethod):
     name = "mann"
+    encodes_with_backbone = False  # its codes pass through the input map it learns
 
     def __init__(self, encoder: nn.Module, input_dim: int, ways: int, hidden: int = 200, slots: int = 128,
                  width: int = 40, heads: int = 4, gamma: float = 0.95, loss_on: str = "sequence",

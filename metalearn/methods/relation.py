@@ -67,7 +67,8 @@ class RelationNet(EmbeddingMethod):
         return self.relation(pairs.flatten(0, 2)).reshape(t, q, ways)
 
     def loss(self, batch: EpisodeBatch) -> tuple[torch.Tensor, torch.Tensor]:
-        logits = self.predict(batch.support, batch.support_labels, batch.query, batch.ways)
+        zs, zq = self.episode_codes(batch)
+        logits = self.head(zs, batch.support_labels, zq, batch.ways)
         if self.loss_kind == "ce":
             loss = nn.functional.cross_entropy(fp32(logits).reshape(-1, batch.ways), batch.query_labels.reshape(-1))
         else:

@@ -17,13 +17,10 @@ average over all images drawn), and reports the pre-trained classifier's loss an
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
-import numpy as np
 import torch
 from torch import nn
 
-from metalearn.methods.base import BuildContext, EmbeddingMethod, TrainingContext, accuracy, class_centroids, fp32
+from metalearn.methods.base import BuildContext, EmbeddingMethod, TrainingContext, accuracy, class_centroids
 from metalearn.methods.baseline import head_logits
 from metalearn.registry import METHODS
 from metalearn.tasks.sources import LabelledBatch, LabelledSource
@@ -47,7 +44,6 @@ class SimpleShot(EmbeddingMethod):
     name = "simpleshot"
     class_logits_independent = True  # a class's logit reads its own support codes only (support_index.top_k)
     train_data = "labelled"
-    reads_frozen_codes = True  # its training steps only encode with its frozen backbone: a feature cache can serve them
 
     def __init__(self, backbone: nn.Module, feature_dim: int, num_classes: int, norm: str = "cl2n",
                  batch_size: int = 1024):
@@ -71,17 +67,14 @@ class SimpleShot(EmbeddingMethod):
     def base_mean(self) -> torch.Tensor:
         return (self.feature_sum / self.feature_count.clamp_min(1)).to(self.weight.dtype)
 
-    # store indices -> codes of its frozen encoder, read from a feature cache (the trainer's feature_cache=true)
-    codes_of: Callable[[np.ndarray], torch.Tensor] | None = None
+    def frozen_codes_reason(self) -> str | None:
+        return None  # its steps encode in eval mode with a backbone it never trains: a feature cache can serve them
 
     def train_step(self, batch: LabelledBatch, optimizer: torch.optim.Optimizer) -> dict[str, float]:
         was = self.training
         self.eval()  # the features a test task will see: running batch-norm statistics, no dropout
         with torch.no_grad():
-            if self.codes_of is not None and batch.index is not None:
-                z = self.codes_of(batch.index).to(self.weight.device)
-            else:
-                z = fp32(self.backbone(batch.images))
+            z = self.stored_codes(batch.images, batch.index)
             self.feature_sum += z.sum(0).double()
             self.feature_count += z.shape[0]
             logits = head_logits(z, self.weight, self.bias, cosine=False)

@@ -113,6 +113,9 @@ class EpisodeBatch:
     query: torch.Tensor
     query_labels: torch.Tensor
     ways: int
+    # [T, S+Q] the images' store indices, support then query (a frozen encoder's cached codes are read by them);
+    # None for images that are not the stored ones (augmented copies, synthetic test batches)
+    index: np.ndarray | None = None
 
     @property
     def tasks(self) -> int:
@@ -121,10 +124,12 @@ class EpisodeBatch:
     def chunks(self, size: int) -> list[EpisodeBatch]:
         """The meta-batch as consecutive groups of at most `size` tasks (views, no copy)."""
         return [EpisodeBatch(self.support[i:i + size], self.support_labels[i:i + size], self.query[i:i + size],
-                             self.query_labels[i:i + size], self.ways) for i in range(0, self.tasks, size)]
+                             self.query_labels[i:i + size], self.ways,
+                             None if self.index is None else self.index[i:i + size]) for i in range(0, self.tasks, size)]
 
     def map_images(self, fn) -> EpisodeBatch:
-        """The same episodes with `fn` applied to the support images, then to the query images."""
+        """The same episodes with `fn` applied to the support images, then to the query images (new pixels: no longer
+        the stored images, so without their store indices)."""
         return EpisodeBatch(fn(self.support), self.support_labels, fn(self.query), self.query_labels, self.ways)
 
 
@@ -282,7 +287,9 @@ def gather(store: ImageStore, plans: EpisodePlans, device: torch.device | str = 
     """The plans' images, normalised, on the device (ImageStore.load), as an EpisodeBatch."""
     t, ways, shots = plans.support.shape
     queries = plans.query.shape[2]
-    x = store.load(plans.image_ids(), device)
+    ids = plans.image_ids()
+    x = store.load(ids, device)
     x = x.reshape(t, ways * (shots + queries), *x.shape[1:])
     return EpisodeBatch(support=x[:, : ways * shots], support_labels=episode_labels(t, ways, shots, device),
-                        query=x[:, ways * shots:], query_labels=episode_labels(t, ways, queries, device), ways=ways)
+                        query=x[:, ways * shots:], query_labels=episode_labels(t, ways, queries, device), ways=ways,
+                        index=ids)

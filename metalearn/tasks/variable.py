@@ -139,8 +139,9 @@ class VariableSampler:
 
 def gather_one(store: ImageStore, episode: VariableEpisode, device: torch.device | str = "cpu") -> EpisodeBatch:
     """One variable episode's images as a batch of one task (support grouped by class, labels as drawn)."""
-    x = store.load(np.concatenate([episode.support, episode.query]), device)
+    ids = np.concatenate([episode.support, episode.query])
+    x = store.load(ids, device)
     s = len(episode.support)
     as_tensor = lambda a: torch.as_tensor(a, dtype=torch.int64, device=device)[None]  # noqa: E731
     return EpisodeBatch(support=x[None, :s], support_labels=as_tensor(episode.support_labels), query=x[None, s:],
-                        query_labels=as_tensor(episode.query_labels), ways=episode.ways)
+                        query_labels=as_tensor(episode.query_labels), ways=episode.ways, index=ids[None])
