@@ -107,8 +107,8 @@ class FrozenCodes:
         if (source, split) not in self.held:
             digest = f"{type(self.method).__name__}|{weights_digest(self.method.backbone)}|{self.precision}"
             cache = FeatureCache(self.root, self.method, store, split, digest=digest)
-            log.info("feature cache: %s the %s split's codes %s", "reading" if cache.hit else "encoding", split,
-                     cache.path)
+            log.info("feature cache: %s the %s split's codes%s %s", "reading" if cache.hit else "encoding", split,
+                     f" of {source}" if source else "", cache.path)
             self.held[(source, split)] = (cache, None)
         return self.held[(source, split)][0]
 
