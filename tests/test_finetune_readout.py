@@ -101,6 +101,8 @@ def test_the_backbone_option_is_named_and_scores_through_the_evaluation_loop():
     readout = build_readout("finetune", EvalProtocol(finetune_steps=5, finetune_backbone=True))
     assert readout.needs_images and readout.file_tag == "_readout-finetune-5-0.01-backbone"
     assert readout.record()["finetune"] == {"steps": 5, "lr": 0.01, "backbone": True}
+    printed = EvalProtocol(finetune_steps=5, finetune_backbone=True).describe(readout)  # the result's printed line
+    assert printed == ", readout: finetune (5 steps, lr 0.01, the encoder too)", printed
     g = torch.Generator().manual_seed(0)
     store = ImageStore.from_classes(torch.randint(0, 256, (6 * 5, 1, 16, 16), dtype=torch.uint8, generator=g),
                                     [5] * 6, [f"c{i}" for i in range(6)],

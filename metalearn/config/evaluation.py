@@ -91,7 +91,7 @@ class EvalProtocol:
         t = self.tta
         return (f"{'' if self.inner_steps is None else f', {self.inner_steps} inner steps'}"
                 f"{'' if t.copies <= 1 else f', test-time augmentation: {t.copies} copies'}"
-                f"{'' if readout is None else f', readout: {readout.name}'}")
+                f"{'' if readout is None else f', readout: {readout.label}'}")
 
 
 @schema(None, "eval_schema")

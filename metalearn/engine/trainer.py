@@ -296,7 +296,8 @@ class Trainer:
                     raise TrainingDiverged(
                         f"the training loss became {stats['loss']} at step {st.step + 1}; training stopped. "
                         f"{self._last_good()} Lower optimizer.lr (now {cfg.optimizer.lr}) and start again.")
-                self.schedule.step()
+                if self.method.steps_optimizer:
+                    self.schedule.step()
                 st.step += 1
                 window.append(stats)
                 if st.step % cfg.log_every == 0 or st.step == cfg.steps:

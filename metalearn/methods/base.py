@@ -119,6 +119,7 @@ class Method(nn.Module):
     name = "method"
     adapts_at_test = False  # True: predict() takes gradient steps, so evaluation runs with autograd on
     train_data = "episodes"  # what train_step takes: episodes | pairs | labelled (see metalearn.tasks.sources)
+    steps_optimizer = True  # False: its steps measure without an optimiser step (SimpleShot), so no schedule advances
 
     def check_task(self, spec: TaskSpec) -> None:
         """Raise a MetalearnError when this method cannot be evaluated on `spec` (checked before training)."""

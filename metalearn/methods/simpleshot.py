@@ -44,6 +44,7 @@ class SimpleShot(EmbeddingMethod):
     name = "simpleshot"
     class_logits_independent = True  # a class's logit reads its own support codes only (support_index.top_k)
     train_data = "labelled"
+    steps_optimizer = False
 
     def __init__(self, backbone: nn.Module, feature_dim: int, num_classes: int, norm: str = "cl2n",
                  batch_size: int = 1024):

@@ -34,6 +34,11 @@ class Readout:
     transductive = False
 
     @property
+    def label(self) -> str:
+        """How the printed result line names it (its options where they change what it does)."""
+        return self.name
+
+    @property
     def file_tag(self) -> str:
         """Its part of a result's file name (a readout that keeps copies is named in the copies' part instead)."""
         return f"_readout-{self.name}"

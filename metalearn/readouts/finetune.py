@@ -94,6 +94,10 @@ class FinetuneReadout(Readout):
         return self.backbone
 
     @property
+    def label(self) -> str:
+        return f"finetune ({self.steps} steps, lr {self.lr:g}{', the encoder too' if self.backbone else ''})"
+
+    @property
     def file_tag(self) -> str:
         return f"_readout-finetune-{self.steps}-{self.lr:g}{'-backbone' if self.backbone else ''}"
 
