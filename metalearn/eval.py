@@ -113,9 +113,7 @@ def score_one(cfg: DictConfig, protocol: EvalConfig, readout: Readout | None, fo
         folder.release()
     setting = (f"{protocol.split} {spec.ways}-way {spec.shots}-shot{f' within one {spec.within}' if spec.within else ''}"
                f"{', drawer-disjoint' if spec.disjoint_drawers else ''}")
-    ensemble = [{"run": str(f), "checkpoint": c["checkpoint_name"], "method": c["config"]["method"]["name"],
-                 "accuracy": a.accuracy, "ci95": a.ci95} for f, (_, _, c), a in zip(folders, members, alone, strict=True)
-                ] if alone else []
+    ensemble = member_rows(folders, members, alone)
     for e in ensemble:
         print(f"  member {e['run']} ({e['method']}, {e['checkpoint']}): {100 * e['accuracy']:.2f} ± "
               f"{100 * e['ci95']:.2f}%")
@@ -192,6 +190,16 @@ def run_variable(cfg: EvalConfig, folders: list[Path], members: list, device: to
     return s | ({"cross_domain": crossed} if crossed else {})
 
 
+def member_rows(folders: list[Path], members: list, alone: list[EvalResult], per_episode: bool = False) -> list[dict]:
+    """An ensemble's members, each scored alone on the same episodes (empty for one run): the result file keeps their
+    per-episode accuracies, the printed summary not."""
+    if not alone:
+        return []
+    return [{"run": str(f), "checkpoint": c["checkpoint_name"], "method": c["config"]["method"]["name"],
+             "accuracy": a.accuracy, "ci95": a.ci95, **({"per_episode": a.per_episode.tolist()} if per_episode else {})}
+            for f, (_, _, c), a in zip(folders, members, alone, strict=True)]
+
+
 def score(protocol: EvalConfig, readout: Readout | None, folders: list[Path], members: list, device: torch.device,
           batch: int, amp, folder: RunFolder, source: str | None = None) -> tuple[EvalResult, list[EvalResult], Path]:
     """The run (or the ensemble of the runs) scored under `protocol`, its result saved in the first run's eval/:
@@ -204,9 +212,7 @@ def score(protocol: EvalConfig, readout: Readout | None, folders: list[Path], me
         r, alone = evaluate(members[0][0], members[0][1], protocol, device, batch, amp, cache=cache), []
     else:
         r, alone = evaluate_ensemble([(m, s) for m, s, _ in members], protocol, device, batch, amp)
-    ensemble = [{"run": str(f), "checkpoint": c["checkpoint_name"], "method": c["config"]["method"]["name"],
-                 "accuracy": a.accuracy, "ci95": a.ci95, "per_episode": a.per_episode.tolist()}
-                for f, (_, _, c), a in zip(folders, members, alone, strict=True)] if alone else []
+    ensemble = member_rows(folders, members, alone, per_episode=True)
     runs = [(str(f.resolve()), c["checkpoint_name"]) for f, (_, _, c) in zip(folders, members, strict=True)]
     name = protocol.file_name(spec.tag, spec.queries, members[0][2]["checkpoint_name"], readout,
                               f"_ensemble-{len(runs)}-{members_digest(runs)}" if len(runs) > 1 else "")
