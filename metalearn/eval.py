@@ -227,7 +227,7 @@ def feature_cache(cfg: EvalConfig, members: list, readout: Readout | None):
     refused, with the reason, where an image's code is not fixed (so a cache would change the result)."""
     if not cfg.feature_cache:
         return None
-    from metalearn.engine.feature_cache import FeatureCache
+    from metalearn.engine.feature_cache import FeatureCache, cache_root
     from metalearn.errors import MetalearnError
     from metalearn.methods.base import EmbeddingMethod
 
@@ -249,8 +249,7 @@ def feature_cache(cfg: EvalConfig, members: list, readout: Readout | None):
         method.train(was)
     if why:
         raise MetalearnError(f"feature_cache=true keeps one code per image, and {why}; drop feature_cache=true")
-    root = Path(str((ckpt["config"].get("dataset") or {}).get("cache_dir") or "~/.cache/metalearn"))
-    cache = FeatureCache(root, method, store, cfg.split, cfg.feature_cache_dtype)
+    cache = FeatureCache(cache_root(ckpt["config"].get("dataset")), method, store, cfg.split, cfg.feature_cache_dtype)
     print(f"feature cache: {'reading' if cache.hit else 'encoding the split into'} {cache.path}")
     return cache
 

@@ -16,7 +16,7 @@ import torch
 
 from metalearn.config import EvalProtocol, TTAConfig
 from metalearn.data.store import ImageStore
-from metalearn.engine.feature_cache import FeatureCache
+from metalearn.engine.feature_cache import FeatureCache, encoder_rows
 from metalearn.errors import MetalearnError
 from metalearn.files import atomic_open, write_text
 from metalearn.methods.base import EmbeddingMethod, Method, accuracy, fp32
@@ -255,11 +255,7 @@ def encode_distinct(method: EmbeddingMethod, store: ImageStore, ids: np.ndarray,
     kept: [N, copies, ...]. With a feature cache (and no copies), the codes are read from it (encoded into it the
     first time)."""
     if cache is not None and tta is None:
-        def encode_rows(index: np.ndarray) -> np.ndarray:
-            with torch.no_grad():
-                return fp32(method.encode(store.load(index, device))).cpu().numpy()
-
-        return cache.lookup(ids, encode_rows, device)
+        return cache.lookup(ids, encoder_rows(method, store, device), device)
     distinct, inverse = np.unique(ids, return_inverse=True)
     chunk = max(16, 2**21 // int(np.prod(store.images.shape[1:])))
     copies = tta.copies if tta is not None else 1

@@ -3,8 +3,8 @@
 An evaluation of an embedding method whose code of an image does not depend on the task (batch norms on running
 statistics, no test-time copies) needs each image's code, not the image: after the first evaluation of a split,
 every later one (other episodes, other readouts, a search over a readout's options) reads the codes instead of
-running the encoder. The codes of every image of the split are stored as float16 in an .npy file that is memory-
-mapped on reading, under <cache>/features/<key>.npy, the key a SHA-256 of the method's weights, the split's
+running the encoder. The codes of every image of the split are stored in an .npy file that is memory-mapped on
+reading, under <cache>/features/<key>.npy, the key a SHA-256 of the method's weights, the split's
 images (their bytes), its classes, the preprocessing and the dtype; a sidecar .json says what it holds. A changed
 weight, image or normalisation is another key, never a stale read.
 
@@ -20,6 +20,7 @@ import json
 import logging
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -31,6 +32,28 @@ from metalearn.methods.base import EmbeddingMethod, fp32
 from metalearn.support_index import weights_digest
 
 log = logging.getLogger("metalearn")
+
+
+def cache_root(dataset: Any) -> Path:
+    """Where a run's feature caches live: its dataset's cache_dir (the image store's), under features/."""
+    return Path(str((dataset or {}).get("cache_dir") or "~/.cache/metalearn")).expanduser()
+
+
+def encoder_rows(method: torch.nn.Module, store: ImageStore, device: torch.device | str
+                 ) -> Callable[[np.ndarray], np.ndarray]:
+    """Store indices -> the method's float32 codes of those images, in eval mode without autograd: what a cache is
+    filled with."""
+
+    def encode_rows(index: np.ndarray) -> np.ndarray:
+        was = method.training
+        method.eval()
+        try:
+            with torch.no_grad():
+                return fp32(method.encode(store.load(index, device))).cpu().numpy()
+        finally:
+            method.train(was)
+
+    return encode_rows
 
 
 def split_digest(store: ImageStore, split: str) -> str:
@@ -63,10 +86,13 @@ class FeatureCache:
         self.row = np.full(store.images.shape[0], -1, dtype=np.int64)  # store index -> row of the cache
         self.row[self.index] = np.arange(len(self.index))
         self.hit = self.path.is_file()
+        self._codes: np.ndarray | None = None  # the memory map, once opened
 
     def codes(self, encode_rows) -> np.ndarray:
         """The [images of the split, ...] codes, memory-mapped; `encode_rows(index)` -> float32 codes of those
         store indices, called (in chunks) only when the file is not there yet."""
+        if self._codes is not None:
+            return self._codes
         if not self.path.is_file():
             chunk = max(16, 2**21 // int(np.prod(self.store.images.shape[1:])))
             parts = [encode_rows(self.index[i:i + chunk]).astype(self.dtype) for i in range(0, len(self.index), chunk)]
@@ -76,7 +102,8 @@ class FeatureCache:
             write_text(self.path.with_suffix(".json"), json.dumps({
                 "dataset": self.store.meta.get("name"), "split": self.split, "images": int(len(self.index)),
                 "method": getattr(self.method, "name", type(self.method).__name__), "dtype": str(self.dtype)}, indent=1))
-        return np.load(self.path, mmap_mode="r", allow_pickle=False)
+        self._codes = np.load(self.path, mmap_mode="r", allow_pickle=False)
+        return self._codes
 
     def lookup(self, ids: np.ndarray, encode_rows, device: torch.device | str) -> tuple[torch.Tensor, torch.Tensor]:
         """As encode_distinct: the codes of the distinct images among `ids` (float32, on `device`) and `ids` as rows
@@ -98,8 +125,8 @@ class FrozenCodes:
     refused rather than silently encoded."""
 
     def __init__(self, method: EmbeddingMethod, root: Path, precision: str, device: torch.device):
-        self.method, self.root, self.precision, self.device = method, Path(root).expanduser(), precision, device
-        self.held: dict[tuple[str | None, str], tuple[FeatureCache, np.ndarray | None]] = {}
+        self.method, self.root, self.precision, self.device = method, root, precision, device
+        self.held: dict[tuple[str | None, str], FeatureCache] = {}
 
     def cache(self, store: ImageStore, split: str, source: str | None = None) -> FeatureCache:
         """The split's cache (of one `source`'s view of a multi-source store), keyed by the encoder's weights, the
@@ -109,30 +136,16 @@ class FrozenCodes:
             cache = FeatureCache(self.root, self.method, store, split, digest=digest)
             log.info("feature cache: %s the %s split's codes%s %s", "reading" if cache.hit else "encoding", split,
                      f" of {source}" if source else "", cache.path)
-            self.held[(source, split)] = (cache, None)
-        return self.held[(source, split)][0]
+            self.held[(source, split)] = cache
+        return self.held[(source, split)]
 
     def codes_of(self, store: ImageStore) -> Callable[[np.ndarray], torch.Tensor]:
         """Store indices of the run's training images (any shape) -> their codes [..., D], float32 on the CPU."""
-        method = self.method
-
-        def encode_rows(index: np.ndarray) -> np.ndarray:
-            was = method.training
-            method.eval()
-            try:
-                with torch.no_grad():
-                    return fp32(method.encode(store.load(index, self.device))).cpu().numpy()
-            finally:
-                method.train(was)
+        encode_rows = encoder_rows(self.method, store, self.device)
 
         def codes_of(index: np.ndarray) -> torch.Tensor:
-            cache, codes = self.held.get((None, "train"), (None, None))
-            if codes is None:
-                cache = self.cache(store, "train")
-                codes = cache.codes(encode_rows)
-                self.held[(None, "train")] = (cache, codes)
-            rows = cache.row[np.asarray(index)]
-            return torch.from_numpy(np.asarray(codes[rows], dtype=np.float32))
+            cache = self.cache(store, "train")
+            return torch.from_numpy(np.asarray(cache.codes(encode_rows)[cache.row[np.asarray(index)]], dtype=np.float32))
 
         return codes_of
 

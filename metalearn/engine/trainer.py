@@ -42,7 +42,7 @@ from metalearn.engine.evaluate import (
     setting_tag,
     task_spec,
 )
-from metalearn.engine.feature_cache import FeatureCache, FrozenCodes, frozen_codes
+from metalearn.engine.feature_cache import FeatureCache, FrozenCodes, cache_root, frozen_codes
 from metalearn.engine.init_weights import initialize_from, parse_rename
 from metalearn.engine.progress import Progress
 from metalearn.engine.restore import restore_method
@@ -168,10 +168,8 @@ class Trainer:
         self.method.prepare(context)
         self.frozen: FrozenCodes | None = None  # feature_cache=true: the frozen encoder's codes, per split
         if cfg.get("feature_cache"):
-            from pathlib import Path
-
-            self.frozen = frozen_codes(self.method, Path(str(cfg.dataset.get("cache_dir") or "~/.cache/metalearn")),
-                                       str(self.amp), self.device, bool(cfg.augment.enabled))
+            self.frozen = frozen_codes(self.method, cache_root(cfg.dataset), str(self.amp), self.device,
+                                       bool(cfg.augment.enabled))
             self.method.codes_of = self.frozen.codes_of(self.store)
             if self.cuda_graph:  # a captured step replays the encoder on pixels; the cache serves eager steps
                 log.info("hardware.cuda_graph is off for this run: its steps read cached codes instead of the encoder")
